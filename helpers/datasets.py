@@ -1,0 +1,463 @@
+"""Datasets and seeded splits (paper 1, sections 4.1-4.3; METHODS.md section 2).
+
+Every split is a list of stable sample ids (``train/00012`` = official CIFAR-10
+training index 12, a relative file path for folder datasets, ...).  All later
+per-sample arrays are joined on these ids, never on positions: the authors' code
+kept LCR and conductance arrays in different orders (METHODS.md section 8).
+
+Loaders:
+
+``digits``          scikit-learn's bundled 8x8 digits (no download); seeded stratified train/val/test.
+``cifar10``         torchvision's CIFAR-10 (downloaded into data_dir when ``download: true``) or,
+                    offline, an ImageFolder copy (``cifar10-jpeg/`` or ``cifar10-jpeg.tar.gz``);
+                    train = the 50,000 training images, the 10,000 test images split 5,000/5,000
+                    into validation/test with the profile's seed (paper 1, section 4.1.2).
+``imagenet_subset`` an ImageNet-layout root (train/<wnid>/, val/<wnid>/): n classes by a seeded
+                    shuffle, per class N train and M validation images from train/, official val as test.
+``cub200``          the CUB_200_2011 layout; official train/test split, a seeded fraction of train as val.
+``imagefolder``     any tree with train/<class>/ and test/<class>/ (val/<class>/ optional).
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .profiles import REPO_ROOT, params_hash
+from .utils import atomic_path
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "val", "test")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data a profile asks for is not where the project looked."""
+
+
+# --------------------------------------------------------------------------- datasets
+class ArrayImages(Dataset):
+    """Images held in memory as uint8 (N, H, W, C); yields normalised float tensors and labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, image_size: int):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # N,C,H,W uint8
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.labels)
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        c = self.mean.shape[0]
+        if x.shape[-3] != c:  # grayscale <-> RGB, whichever the model takes
+            x = x.mean(-3, keepdim=True)
+            x = x.expand(*x.shape[:-3], c, *x.shape[-2:]).contiguous() if c != 1 else x
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            squeeze = x.dim() == 3
+            x = F.interpolate(x[None] if squeeze else x, size=(self.image_size, self.image_size),
+                              mode="bilinear", align_corners=False, antialias=True)
+            x = x[0] if squeeze else x
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, i):
+        return self._convert(self.images[i]), self.labels[i]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as one normalised float tensor (fast path for small datasets)."""
+        return self._convert(self.images), self.labels
+
+
+class FileImages(Dataset):
+    """Images read from files; any size and mode (grayscale included) converted to the model's input."""
+
+    def __init__(self, paths, labels, mean, std, image_size: int):
+        self.paths = [str(p) for p in paths]
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert("L" if self.mean.shape[0] == 1 else "RGB")
+            im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+        x = torch.from_numpy(arr.copy()).float().div_(255.0)
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+        return (x - self.mean) / self.std, self.labels[i]
+
+
+@dataclass
+class SplitData:
+    ids: np.ndarray
+    labels: np.ndarray
+    dataset: Dataset
+
+    def __len__(self):
+        return len(self.ids)
+
+
+@dataclass
+class DataBundle:
+    """The three splits of one profile, their class names and where the data came from."""
+
+    name: str
+    classes: list
+    splits: dict
+    source: str
+    in_channels: int
+    image_size: int
+    fingerprint: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> SplitData:
+        if split not in self.splits:
+            raise KeyError(f"split: {split!r} is not valid; valid: {', '.join(self.splits)}")
+        return self.splits[split]
+
+    def loader(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
+               num_workers: int = 0) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        return DataLoader(self[split].dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
+                          num_workers=num_workers)
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per sample: id, split, label (the saved split manifest)."""
+        frames = [pd.DataFrame({"id": s.ids, "split": name, "label": s.labels}) for name, s in self.splits.items()]
+        return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def data_search_dirs(cfg: dict) -> list[Path]:
+    """Where data is looked for, in order: profile ``data_dir``, $COMPANION_DATA_DIR, ./data, ../shared/data."""
+    dirs = []
+    if cfg.get("data_dir"):
+        p = Path(os.path.expandvars(os.path.expanduser(cfg["data_dir"])))
+        dirs.append(p if p.is_absolute() else (REPO_ROOT / p))
+    if os.environ.get("COMPANION_DATA_DIR"):
+        dirs.append(Path(os.environ["COMPANION_DATA_DIR"]))
+    dirs += [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+    out = []
+    for d in dirs:
+        d = d.resolve()
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COMPANION_ARTIFACTS", REPO_ROOT / "artifacts"))
+
+
+def _rng(seed: int, *salt) -> np.random.Generator:
+    return np.random.default_rng([seed, *[abs(hash_int(s)) for s in salt]])
+
+
+def hash_int(s) -> int:
+    return int(params_hash(s, length=8), 16)
+
+
+def _limit(idx: np.ndarray, n: int | None, seed: int, salt: str) -> np.ndarray:
+    if n is None or n >= len(idx):
+        return idx
+    return np.sort(_rng(seed, "limit", salt).choice(idx, size=n, replace=False))
+
+
+def _stratified_three_way(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
+    """Seeded stratified split of positions into train/val/test."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    rel_val = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=rel_val, stratify=labels[rest], random_state=seed + 1)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _make_bundle(cfg, name, classes, ids, labels, make_ds, source, fingerprint, in_channels) -> DataBundle:
+    """ids/labels: dict split -> arrays of the full splits; applies limit_* and builds datasets."""
+    splits = {}
+    for s in SPLITS:
+        pos = _limit(np.arange(len(ids[s])), cfg["split"][f"limit_{s}"], cfg["seed"], s)
+        splits[s] = SplitData(np.asarray(ids[s])[pos], np.asarray(labels[s], dtype=np.int64)[pos], make_ds(s, pos))
+    return DataBundle(name, list(classes), splits, source, in_channels, cfg["image_size"], fingerprint)
+
+
+# --------------------------------------------------------------------------- digits
+def load_digits_bundle(cfg: dict) -> DataBundle:
+    """scikit-learn's 1,797 8x8 handwritten digits, bundled with the package: no download."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # N,8,8,1
+    labels = d.target.astype(np.int64)
+    sp = cfg["split"]
+    tr, va, te = _stratified_three_way(labels, sp["val_fraction"] or 0.2, sp["test_fraction"] or 0.2, cfg["seed"])
+    pos = {"train": tr, "val": va, "test": te}
+    ids = {s: np.array([f"digits/{i:04d}" for i in p]) for s, p in pos.items()}
+    lab = {s: labels[p] for s, p in pos.items()}
+    mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
+
+    def make_ds(s, sel):
+        return ArrayImages(images[pos[s][sel]], lab[s][sel], mean, std, cfg["image_size"])
+
+    return _make_bundle(cfg, "digits", [str(i) for i in range(10)], ids, lab, make_ds,
+                        "sklearn.datasets.load_digits", params_hash("digits", images.shape), len(mean))
+
+
+# --------------------------------------------------------------------------- cifar10
+def _cifar_from_torchvision(root: Path, download: bool):
+    import torchvision
+
+    tr = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
+    te = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
+    return (np.asarray(tr.data), np.asarray(tr.targets)), (np.asarray(te.data), np.asarray(te.targets))
+
+
+def _cifar_from_imagefolder(src: Path):
+    """Decode an ImageFolder copy (folder or .tar.gz) of CIFAR-10 into uint8 arrays, in official order."""
+    from PIL import Image
+
+    out = {"train": {}, "test": {}}
+    cls_index = {c: i for i, c in enumerate(CIFAR10_CLASSES)}
+
+    def add(rel: str, data: bytes):
+        parts = rel.replace("\\", "/").split("/")
+        if len(parts) < 3 or parts[-3] not in out or parts[-2] not in cls_index:
+            return
+        stem = os.path.splitext(parts[-1])[0]
+        if not stem.isdigit():
+            return
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        out[parts[-3]][int(stem)] = (arr, cls_index[parts[-2]])
+
+    if src.is_file():
+        with tarfile.open(src) as tf:
+            for m in tf:
+                if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
+                    add(m.name, tf.extractfile(m).read())
+    else:
+        for p in sorted(src.rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS:
+                add(str(p.relative_to(src)), p.read_bytes())
+    res = []
+    for s in ("train", "test"):
+        keys = sorted(out[s])
+        if not keys:
+            raise DataNotFoundError(f"{src}: no {s}/<class>/<index>.jpg images found (expected the layout of "
+                                    "../shared/data/README.md)")
+        res.append((np.stack([out[s][k][0] for k in keys]), np.array([out[s][k][1] for k in keys]),
+                    np.array(keys)))
+    return res
+
+
+def _find_cifar(cfg: dict):
+    """Return (kind, path) for the first CIFAR-10 source found."""
+    tried = []
+    for d in data_search_dirs(cfg):
+        tv = d / "cifar-10-batches-py"
+        tried.append(str(tv))
+        if tv.is_dir():
+            return "torchvision", d
+        for name in ("cifar10-jpeg", "cifar10-jpeg.tar.gz"):
+            p = d / name
+            tried.append(str(p))
+            if p.exists():
+                return "imagefolder", p
+    if cfg.get("download"):
+        d = data_search_dirs(cfg)[0]
+        return "download", d
+    raise DataNotFoundError(
+        "dataset 'cifar10': no copy found; looked at:\n  " + "\n  ".join(tried) +
+        "\nProvide it one of these ways:\n"
+        "  - online: set `download: true` in the profile (torchvision downloads into data_dir)\n"
+        "  - offline: put cifar10-jpeg.tar.gz (or its extracted cifar10-jpeg/ folder with "
+        "train/<class>/<index>.jpg and test/<class>/<index>.jpg) in data_dir, ./data or ../shared/data,\n"
+        "    or set COMPANION_DATA_DIR to the folder that holds it"
+    )
+
+
+def load_cifar10_bundle(cfg: dict) -> DataBundle:
+    """CIFAR-10: 50,000 train; the 10,000 test images split into validation/test with the seed."""
+    kind, path = _find_cifar(cfg)
+    if kind in ("torchvision", "download"):
+        try:
+            (xtr, ytr), (xte, yte) = _cifar_from_torchvision(path, download=(kind == "download"))
+        except Exception as exc:
+            raise DataNotFoundError(f"dataset 'cifar10': torchvision could not load or download into {path} "
+                                    f"({type(exc).__name__}: {exc}); see the offline options in README.md") from exc
+        itr, ite = np.arange(len(ytr)), np.arange(len(yte))
+        source = f"torchvision CIFAR10 at {path}"
+    else:
+        st = path.stat()
+        key = params_hash(str(path.resolve()), st.st_size, int(st.st_mtime))
+        cached = cache_root() / "datasets" / f"cifar10-imagefolder-{key}.npz"
+        if cached.is_file():
+            z = np.load(cached)
+            xtr, ytr, itr, xte, yte, ite = (z[k] for k in ("xtr", "ytr", "itr", "xte", "yte", "ite"))
+        else:
+            (xtr, ytr, itr), (xte, yte, ite) = _cifar_from_imagefolder(path)
+            with atomic_path(cached) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, xtr=xtr, ytr=ytr, itr=itr, xte=xte, yte=yte, ite=ite)
+        source = f"ImageFolder copy {path.name}"
+    n_val = cfg["split"]["val_from_test"] or len(yte) // 2
+    if not 0 < n_val < len(yte):
+        raise ValueError(f"split.val_from_test: {n_val} must be between 1 and {len(yte) - 1}")
+    perm = np.random.default_rng(cfg["seed"]).permutation(len(yte))
+    val_pos, test_pos = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    ids = {"train": np.array([f"train/{i:05d}" for i in itr]),
+           "val": np.array([f"test/{i:05d}" for i in ite[val_pos]]),
+           "test": np.array([f"test/{i:05d}" for i in ite[test_pos]])}
+    lab = {"train": ytr, "val": yte[val_pos], "test": yte[test_pos]}
+    imgs = {"train": xtr, "val": xte[val_pos], "test": xte[test_pos]}
+    mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
+    fp = params_hash(source.split(" at ")[0], xtr.shape, int(xtr[:, ::7, ::7].sum()), int(xte[:, ::7, ::7].sum()))
+
+    def make_ds(s, sel):
+        return ArrayImages(imgs[s][sel], lab[s][sel], mean, std, cfg["image_size"])
+
+    return _make_bundle(cfg, "cifar10", CIFAR10_CLASSES, ids, lab, make_ds, source, fp, len(mean))
+
+
+# --------------------------------------------------------------------------- folder datasets
+def _find_root(cfg: dict, dataset: str, must_have: list[str], hint: str) -> Path:
+    tried = []
+    for d in data_search_dirs(cfg):
+        for cand in (d, d / dataset, d / "CUB_200_2011"):
+            tried.append(str(cand))
+            if all((cand / m).exists() for m in must_have):
+                return cand
+    raise DataNotFoundError(f"dataset {dataset!r}: not found; looked for {', '.join(must_have)} in:\n  "
+                            + "\n  ".join(dict.fromkeys(tried)) + f"\nExpected layout: {hint}. Set `data_dir` "
+                            "in the profile or COMPANION_DATA_DIR to the folder that holds it.")
+
+
+def _list_class_dir(d: Path) -> dict[str, list[Path]]:
+    return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            for c in sorted(d.iterdir()) if c.is_dir()}
+
+
+def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str) -> DataBundle:
+    """files: split -> list of (path, label)."""
+    ids = {s: np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in files[s]]) for s in SPLITS}
+    lab = {s: np.array([l for _, l in files[s]], dtype=np.int64) for s in SPLITS}
+    mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
+    for s in SPLITS:
+        if len(ids[s]) == 0:
+            raise DataNotFoundError(f"dataset {name!r} at {root}: split {s!r} has no images")
+
+    def make_ds(s, sel):
+        return FileImages([files[s][i][0] for i in sel], lab[s][sel], mean, std, cfg["image_size"])
+
+    fp = params_hash(name, {s: list(ids[s]) for s in SPLITS})
+    return _make_bundle(cfg, name, classes, ids, lab, make_ds, source, fp, len(mean))
+
+
+def _seeded_fraction(items: list, fraction: float, seed: int, salt: str):
+    perm = _rng(seed, salt).permutation(len(items))
+    n = int(round(len(items) * fraction))
+    val = set(perm[:n].tolist())
+    return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+
+
+def load_imagefolder_bundle(cfg: dict) -> DataBundle:
+    """train/<class>/ and test/<class>/ (val/<class>/ optional, else a seeded fraction of train)."""
+    root = _find_root(cfg, "imagefolder", ["train", "test"], "train/<class>/*.jpg, test/<class>/*.jpg, optional val/")
+    tr = _list_class_dir(root / "train")
+    classes = sorted(tr)
+    cidx = {c: i for i, c in enumerate(classes)}
+
+    def pairs(d):
+        out = []
+        for c, ps in _list_class_dir(d).items():
+            if c not in cidx:
+                raise ValueError(f"dataset 'imagefolder': class {c!r} in {d} is not among the train classes")
+            out += [(p, cidx[c]) for p in ps]
+        return out
+
+    train = [(p, cidx[c]) for c in classes for p in tr[c]]
+    if (root / "val").is_dir():
+        val = pairs(root / "val")
+    else:
+        train, val = _seeded_fraction(train, cfg["split"]["val_fraction"] or 0.1, cfg["seed"], "val")
+    return _files_bundle(cfg, "imagefolder", classes, {"train": train, "val": val, "test": pairs(root / "test")},
+                         root, f"ImageFolder at {root}")
+
+
+def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
+    """Paper 1's ImageNet subsets: n seeded classes; N train / M val per class from train/, official val as test."""
+    root = _find_root(cfg, "imagenet", ["train", "val"], "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    sp = cfg["split"]
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    n = sp["n_classes"] or 50
+    if n > len(wnids):
+        raise ValueError(f"split.n_classes: {n} but {root / 'train'} has only {len(wnids)} classes")
+    chosen = sorted(_rng(cfg["seed"], "classes").permutation(wnids)[:n].tolist())
+    n_tr, n_va = sp["train_per_class"] or 500, sp["val_per_class"] or 50
+    files = {"train": [], "val": [], "test": []}
+    for ci, w in enumerate(chosen):
+        ps = sorted(p for p in (root / "train" / w).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        ps = [ps[i] for i in _rng(cfg["seed"], "per-class", w).permutation(len(ps))]
+        if len(ps) < n_tr + n_va:
+            raise ValueError(f"split.train_per_class + val_per_class = {n_tr + n_va} but class {w} has {len(ps)} images")
+        files["train"] += [(p, ci) for p in sorted(ps[:n_tr])]
+        files["val"] += [(p, ci) for p in sorted(ps[n_tr:n_tr + n_va])]
+        vd = root / "val" / w
+        files["test"] += [(p, ci) for p in sorted(vd.iterdir()) if p.suffix.lower() in IMAGE_EXTS] if vd.is_dir() else []
+    return _files_bundle(cfg, "imagenet_subset", chosen, files, root, f"ImageNet layout at {root}")
+
+
+def load_cub200_bundle(cfg: dict) -> DataBundle:
+    """CUB-200-2011: official train/test split (train_test_split.txt), a seeded fraction of train as val."""
+    need = ["images.txt", "image_class_labels.txt", "train_test_split.txt"]
+    root = _find_root(cfg, "cub200", need, "CUB_200_2011/{images.txt, image_class_labels.txt, "
+                      "train_test_split.txt, classes.txt, images/}")
+
+    def table(name):
+        return dict(line.split(maxsplit=1) for line in (root / name).read_text().splitlines() if line.strip())
+
+    paths, labels, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    classes_txt = root / "classes.txt"
+    n_cls = max(int(v) for v in labels.values())
+    classes = [c for _, c in sorted((int(k), v) for k, v in table("classes.txt").items())] if classes_txt.is_file() \
+        else [str(i) for i in range(1, n_cls + 1)]
+    items = {"train": [], "test": []}
+    for k in sorted(paths, key=int):
+        items["train" if is_train[k].strip() == "1" else "test"].append(
+            (root / "images" / paths[k].strip(), int(labels[k]) - 1))
+    train, val = _seeded_fraction(items["train"], cfg["split"]["val_fraction"] or 0.1, cfg["seed"], "val")
+    return _files_bundle(cfg, "cub200", classes, {"train": train, "val": val, "test": items["test"]}, root,
+                         f"CUB-200-2011 at {root}")
+
+
+LOADERS = {
+    "digits": load_digits_bundle,
+    "cifar10": load_cifar10_bundle,
+    "imagefolder": load_imagefolder_bundle,
+    "imagenet_subset": load_imagenet_subset_bundle,
+    "cub200": load_cub200_bundle,
+}
+
+
+def load_data(cfg: dict) -> DataBundle:
+    """Build the profile's splits (see the module docstring)."""
+    return LOADERS[cfg["dataset"]](cfg)

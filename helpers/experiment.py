@@ -1,0 +1,210 @@
+"""One experiment = one profile: its settings, cached stages, and where its outputs go.
+
+Data flow (DESIGN.md): profile -> splits (manifest of sample ids) -> trained model
+(checkpoint) -> per-sample prediction table -> features (conductance, LCR, baselines)
+-> detectors -> metrics + figures.  Each stage is a cached function of its parameters:
+``artifacts/<profile>/<stage>-<hash>.<ext>`` with a JSON sidecar (params, versions,
+device), written atomically, so a notebook run alone computes the upstream stages it
+lacks and a rerun with the same parameters reuses them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .datasets import DataBundle, cache_root, data_search_dirs, load_data
+from .models import build_model
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
+from .training import prediction_table, train_model
+from .utils import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, seed_everything
+
+
+def _versions() -> dict:
+    import sklearn
+
+    return {"helpers": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "python": platform.python_version()}
+
+
+class Experiment:
+    """Settings, cached stages and outputs of one profile.
+
+    ``Experiment("digits")`` or ``Experiment("params/my.yaml", {"training.epochs": 1})``.
+    ``output_dir`` defaults to figures/<name>/; ``artifacts_dir`` to artifacts/<name>/
+    (or $COMPANION_ARTIFACTS/<name>/).
+    """
+
+    def __init__(self, profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides: dict | None = None,
+                 output_dir: str | os.PathLike | None = None, progress: bool | None = None):
+        self.cfg = load_profile(profile, overrides)
+        self.name = self.cfg["name"]
+        self.device = get_device(self.cfg["device"])
+        self.seed = self.cfg["seed"]
+        self.output_dir = Path(output_dir) if output_dir else REPO_ROOT / "figures" / self.name
+        self.artifacts_dir = cache_root() / self.name
+        self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
+        self.timings: dict[str, float] = {}
+        seed_everything(self.seed)
+
+    # ------------------------------------------------------------------ caching
+    def stage(self, stage: str, params: Any, compute: Callable[[], Any], save: Callable[[Any, Path], None],
+              load: Callable[[Path], Any], ext: str) -> Any:
+        """Return the cached result of ``stage`` for ``params``, computing and saving it atomically if absent."""
+        key = params_hash(params)
+        path = self.artifacts_dir / f"{stage}-{key}.{ext}"
+        if path.is_file():
+            return load(path)
+        t0 = time.perf_counter()
+        result = compute()
+        self.timings[stage] = time.perf_counter() - t0
+        with atomic_path(path) as tmp:
+            save(result, tmp)
+        atomic_write_json(path.with_suffix(path.suffix + ".json"),
+                          {"stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
+                           "seconds": self.timings[stage]})
+        return result
+
+    def stage_path(self, stage: str, params: Any, ext: str) -> Path:
+        return self.artifacts_dir / f"{stage}-{params_hash(params)}.{ext}"
+
+    # ------------------------------------------------------------------ data and model
+    @cached_property
+    def data(self) -> DataBundle:
+        """The three splits; the manifest of sample ids is saved beside the other artifacts."""
+        t0 = time.perf_counter()
+        data = load_data(self.cfg)
+        self.timings["data"] = time.perf_counter() - t0
+        manifest = self.artifacts_dir / f"splits-{self.data_key}.csv"
+        if not manifest.is_file():
+            with atomic_path(manifest) as tmp:
+                data.manifest().to_csv(tmp, index=False)
+        return data
+
+    @cached_property
+    def data_key(self) -> str:
+        c = self.cfg
+        return params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
+                           load_data(c).fingerprint if "data" not in self.__dict__ else self.data.fingerprint)
+
+    @property
+    def model_params(self) -> dict:
+        c = self.cfg
+        return {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
+                "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
+
+    def build_model(self) -> torch.nn.Module:
+        c = self.cfg
+        return build_model(c["model"], len(self.data.classes), self.data.in_channels, c["weights"],
+                           search_dirs=[d.parent / "weights" for d in data_search_dirs(c)] + data_search_dirs(c))
+
+    def _load_checkpoint(self) -> tuple[torch.nn.Module, list] | None:
+        ck = self.cfg.get("checkpoint")
+        if not ck:
+            return None
+        path = Path(ck) if Path(ck).is_absolute() else REPO_ROOT / ck
+        if not path.is_file():
+            return None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        model = self.build_model()
+        model.load_state_dict(obj["state_dict"])
+        return model, obj.get("history", [])
+
+    @cached_property
+    def _model_and_history(self):
+        reused = self._load_checkpoint()
+        if reused is not None:
+            model, history = reused
+            return model.to(self.device).eval(), history
+
+        def compute():
+            model = self.build_model()
+            history = train_model(model, self.data, self.cfg["training"], self.seed, self.device, self.progress)
+            return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
+
+        obj = self.stage("model", self.model_params, compute, lambda o, p: torch.save(o, p),
+                         lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+        model = self.build_model()
+        model.load_state_dict(obj["state_dict"])
+        return model.to(self.device).eval(), obj["history"]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The trained (or loaded) model, in eval mode on the experiment's device."""
+        return self._model_and_history[0]
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self._model_and_history[1])
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        """Per-sample table (id, split, label, prediction, correct, logits), cached."""
+        params = {"model": self.model_params, "checkpoint": self.cfg.get("checkpoint")}
+        return self.stage(
+            "predictions", params,
+            lambda: prediction_table(self.model, self.data, self.device, self.cfg["training"]["eval_batch_size"]),
+            lambda df, p: df.to_csv(p, index=False, compression="gzip"),
+            lambda p: pd.read_csv(p, compression="gzip", dtype={"id": str}), "csv.gz")
+
+    def split_table(self, split: str) -> pd.DataFrame:
+        """The prediction table rows of one split, in the split's id order."""
+        t = self.predictions
+        return t[t["split"] == split].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ outputs
+    def save_figure(self, fig, name: str) -> Path:
+        """Save ``fig`` as <output_dir>/<name>.png and .pdf (atomically)."""
+        paths = []
+        for ext in ("png", "pdf"):
+            path = self.output_dir / f"{name}.{ext}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150,
+                            metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+            paths.append(path)
+        return paths[0]
+
+    def save_table(self, df: pd.DataFrame, name: str, floatfmt: str = ".3f", index: bool = False) -> Path:
+        """Save ``df`` as <output_dir>/<name>.csv and .md (atomically)."""
+        with atomic_path(self.output_dir / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=index)
+        atomic_write_text(self.output_dir / f"{name}.md", df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
+        return self.output_dir / f"{name}.md"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.json"
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+
+    def update_metrics(self, updates: dict) -> dict:
+        """Merge ``updates`` (nested dict) into <output_dir>/metrics.json, atomically."""
+        def merge(a, b):
+            for k, v in b.items():
+                a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            return a
+
+        m = merge(self.metrics(), json.loads(json.dumps(updates, default=_float)))
+        m["profile"] = self.name
+        atomic_write_json(self.metrics_path, m)
+        return m
+
+
+def _float(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)

@@ -1,0 +1,259 @@
+"""Classifiers used by the papers, and the one place that names each model's layers.
+
+Paper 1 (arXiv 1910.00387) uses a CIFAR-10 ResNet20 trained from scratch and an
+ImageNet-pretrained InceptionV3; paper 2 uses VGG16.  The embedded ``digits``
+profile uses :class:`SmallCNN`, built so that its last conv block reaches the
+logits only through global average pooling and one linear layer, like ResNet20.
+
+Every model built by :func:`build_model` carries two attributes that later stages
+read instead of hard-coding layer names:
+
+``model.last_conv_layer``
+    dotted module name of the last conv block (the layer conductance and the CFE
+    filters use; METHODS.md section 1).
+``model.gap_linear_head``
+    ``(layer_name, linear_name)`` when the output of ``layer_name`` reaches the
+    logits only through global average pooling followed by the linear layer
+    ``linear_name`` (the condition for exact one-pass conductance), else ``None``.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16")
+
+#: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
+RESNET20_URL = (
+    "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
+    "pretrained_models/resnet20-12fca82f.th"
+)
+RESNET20_SHA256_PREFIX = "12fca82f"
+
+
+# ----------------------------------------------------------------------------- small CNN
+class SmallCNN(nn.Module):
+    """A small conv net for 8x8 digits: two conv blocks, GAP, linear.
+
+    Deliberately small (about 6k parameters) so that it makes enough mistakes on
+    the digits test split for the error detectors to have something to detect.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+        )
+        self.linear = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.block(self.features(x))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(x)
+
+
+# ----------------------------------------------------------------------------- ResNet20
+class LambdaLayer(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class BasicBlock(nn.Module):
+    """He et al. (2016) CIFAR BasicBlock with the parameter-free "option A" shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            pad = planes // 4
+            self.shortcut = LambdaLayer(
+                lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0.0)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet20 (3 stages x 3 BasicBlocks, 16/32/64 channels, 0.27M parameters).
+
+    Module names follow akamaster/pytorch_resnet_cifar10 so that its pretrained
+    checkpoint loads as is.  The last residual block (``layer3.2``, 64x8x8 on
+    CIFAR) is the layer of paper 1, section 4.1.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._stage(16, 16, 1)
+        self.layer2 = self._stage(16, 32, 2)
+        self.layer3 = self._stage(32, 64, 2)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @staticmethod
+    def _stage(in_planes, planes, stride, blocks=3):
+        layers = [BasicBlock(in_planes, planes, stride)]
+        layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_resnet20_checkpoint(model: ResNet20, path: str | Path) -> ResNet20:
+    """Load an akamaster-format checkpoint ({'state_dict': {'module.*': ...}}) or a plain state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights: no file at {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights: {path} does not match ResNet20 (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model
+
+
+def _resolve_resnet20_weights(weights: str, search_dirs) -> Path:
+    """Find the pretrained ResNet20 file: a path, a file in a search dir, or the public address."""
+    cand = Path(weights).expanduser()
+    tried = [str(cand)]
+    if cand.is_file():
+        return cand
+    for d in search_dirs:
+        for p in (Path(d) / cand.name, Path(d) / "resnet20-12fca82f.th"):
+            tried.append(str(p))
+            if p.is_file():
+                return p
+    if weights == "pretrained":
+        try:
+            hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            dst = hub_dir / "resnet20-12fca82f.th"
+            if not dst.is_file():
+                torch.hub.download_url_to_file(RESNET20_URL, str(dst), progress=False)
+            return dst
+        except Exception as exc:  # offline
+            tried.append(f"{RESNET20_URL} ({type(exc).__name__})")
+    raise FileNotFoundError(
+        "weights: could not find the pretrained ResNet20; looked at:\n  "
+        + "\n  ".join(tried)
+        + "\nGive a path to resnet20-12fca82f.th (see ../shared/weights/README.md) or go online."
+    )
+
+
+# ----------------------------------------------------------------------------- torchvision
+def _torchvision_model(name: str, num_classes: int, weights: str | None):
+    import torchvision
+
+    ctor = {"inception_v3": torchvision.models.inception_v3, "vgg16": torchvision.models.vgg16}[name]
+    tv_weights = {"inception_v3": "Inception_V3_Weights", "vgg16": "VGG16_Weights"}[name]
+    model = None
+    if weights in ("imagenet", "pretrained"):
+        try:
+            w = getattr(torchvision.models, tv_weights).IMAGENET1K_V1
+            model = ctor(weights=w) if name != "inception_v3" else ctor(weights=w, aux_logits=True)
+        except Exception as exc:
+            warnings.warn(
+                f"weights={weights!r}: could not load ImageNet weights for {name} through torchvision "
+                f"({type(exc).__name__}: {exc}); using random initialisation. Give a local path in "
+                "`weights` to use a downloaded file.",
+                stacklevel=2,
+            )
+    if model is None:
+        kw = {"init_weights": True}
+        if name == "inception_v3":
+            kw["aux_logits"] = False
+        model = ctor(weights=None, **kw)
+        if weights not in (None, "none", "imagenet", "pretrained"):
+            state = torch.load(weights, map_location="cpu", weights_only=False)
+            model.load_state_dict(state.get("state_dict", state), strict=False)
+    if name == "inception_v3":
+        model.aux_logits = False
+        model.AuxLogits = None
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
+    return model
+
+
+# ----------------------------------------------------------------------------- registry
+#: name -> (last conv layer, gap+linear head or None).  The one place layer names live.
+LAYERS = {
+    "small_cnn": ("block", ("block", "linear")),
+    "resnet20": ("layer3.2", ("layer3.2", "linear")),
+    # torchvision InceptionV3: Mixed_7c -> avgpool -> dropout (identity in eval) -> fc
+    "inception_v3": ("Mixed_7c", ("Mixed_7c", "fc")),
+    # VGG16: the last conv block (conv5_3 + ReLU) is followed by max-pool and a 3-layer MLP
+    "vgg16": ("features.29", None),
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str | None = None,
+                search_dirs=()) -> nn.Module:
+    """Build a classifier by name and tag it with its conductance layers.
+
+    ``weights``: ``None`` / ``"none"`` (random init), ``"pretrained"`` (ResNet20:
+    the akamaster checkpoint, found in ``search_dirs`` or downloaded; torchvision
+    models: ImageNet weights through torchvision) or a path to a checkpoint.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model: {name!r} is not a known model; valid: {', '.join(MODEL_NAMES)}")
+    if name == "small_cnn":
+        model = SmallCNN(num_classes, in_channels)
+    elif name == "resnet20":
+        model = ResNet20(num_classes, in_channels)
+        if weights not in (None, "none"):
+            load_resnet20_checkpoint(model, _resolve_resnet20_weights(weights, search_dirs))
+    else:
+        model = _torchvision_model(name, num_classes, weights)
+    model.last_conv_layer, model.gap_linear_head = LAYERS[name]
+    model.model_name = name
+    return model
+
+
+def last_conv_layer(model: nn.Module) -> nn.Module:
+    """The module named by ``model.last_conv_layer``."""
+    return model.get_submodule(model.last_conv_layer)

@@ -1,0 +1,345 @@
+"""Model mutation operators for the Label Change Rate (LCR) of paper 1, section 4.2.
+
+Paper 1 (arXiv 1910.00387, section 4.2) takes the LCR from Wang et al., "Adversarial
+sample detection for deep neural network through model mutation testing" (ICSE 2019):
+a *mutant* is a copy of the trained network with a small random subset of its
+weights changed, and LCR(x) is the fraction of mutants whose prediction on ``x``
+differs from the original network's prediction (see :mod:`helpers.lcr`).
+
+Operators (``OPERATORS``); ``rate`` is always a fraction of a named population and the
+number of selected items is ``n_selected(rate, population)`` =
+``max(1, floor(rate * population + 0.5))``:
+
+Wang et al.'s parameter-level operators
+    ``"gf"``   Gaussian fuzzing: rate x (all scalar weights of the conv / linear
+               layers); each selected scalar is replaced by a draw from
+               N(mean, std) of its own weight tensor (biases are not fuzzed).
+    ``"nai"``  neuron activation inverse: rate x (all output units = conv filters
+               and linear rows); the unit's weights and bias are negated.
+    ``"ws"``   weight shuffling: rate x (all output units); the unit's incoming
+               weights are permuted (a random cyclic permutation, so every scalar
+               moves).
+    ``"ns"``   neuron switch: in each conv / linear layer, rate x (that layer's
+               output units); the incoming weight rows (and biases) of the selected
+               units are permuted among themselves (cyclically, so every selected
+               unit changes).  A switch needs two units, so a layer's count is
+               ``floor(rate * n + 0.5)`` raised to 2 when it is 1; if every layer
+               rounds to 0, one layer (drawn in proportion to its size) switches 2.
+Paper 1's filter-level operators (a "weight" is a whole conv output filter)
+    ``"filter_nai"`` rate x (all conv filters); negate the kernel only (before any
+               BatchNorm; a conv bias, if any, is untouched).  Paper 1 used this
+               variant for CIFAR-10 at rate 0.01.
+    ``"filter_gf"``  rate x (all conv filters); the whole kernel is replaced by
+               draws from N(mean, std) of its layer's weight tensor.
+For BatchNorm networks
+    ``"bn_nai"`` rate x (all BatchNorm channels); negate the channel's gamma and
+               beta.  After a bias-free conv this is the exact inversion of the
+               channel's pre-activation (``filter_nai`` is not, because BN's running
+               mean is not negated).
+
+Speed: a mutant is a :class:`MutantSpec` ``(operator, rate, seed)``; :func:`make_patch`
+turns it deterministically (a private ``torch.Generator`` seeded by ``spec.seed``,
+independent of the global RNG) into a :class:`Patch`: a few (parameter name, flat
+indices, new values) triples.  ``Patch.apply`` / ``Patch.revert`` are in-place index
+writes (the original values are saved on apply), so evaluating many mutants needs no
+``deepcopy`` and storing them needs no weight files.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+OPERATORS = ("gf", "nai", "ws", "ns", "filter_nai", "filter_gf", "bn_nai")
+
+#: what the rate of each operator is a fraction of
+RATE_OF = {
+    "gf": "all scalar weights of conv/linear layers",
+    "nai": "all output units (conv filters and linear rows)",
+    "ws": "all output units (conv filters and linear rows)",
+    "ns": "the output units of each conv/linear layer",
+    "filter_nai": "all conv filters",
+    "filter_gf": "all conv filters",
+    "bn_nai": "all BatchNorm channels",
+}
+
+
+# ----------------------------------------------------------------------------- specs
+def _check_operator(operator) -> None:
+    if operator not in OPERATORS:
+        raise ValueError(f"operator: {operator!r} is not a known operator; valid: {', '.join(OPERATORS)}")
+
+
+def _check_rate(rate) -> None:
+    try:
+        ok = 0.0 < float(rate) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or isinstance(rate, bool):
+        raise ValueError(f"rate: {rate!r} is not valid; valid: a fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
+class MutantSpec:
+    """One mutant: operator name, mutation rate in (0, 1] and the seed of its draws."""
+
+    operator: str
+    rate: float
+    seed: int
+
+    def __post_init__(self):
+        _check_operator(self.operator)
+        _check_rate(self.rate)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed: {self.seed!r} is not valid; valid: an integer >= 0")
+
+
+def n_selected(rate: float, population: int) -> int:
+    """Number of items a mutation at ``rate`` changes out of ``population``: max(1, round-half-up)."""
+    _check_rate(rate)
+    if population <= 0:
+        return 0
+    return min(population, max(1, int(math.floor(rate * population + 0.5))))
+
+
+# ----------------------------------------------------------------------------- layers
+def _conv_linear(model: nn.Module, conv_only: bool = False):
+    types = (nn.modules.conv._ConvNd,) if conv_only else (nn.modules.conv._ConvNd, nn.Linear)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, types) and m.weight is not None]
+
+
+def _batchnorms(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine]
+
+
+def _pname(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def unit_count(model: nn.Module, operator: str) -> int:
+    """Size of the population ``rate`` is a fraction of (see ``RATE_OF``); for "ns" the total units."""
+    _check_operator(operator)
+    if operator == "gf":
+        return sum(m.weight.numel() for _, m in _conv_linear(model))
+    if operator in ("nai", "ws", "ns"):
+        return sum(m.weight.shape[0] for _, m in _conv_linear(model))
+    if operator in ("filter_nai", "filter_gf"):
+        return sum(m.weight.shape[0] for _, m in _conv_linear(model, conv_only=True))
+    return sum(m.weight.shape[0] for _, m in _batchnorms(model))
+
+
+# ----------------------------------------------------------------------------- patches
+@dataclass(eq=False)
+class Patch:
+    """In-place, revertible change of a model's parameters: the content of one mutant.
+
+    ``entries``: tuple of ``(parameter name, flat indices (int64), new values)``, on
+    the CPU.  :meth:`apply` saves the current values at those indices and writes the
+    new ones; :meth:`revert` writes the saved values back (bitwise restore).
+    """
+
+    spec: MutantSpec | None
+    entries: tuple
+    _saved: list | None = field(default=None, repr=False)
+    _dev: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_scalars(self) -> int:
+        return int(sum(idx.numel() for _, idx, _ in self.entries))
+
+    @property
+    def param_names(self) -> tuple:
+        return tuple(n for n, _, _ in self.entries)
+
+    @property
+    def applied(self) -> bool:
+        return self._saved is not None
+
+    def _on(self, params: dict):
+        """Entries moved to the device / dtype of their parameters (cached per device)."""
+        key = str(params[self.entries[0][0]].device)
+        if key not in self._dev:
+            self._dev[key] = [(n, i.to(params[n].device), v.to(device=params[n].device, dtype=params[n].dtype))
+                              for n, i, v in self.entries]
+        return self._dev[key]
+
+    def _params(self, model: nn.Module) -> dict:
+        params = dict(model.named_parameters())
+        for n in self.param_names:
+            if n not in params:
+                raise KeyError(f"patch: model has no parameter {n!r} (patch made for another model?)")
+        return params
+
+    def apply(self, model: nn.Module, _params: dict | None = None) -> "Patch":
+        """Write the mutant's values into ``model`` in place, saving the originals."""
+        if self._saved is not None:
+            raise RuntimeError("patch: already applied; revert it before applying again")
+        params = _params if _params is not None else self._params(model)
+        saved = []
+        with torch.inference_mode(False), torch.no_grad():
+            for name, idx, val in (self._on(params) if self.entries else []):
+                flat = params[name].view(-1)
+                saved.append((flat, idx, flat[idx].clone()))
+                flat[idx] = val
+        self._saved = saved
+        return self
+
+    def revert(self, model: nn.Module | None = None) -> "Patch":
+        """Restore the values saved by :meth:`apply` (bitwise)."""
+        if self._saved is None:
+            raise RuntimeError("patch: not applied; nothing to revert")
+        with torch.inference_mode(False), torch.no_grad():
+            for flat, idx, old in reversed(self._saved):
+                flat[idx] = old
+        self._saved = None
+        return self
+
+
+@contextlib.contextmanager
+def mutated(model: nn.Module, spec_or_patch):
+    """``with mutated(model, spec) as patch:`` the model is the mutant inside, the original after.
+
+    Accepts a :class:`MutantSpec` (the patch is made from the model's current
+    weights) or a ready :class:`Patch`.  The patch is reverted even on exceptions.
+    """
+    patch = spec_or_patch if isinstance(spec_or_patch, Patch) else make_patch(model, spec_or_patch)
+    patch.apply(model)
+    try:
+        yield patch
+    finally:
+        patch.revert(model)
+
+
+def _pick_global(sizes, k, g):
+    """Pick k of sum(sizes) items uniformly without replacement; return [(layer, local idx tensor)]."""
+    total = int(sum(sizes))
+    chosen = torch.randperm(total, generator=g)[:k].sort().values.numpy()
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    layer = np.searchsorted(offsets, chosen, side="right") - 1
+    out = []
+    for li in np.unique(layer):
+        local = chosen[layer == li] - offsets[li]
+        out.append((int(li), torch.as_tensor(local, dtype=torch.int64)))
+    return out
+
+
+def _rows_flat(rows: torch.Tensor, row_size: int) -> torch.Tensor:
+    return (rows[:, None] * row_size + torch.arange(row_size)[None, :]).reshape(-1)
+
+
+def _weight_stats(w: torch.Tensor):
+    w = w.detach().double()
+    return float(w.mean()), float(w.std()) if w.numel() > 1 else 0.0
+
+
+def make_patch(model: nn.Module, spec: MutantSpec) -> Patch:
+    """Compute the mutant ``spec`` of ``model`` as a :class:`Patch` (the model is not changed).
+
+    Deterministic: every draw comes from a ``torch.Generator`` seeded with
+    ``spec.seed`` (the global RNG is neither used nor advanced), and the new values
+    depend only on the spec and the model's current weights.  Operators and rates:
+    see the module docstring (Wang et al. ICSE 2019; paper 1 section 4.2).
+    """
+    if not isinstance(spec, MutantSpec):
+        raise TypeError(f"spec: expected a MutantSpec, got {type(spec).__name__}")
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(spec.seed))
+    op, rate = spec.operator, spec.rate
+    entries = []
+
+    def w_of(m):
+        w = m.weight.detach()
+        if not w.is_contiguous():
+            raise ValueError("make_patch: non-contiguous weight (e.g. channels_last); use contiguous weights")
+        return w.cpu()
+
+    if op == "gf":
+        layers = _conv_linear(model)
+        sizes = [m.weight.numel() for _, m in layers]
+        for li, flat in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
+            name, m = layers[li]
+            mean, std = _weight_stats(m.weight)
+            vals = torch.randn(flat.numel(), generator=g, dtype=torch.float64) * std + mean
+            entries.append((_pname(name, "weight"), flat, vals.to(m.weight.dtype)))
+
+    elif op in ("nai", "ws", "filter_nai", "filter_gf"):
+        layers = _conv_linear(model, conv_only=op.startswith("filter_"))
+        sizes = [m.weight.shape[0] for _, m in layers]
+        for li, rows in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
+            name, m = layers[li]
+            w = w_of(m)
+            row_size = w[0].numel()
+            flat = _rows_flat(rows, row_size)
+            wf = w.reshape(-1)
+            if op in ("nai", "filter_nai"):
+                entries.append((_pname(name, "weight"), flat, -wf[flat]))
+                if op == "nai" and m.bias is not None:
+                    entries.append((_pname(name, "bias"), rows.clone(), -m.bias.detach().cpu()[rows]))
+            elif op == "filter_gf":
+                mean, std = _weight_stats(w)
+                vals = torch.randn(flat.numel(), generator=g, dtype=torch.float64) * std + mean
+                entries.append((_pname(name, "weight"), flat, vals.to(w.dtype)))
+            else:  # ws: a random cyclic permutation of each selected row's incoming weights
+                new = []
+                for _ in rows:
+                    order = torch.randperm(row_size, generator=g)
+                    src = torch.empty(row_size, dtype=torch.int64)
+                    src[order] = order.roll(-1)
+                    new.append(src)
+                src = torch.stack(new)  # (k, row_size): new[j] = old[src[j]]
+                old = w.reshape(w.shape[0], -1)[rows]
+                entries.append((_pname(name, "weight"), flat, torch.gather(old, 1, src).reshape(-1)))
+
+    elif op == "ns":
+        layers = _conv_linear(model)
+        counts = []
+        for _, m in layers:
+            n = m.weight.shape[0]
+            k = int(math.floor(rate * n + 0.5)) if n >= 2 else 0
+            counts.append(min(n, 2) if k == 1 else min(k, n))
+        if sum(counts) == 0:
+            eligible = [i for i, (_, m) in enumerate(layers) if m.weight.shape[0] >= 2]
+            if eligible:
+                p = torch.tensor([float(layers[i][1].weight.shape[0]) for i in eligible])
+                counts[eligible[int(torch.multinomial(p, 1, generator=g))]] = 2
+        for li, ((name, m), k) in enumerate(zip(layers, counts)):
+            if k < 2:
+                continue
+            w = w_of(m)
+            n = w.shape[0]
+            rows = torch.randperm(n, generator=g)[:k]
+            perm = torch.randperm(k, generator=g)
+            dst, src = rows[perm], rows[perm.roll(-1)]  # cyclic: every selected unit changes
+            order = torch.argsort(dst)
+            dst, src = dst[order], src[order]
+            w2 = w.reshape(n, -1)
+            entries.append((_pname(name, "weight"), _rows_flat(dst, w2.shape[1]), w2[src].reshape(-1).clone()))
+            if m.bias is not None:
+                entries.append((_pname(name, "bias"), dst.clone(), m.bias.detach().cpu()[src].clone()))
+
+    elif op == "bn_nai":
+        layers = _batchnorms(model)
+        sizes = [m.weight.shape[0] for _, m in layers]
+        for li, ch in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
+            name, m = layers[li]
+            entries.append((_pname(name, "weight"), ch, -m.weight.detach().cpu()[ch]))
+            entries.append((_pname(name, "bias"), ch.clone(), -m.bias.detach().cpu()[ch]))
+
+    entries = tuple((n, i.to(torch.int64).contiguous(), v.detach().clone().contiguous()) for n, i, v in entries)
+    return Patch(spec, entries)
+
+
+def make_patches(model: nn.Module, specs) -> list:
+    """``[make_patch(model, s) for s in specs]`` (patches pass through unchanged)."""
+    return [s if isinstance(s, Patch) else make_patch(model, s) for s in specs]
+
+
+__all__ = [
+    "OPERATORS", "RATE_OF", "MutantSpec", "Patch", "make_patch", "make_patches", "mutated",
+    "n_selected", "unit_count",
+]

@@ -1,0 +1,267 @@
+"""Experiment profiles: every knob of one experiment in one YAML file (params/<name>.yaml).
+
+A profile is loaded by name (``digits`` -> ``params/digits.yaml``) or by path, merged
+with optional overrides (a dict of dotted keys, e.g. ``{"training.epochs": 1}``,
+which is how notebooks receive them from papermill), and validated against
+:data:`SCHEMA` before any work starts: an unknown key, a missing required key or an
+invalid value raises :class:`ProfileError` naming the key, the value and what is
+valid.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+DEFAULT_PROFILE = "digits"
+
+
+class ProfileError(ValueError):
+    """A profile key is unknown, missing or has an invalid value."""
+
+
+# --------------------------------------------------------------------------- schema
+# Each leaf: (type(s), required, check) where check is None, a tuple of allowed
+# values, or a (lo, hi) numeric range given as a dict {"min":..., "max":...}.
+_NUM = (int, float)
+_OPT = type(None)
+
+SCHEMA: dict[str, Any] = {
+    "name": (str, True, None),
+    "description": (str, False, None),
+    "dataset": (str, True, ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")),
+    "data_dir": ((str, _OPT), False, None),
+    "download": (bool, False, None),
+    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16")),
+    "weights": ((str, _OPT), False, None),
+    "checkpoint": ((str, _OPT), False, None),
+    "image_size": (int, True, {"min": 4, "max": 1024}),
+    "normalize": {
+        "mean": (list, True, None),
+        "std": (list, True, None),
+    },
+    "seed": (int, True, {"min": 0}),
+    "device": (str, False, ("auto", "cpu", "cuda")),
+    "num_workers": (int, False, {"min": 0}),
+    "split": {
+        "val_fraction": ((float, _OPT), False, {"min": 0.0, "max": 0.9}),
+        "test_fraction": ((float, _OPT), False, {"min": 0.0, "max": 0.9}),
+        "val_from_test": ((int, _OPT), False, {"min": 1}),
+        "n_classes": ((int, _OPT), False, {"min": 2}),
+        "train_per_class": ((int, _OPT), False, {"min": 1}),
+        "val_per_class": ((int, _OPT), False, {"min": 1}),
+        "limit_train": ((int, _OPT), False, {"min": 10}),
+        "limit_val": ((int, _OPT), False, {"min": 10}),
+        "limit_test": ((int, _OPT), False, {"min": 10}),
+    },
+    "training": {
+        "epochs": (int, True, {"min": 0, "max": 1000}),
+        "batch_size": (int, True, {"min": 1}),
+        "optimizer": (str, True, ("sgd", "adam")),
+        "lr": (_NUM, True, {"min": 0.0, "max": 10.0}),
+        "momentum": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "weight_decay": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "schedule": (str, False, ("none", "cosine", "step", "onecycle")),
+        "augmentation": (str, False, ("none", "crop_flip", "crop")),
+        "amp": (bool, False, None),
+        "eval_batch_size": (int, False, {"min": 1}),
+    },
+    "conductance": {
+        "layer": ((str, _OPT), False, None),
+        "n_steps": (int, False, {"min": 1, "max": 1000}),
+        "method": (str, False, ("auto", "exact", "riemann", "captum")),
+        "reduction": (str, False, ("sum", "mean")),
+        "classes": (list, False, None),
+        "top_k": (int, False, {"min": 1}),
+        "detector": {
+            "epochs": (int, False, {"min": 1}),
+            "batch_size": (int, False, {"min": 1}),
+            "lr": (_NUM, False, {"min": 0.0}),
+            "patience": (int, False, {"min": 1}),
+        },
+    },
+    "lcr": {
+        "grid_operators": (list, False, None),
+        "grid_rates": (list, False, None),
+        "grid_mutants": (int, False, {"min": 1}),
+        "operator": ((str, _OPT), False, None),
+        "rate": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),
+        "n_mutants": (int, False, {"min": 1}),
+        "accept_threshold": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "max_tries_factor": (int, False, {"min": 1}),
+        "sprt_alpha": (_NUM, False, {"min": 0.0, "max": 0.5}),
+        "sprt_beta": (_NUM, False, {"min": 0.0, "max": 0.5}),
+        "sprt_threshold": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),
+        "sprt_indifference": (_NUM, False, {"min": 0.0, "max": 0.5}),
+    },
+    "joint": {
+        "folds": (int, False, {"min": 2}),
+        "correct_recall_target": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "wrong_recall_target": (_NUM, False, {"min": 0.0, "max": 1.0}),
+    },
+    "metrics": {
+        "n_bootstrap": (int, False, {"min": 10}),
+    },
+}
+
+#: Defaults filled in for optional keys a profile leaves out.
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "data_dir": None,
+    "download": False,
+    "weights": None,
+    "checkpoint": None,
+    "device": "auto",
+    "num_workers": 0,
+    "split": {
+        "val_fraction": None, "test_fraction": None, "val_from_test": None, "n_classes": None,
+        "train_per_class": None, "val_per_class": None,
+        "limit_train": None, "limit_val": None, "limit_test": None,
+    },
+    "training": {"momentum": 0.9, "weight_decay": 0.0, "schedule": "none", "augmentation": "none",
+                 "amp": True, "eval_batch_size": 512},
+    "conductance": {"layer": None, "n_steps": 10, "method": "auto", "reduction": "sum",
+                    "classes": [0, 1, 2], "top_k": 5,
+                    "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5}},
+    "lcr": {"grid_operators": ["filter_nai", "filter_gf", "gf"], "grid_rates": [0.01, 0.05],
+            "grid_mutants": 10, "operator": None, "rate": None, "n_mutants": 100,
+            "accept_threshold": 0.9, "max_tries_factor": 20,
+            "sprt_alpha": 0.05, "sprt_beta": 0.05, "sprt_threshold": None, "sprt_indifference": 0.05},
+    "joint": {"folds": 5, "correct_recall_target": 0.982, "wrong_recall_target": 0.995},
+    "metrics": {"n_bootstrap": 1000},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _type_name(t) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join("null" if x is type(None) else x.__name__ for x in ts)
+
+
+def _validate(cfg: dict, schema: dict, where: str, source: str) -> None:
+    for key in cfg:
+        if key not in schema:
+            raise ProfileError(
+                f"{source}: unknown key {where + key!r}; valid keys here: {', '.join(sorted(schema))}"
+            )
+    for key, spec in schema.items():
+        full = where + key
+        if isinstance(spec, dict):
+            val = cfg.get(key, {})
+            if not isinstance(val, dict):
+                raise ProfileError(f"{source}: {full!r} must be a mapping, got {val!r}")
+            _validate(val, spec, full + ".", source)
+            continue
+        types, required, check = spec
+        if key not in cfg:
+            if required:
+                raise ProfileError(f"{source}: missing required key {full!r} ({_type_name(types)})")
+            continue
+        val = cfg[key]
+        ts = types if isinstance(types, tuple) else (types,)
+        ok = isinstance(val, ts) and not (isinstance(val, bool) and bool not in ts)
+        if not ok and float in ts and isinstance(val, int) and not isinstance(val, bool):
+            ok = True
+        if not ok:
+            raise ProfileError(f"{source}: {full!r} = {val!r} has the wrong type; expected {_type_name(types)}")
+        if val is None or check is None:
+            continue
+        if isinstance(check, tuple) and val not in check:
+            raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {', '.join(map(str, check))}")
+        if isinstance(check, dict):
+            if "min" in check and val < check["min"]:
+                raise ProfileError(f"{source}: {full!r} = {val!r} is below the minimum {check['min']}")
+            if "max" in check and val > check["max"]:
+                raise ProfileError(f"{source}: {full!r} = {val!r} is above the maximum {check['max']}")
+
+
+def _expand_dotted(overrides: dict) -> dict:
+    out: dict = {}
+    for key, val in (overrides or {}).items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ProfileError(f"overrides: {key!r} conflicts with another override")
+        if isinstance(val, dict):
+            val = _expand_dotted(val)
+        node[parts[-1]] = val
+    return out
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """``digits`` -> params/digits.yaml; a path to a YAML file is taken as is."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ProfileError(f"profile: no file at {p}")
+        return p
+    cand = PARAMS_DIR / f"{profile}.yaml"
+    if not cand.is_file():
+        known = sorted(x.stem for x in PARAMS_DIR.glob("*.yaml"))
+        raise ProfileError(f"profile: {str(profile)!r} is not a known profile; valid: {', '.join(known)} "
+                           "or a path to a .yaml file")
+    return cand
+
+
+def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides: dict | None = None) -> dict:
+    """Load, merge overrides into, fill defaults of, and validate a profile.
+
+    Returns a plain nested dict.  ``profile`` may also be an already-loaded dict.
+    """
+    if isinstance(profile, dict):
+        raw, source = copy.deepcopy(profile), "profile"
+    else:
+        path = profile_path(profile)
+        source = str(path.relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ProfileError(f"{source}: must be a YAML mapping of keys to values")
+    if overrides:
+        ov = _expand_dotted(overrides)
+        _validate_partial(ov, SCHEMA, "", "overrides")
+        raw = _merge(raw, ov)
+    _validate(raw, SCHEMA, "", source)
+    cfg = _merge(DEFAULTS, raw)
+    norm = cfg["normalize"]
+    if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
+        raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")
+    return cfg
+
+
+def _validate_partial(ov: dict, schema: dict, where: str, source: str) -> None:
+    """Overrides name only some keys: check those exist and have valid values."""
+    for key, val in ov.items():
+        if key not in schema:
+            raise ProfileError(f"{source}: unknown key {where + key!r}; valid keys here: {', '.join(sorted(schema))}")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            if not isinstance(val, dict):
+                raise ProfileError(f"{source}: {where + key!r} must be a mapping, got {val!r}")
+            _validate_partial(val, spec, where + key + ".", source)
+        else:
+            _validate({key: val}, {key: (spec[0], False, spec[2])}, where, source)
+
+
+def params_hash(*parts: Any, length: int = 10) -> str:
+    """A short stable hash of JSON-serialisable parameters (the cache key of a stage)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

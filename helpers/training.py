@@ -1,0 +1,144 @@
+"""Training, evaluation and the per-sample prediction table (paper 1, section 4: the models whose
+mistakes we detect).  Seeded; AMP and channels_last on CUDA; a tqdm progress bar."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .datasets import ArrayImages, DataBundle
+from .utils import seed_everything
+
+
+def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                    num_workers: int = 0):
+    """Yield (x, y) batches; in-memory datasets are sliced as whole tensors (no per-item Python)."""
+    if isinstance(dataset, ArrayImages):
+        n = len(dataset)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            yield dataset._convert(dataset.images[idx]), dataset.labels[idx]
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                             num_workers=num_workers)
+        yield from loader
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop of the zero-padded image (pad 4) and, for ``crop_flip``, horizontal flip.
+
+    Zero padding is applied in the normalised space (the dataset mean colour)."""
+    if kind == "none":
+        return x
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]
+    out = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if kind == "crop_flip":
+        flip = torch.rand(b, generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out.contiguous()
+
+
+def _optimizer(model, tcfg):
+    if tcfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                               weight_decay=tcfg["weight_decay"], nesterov=tcfg["momentum"] > 0)
+    return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+
+
+def _scheduler(opt, tcfg, steps_per_epoch):
+    total = max(1, tcfg["epochs"] * steps_per_epoch)
+    kind = tcfg["schedule"]
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if kind == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(total * 0.5), int(total * 0.75)], gamma=0.1)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total, pct_start=0.15)
+    return None
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset, device, batch_size: int = 512) -> np.ndarray:
+    """Logits of every sample of ``dataset`` in order (model in eval mode)."""
+    model.eval()
+    out = []
+    for x, _ in iterate_batches(dataset, batch_size):
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, device: torch.device,
+                progress: bool = True) -> list[dict]:
+    """Train on the train split; returns the per-epoch history (loss, train and val accuracy)."""
+    gen = seed_everything(seed)
+    model.to(device)
+    use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_ds = data["train"].dataset
+    steps = math.ceil(len(train_ds) / tcfg["batch_size"])
+    opt = _optimizer(model, tcfg)
+    sched = _scheduler(opt, tcfg, steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = []
+    bar = tqdm(range(tcfg["epochs"]), desc="train", disable=not progress)
+    for epoch in bar:
+        model.train()
+        t0, tot, correct, n = time.perf_counter(), 0.0, 0, 0
+        for x, y in iterate_batches(train_ds, tcfg["batch_size"], shuffle=True, generator=gen):
+            x = augment(x, tcfg["augmentation"], gen).to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if sched is not None:
+                sched.step()
+            tot += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        val_logits = predict_logits(model, data["val"].dataset, device, tcfg.get("eval_batch_size", 512))
+        val_acc = float((val_logits.argmax(1) == data["val"].labels).mean())
+        history.append({"epoch": epoch + 1, "loss": tot / max(n, 1), "train_acc_running": correct / max(n, 1),
+                        "val_acc": val_acc, "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_acc=f"{val_acc:.3f}")
+    model.eval()
+    return history
+
+
+def prediction_table(model: nn.Module, data: DataBundle, device, batch_size: int = 512) -> pd.DataFrame:
+    """The per-sample prediction table: id, split, label, prediction, correct, logit_0..logit_{K-1}."""
+    frames = []
+    for split, sd in data.splits.items():
+        logits = predict_logits(model, sd.dataset, device, batch_size)
+        pred = logits.argmax(1)
+        df = pd.DataFrame({"id": sd.ids, "split": split, "label": sd.labels, "prediction": pred,
+                           "correct": pred == sd.labels})
+        df = pd.concat([df, pd.DataFrame(logits, columns=[f"logit_{k}" for k in range(logits.shape[1])])], axis=1)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def logits_of(table: pd.DataFrame) -> np.ndarray:
+    """The logit columns of a prediction table as an (N, K) array."""
+    return table[[c for c in table.columns if c.startswith("logit_")]].to_numpy(np.float32)
