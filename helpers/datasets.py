@@ -461,3 +461,14 @@ LOADERS = {
 def load_data(cfg: dict) -> DataBundle:
     """Build the profile's splits (see the module docstring)."""
     return LOADERS[cfg["dataset"]](cfg)
+
+
+def split_summary(data: DataBundle) -> pd.DataFrame:
+    """Counts per class (rows) and split (columns), with a total row."""
+    rows = {name: pd.Series(sd.labels).value_counts().reindex(range(len(data.classes)), fill_value=0)
+            for name, sd in data.splits.items()}
+    df = pd.DataFrame(rows)
+    df.index = [str(c) for c in data.classes]
+    df.loc["total"] = df.sum()
+    df.index.name = "class"
+    return df.reset_index()

@@ -40,7 +40,7 @@ class Experiment:
     """Settings, cached stages and outputs of one profile.
 
     ``Experiment("digits")`` or ``Experiment("params/my.yaml", {"training.epochs": 1})``.
-    ``output_dir`` defaults to figures/<name>/; ``artifacts_dir`` to artifacts/<name>/
+    ``output_dir`` defaults to figures/<name>/ (or $COMPANION_OUTPUT_DIR/<name>/); ``artifacts_dir`` to artifacts/<name>/
     (or $COMPANION_ARTIFACTS/<name>/).
     """
 
@@ -50,7 +50,8 @@ class Experiment:
         self.name = self.cfg["name"]
         self.device = get_device(self.cfg["device"])
         self.seed = self.cfg["seed"]
-        self.output_dir = Path(output_dir) if output_dir else REPO_ROOT / "figures" / self.name
+        root = Path(os.environ["COMPANION_OUTPUT_DIR"]) if os.environ.get("COMPANION_OUTPUT_DIR") else REPO_ROOT / "figures"
+        self.output_dir = Path(output_dir) if output_dir else root / self.name
         self.artifacts_dir = cache_root() / self.name
         self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
         self.timings: dict[str, float] = {}

@@ -142,3 +142,10 @@ def prediction_table(model: nn.Module, data: DataBundle, device, batch_size: int
 def logits_of(table: pd.DataFrame) -> np.ndarray:
     """The logit columns of a prediction table as an (N, K) array."""
     return table[[c for c in table.columns if c.startswith("logit_")]].to_numpy(np.float32)
+
+
+def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, sample count and error count per split (train, val, test order)."""
+    g = predictions.groupby("split", sort=False)["correct"]
+    df = pd.DataFrame({"n": g.size(), "errors": g.size() - g.sum(), "accuracy": g.mean()})
+    return df.reindex([s for s in ("train", "val", "test") if s in df.index]).reset_index()

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
+#   make test      set up, then run the unit tests and the nbval regression of the notebooks
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= digits
+STAMP   := $(VENV)/.installed
+
+# Our venv's kernelspec first, whatever "python3" kernels the user has elsewhere.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+export PYTHONHASHSEED := 0
+
+.PHONY: setup figures test bench clean-artifacts
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (companion)" > /dev/null
+	touch $(STAMP)
+
+figures: $(STAMP)
+	$(PY) -m helpers.run_notebooks --profile $(PROFILE)
+
+test: $(STAMP)
+	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax \
+		--nbval-kernel-name python3 -p no:cacheprovider
+
+bench: $(STAMP)
+	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all
+
+clean-artifacts:
+	rm -rf artifacts

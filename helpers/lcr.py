@@ -1,0 +1,553 @@
+"""Label Change Rate (LCR) of paper 1, section 4.2 (after Wang et al., ICSE 2019).
+
+LCR(x) = |{f_i in F : f_i(x) != f(x)}| / |F|   (paper 1, eq. 6)
+
+where ``f`` is the ORIGINAL network and ``F`` a set of mutants (see
+:mod:`helpers.mutation`).  Pipeline:
+
+1. :func:`screen_mutants` draws candidate mutants from a deterministic seed stream and
+   keeps one only if its accuracy on the VALIDATION split is >= ``threshold`` (0.9) x
+   the original model's validation accuracy (the authors screened on the CIFAR test
+   set: leakage).  A candidate is abandoned as soon as it can no longer reach the
+   threshold (early abort).
+2. :func:`mutant_predictions` gives the (n_mutants, n_samples) matrix of predicted
+   labels, iterating the data once and swapping mutants in place per batch.
+3. :func:`label_change_rate`, :func:`lcr_auroc_by_n_mutants` (paper 1, Figure 4),
+   :func:`choose_setting` (Table 3) and Wang et al.'s sequential probability ratio
+   test :func:`sprt_detect` / :func:`sprt_score`, which stops drawing mutants once the
+   decision is clear.
+
+Data input (every function that runs the model): ``inputs`` is either
+  * a ``torch.Tensor`` (N, C, H, W), already normalised (a NumPy array is accepted
+    too), with labels given separately where needed, or
+  * a ``torch.utils.data.DataLoader`` (any re-iterable) yielding ``(x, y)`` batches
+    (or bare ``x``) in a FIXED order (``shuffle=False``); labels then come from the
+    loader and its own batch size is used.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from helpers.mutation import MutantSpec, Patch, make_patch, make_patches, _check_operator, _check_rate
+
+#: default SPRT label-change-probability threshold and indifference half-width
+#: (tuned on the pretrained CIFAR-10 ResNet20 with filter_nai / bn_nai mutants at
+#: rate 0.01; Wang et al. set the threshold from the LCR of normal inputs)
+SPRT_THRESHOLD = 0.10
+SPRT_INDIFFERENCE = 0.05
+
+#: stride between the candidate-seed streams of different ``seed`` values
+SEED_STRIDE = 100003
+
+MODES = ("auto", "loop", "vmap")
+
+
+# ----------------------------------------------------------------------------- data helpers
+def _is_tensor_like(x) -> bool:
+    return isinstance(x, (torch.Tensor, np.ndarray))
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+def _n_samples(inputs) -> int | None:
+    if _is_tensor_like(inputs):
+        return int(inputs.shape[0])
+    ds = getattr(inputs, "dataset", None)
+    try:
+        return len(ds) if ds is not None else None
+    except TypeError:
+        return None
+
+
+def _batches(inputs, labels=None, batch_size: int = 512):
+    """Yield ``(x, y_or_None)`` from a tensor (+ labels) or a loader of (x, y) / x batches."""
+    if _is_tensor_like(inputs):
+        x = _as_tensor(inputs)
+        y = None if labels is None else torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"labels: {y.shape[0]} labels for {x.shape[0]} inputs")
+        for s in range(0, x.shape[0], batch_size):
+            yield x[s:s + batch_size], (None if y is None else y[s:s + batch_size])
+        return
+    if labels is not None:
+        raise ValueError("labels: give labels only with tensor inputs; a DataLoader supplies its own")
+    for b in inputs:
+        if isinstance(b, (tuple, list)):
+            yield b[0], (b[1] if len(b) > 1 else None)
+        else:
+            yield b, None
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _resolve(model: nn.Module, device):
+    """The model to run (the model itself, or ONE copy when another device is asked for)."""
+    dev = _model_device(model) if device is None else torch.device(device)
+    if dev != _model_device(model):
+        model = copy.deepcopy(model).to(dev)
+    return model, dev
+
+
+class _Progress:
+    def __init__(self, enabled: bool, what: str, every: float = 5.0):
+        self.enabled, self.what, self.every = enabled, what, every
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, msg: str, force: bool = False):
+        now = time.perf_counter()
+        if self.enabled and (force or now - self.last >= self.every):
+            self.last = now
+            print(f"[{self.what}] {msg} ({now - self.t0:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _label_dtype(num_classes: int):
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+class _eval_mode:
+    """Put a model in eval mode for the block and restore its previous training flags."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, t in self.flags:
+            m.training = t
+        return False
+
+
+# ----------------------------------------------------------------------------- predictions
+def predict(model: nn.Module, inputs, *, batch_size: int = 512, device=None) -> np.ndarray:
+    """Predicted labels (N,) of ``model`` (eval mode, inference_mode)."""
+    model, dev = _resolve(model, device)
+    out = []
+    with _eval_mode(model), torch.inference_mode():
+        for x, _ in _batches(inputs, None, batch_size):
+            out.append(model(x.to(dev, non_blocking=True)).argmax(1).cpu())
+    preds = torch.cat(out).numpy() if out else np.zeros(0, np.int64)
+    return preds.astype(np.int32)
+
+
+def _stacked_params(model: nn.Module, patches):
+    """{name: (M, *shape) tensor} for every parameter any of ``patches`` touches."""
+    params = dict(model.named_parameters())
+    names = sorted({n for p in patches for n in p.param_names})
+    stacked = {}
+    for n in names:
+        base = params[n].detach()
+        st = base.unsqueeze(0).repeat(len(patches), *([1] * base.dim())).contiguous()
+        stacked[n] = st
+    for j, p in enumerate(patches):
+        for n, idx, val in p.entries:
+            stacked[n][j].view(-1)[idx.to(stacked[n].device)] = val.to(stacked[n].device, stacked[n].dtype)
+    return stacked
+
+
+def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size: int = 512,
+                       device=None, progress: bool = True, mode: str = "auto",
+                       vmap_chunk: int = 16, with_original: bool = False):
+    """Predicted labels of every mutant: array (n_mutants, n_samples), int16 (int32 if > 32767 classes).
+
+    ``specs_or_patches``: :class:`MutantSpec` s (turned into patches once, from the
+    model's current weights) or :class:`Patch` es.  ``inputs``: see the module
+    docstring.  The data are iterated ONCE.
+
+    ``mode``:
+      * ``"loop"``: per batch, for each mutant apply its patch in place, run the
+        batch (eval mode, ``torch.inference_mode``), revert.  No copies of the model;
+        the per-mutant overhead is a few index writes, so on a CPU the cost is that
+        of plain inference times the number of mutants.
+      * ``"vmap"``: ``torch.func.functional_call`` vectorised with ``torch.func.vmap``
+        over the stacked parameters that the patches touch (``vmap_chunk`` mutants at
+        a time): fewer, larger kernels; may be faster on a GPU for small models.
+      * ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` otherwise.
+
+    ``with_original=True`` also returns the original model's predictions from the same
+    pass: ``(mutant_preds, original_preds)``.  The model is bitwise unchanged after.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not valid; valid: {', '.join(MODES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size!r} is not valid; valid: an integer >= 1")
+    model, dev = _resolve(model, device)
+    patches = make_patches(model, specs_or_patches)
+    if mode == "auto":
+        mode = "vmap" if dev.type == "cuda" else "loop"
+    m = len(patches)
+    n = _n_samples(inputs)
+    chunks, orig_chunks = [], []
+    prog = _Progress(progress, "mutant_predictions")
+    params = dict(model.named_parameters())
+    with _eval_mode(model), torch.inference_mode():
+        if mode == "vmap" and m:
+            from torch.func import functional_call, vmap
+
+            groups = []
+            for s in range(0, m, vmap_chunk):
+                grp = patches[s:s + vmap_chunk]
+                groups.append(_stacked_params(model, grp))
+
+            def f(p, x):
+                return functional_call(model, p, (x,), strict=False).argmax(-1)
+        done = 0
+        for x, _ in _batches(inputs, None, batch_size):
+            x = x.to(dev, non_blocking=True)
+            if with_original:
+                orig_chunks.append(model(x).argmax(1).cpu())
+            out = torch.empty((m, x.shape[0]), dtype=torch.int64)
+            if mode == "loop":
+                for j, p in enumerate(patches):
+                    p.apply(model, params)
+                    try:
+                        out[j] = model(x).argmax(1).cpu()
+                    finally:
+                        p.revert(model)
+            else:
+                s = 0
+                for st in groups:
+                    k = next(iter(st.values())).shape[0] if st else 0
+                    if k == 0:  # patches touching nothing: the original model
+                        k = min(vmap_chunk, m - s)
+                        out[s:s + k] = model(x).argmax(1).cpu()[None]
+                    else:
+                        out[s:s + k] = vmap(f, in_dims=(0, None))(st, x).cpu()
+                    s += k
+            chunks.append(out)
+            done += x.shape[0]
+            prog(f"{done}/{n if n is not None else '?'} samples x {m} mutants")
+    preds = (torch.cat(chunks, 1) if chunks else torch.zeros((m, 0), dtype=torch.int64)).numpy()
+    ncls = int(preds.max()) + 1 if preds.size else 1
+    preds = preds.astype(_label_dtype(ncls))
+    if with_original:
+        orig = torch.cat(orig_chunks).numpy().astype(np.int32) if orig_chunks else np.zeros(0, np.int32)
+        return preds, orig
+    return preds
+
+
+# ----------------------------------------------------------------------------- screening
+@dataclass
+class ScreenResult:
+    """Outcome of :func:`screen_mutants`.
+
+    ``samples_evaluated``: mutant forwards actually spent (aborted candidates
+    included; the original model's own ``original_forwards`` pass is not in it);
+    ``samples_evaluated_without_abort``: ``tried x n_val``, what fully evaluating
+    every candidate would have cost.  ``predictions``: (n_accepted, n_val) labels of
+    the accepted mutants on the validation inputs (a free by-product: accepted
+    mutants are always evaluated in full); ``original_predictions``: (n_val,).
+    """
+
+    accepted: list
+    accuracies: list
+    tried: int
+    rejected: int
+    original_accuracy: float
+    samples_evaluated: int
+    samples_evaluated_without_abort: int
+    seconds: float
+    n_val: int
+    threshold: float
+    original_forwards: int = 0
+    predictions: np.ndarray | None = field(default=None, repr=False)
+    original_predictions: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def forwards_per_accepted(self) -> float:
+        return self.samples_evaluated / max(1, len(self.accepted))
+
+    @property
+    def forwards_per_accepted_without_abort(self) -> float:
+        return self.samples_evaluated_without_abort / max(1, len(self.accepted))
+
+    @property
+    def seconds_per_accepted(self) -> float:
+        return self.seconds / max(1, len(self.accepted))
+
+
+def candidate_seeds(seed: int, n: int) -> list:
+    """The deterministic candidate-seed stream of :func:`screen_mutants`: seed*100003 + i."""
+    return [int(seed) * SEED_STRIDE + i for i in range(n)]
+
+
+def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate: float, n_mutants: int, *,
+                   threshold: float = 0.9, max_tries: int | None = None, seed: int = 0, batch_size: int = 512,
+                   device=None, progress: bool = True, early_abort: bool = True) -> ScreenResult:
+    """Draw mutants until ``n_mutants`` pass the accuracy filter on the VALIDATION split.
+
+    Candidate ``i`` is ``MutantSpec(operator, rate, seed*100003 + i)``.  It is kept iff
+    its validation accuracy >= ``threshold`` x the original model's validation
+    accuracy (paper 1, 4.2.1; Wang et al. regenerate rejected mutants the same way).
+    With ``early_abort`` a candidate is evaluated batch by batch and rejected as soon
+    as ``correct so far + samples left < needed``, i.e. even if every remaining sample
+    were right it could not pass: the decisions are exactly those of a full
+    evaluation.  The batch size sets how often that check runs (smaller batches abort
+    sooner, larger ones run faster).
+
+    ``val_inputs`` / ``val_labels``: a tensor and its labels, or a DataLoader of (x, y)
+    with ``val_labels=None`` (re-iterated for every candidate; keep it in a fixed
+    order).  ``max_tries`` (default ``20 * n_mutants``) bounds the candidates: when it
+    is used up a RuntimeError says so (it never loops forever).
+    """
+    _check_operator(operator)
+    _check_rate(rate)
+    if not (isinstance(n_mutants, (int, np.integer)) and n_mutants >= 1):
+        raise ValueError(f"n_mutants: {n_mutants!r} is not valid; valid: an integer >= 1")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold: {threshold!r} is not valid; valid: a fraction in (0, 1]")
+    max_tries = 20 * int(n_mutants) if max_tries is None else int(max_tries)
+    if max_tries < n_mutants:
+        raise ValueError(f"max_tries: {max_tries} is not valid; valid: an integer >= n_mutants ({n_mutants})")
+    t0 = time.perf_counter()
+    model, dev = _resolve(model, device)
+
+    # labelled validation batches, on the device, computed once when given as tensors
+    if _is_tensor_like(val_inputs):
+        if val_labels is None:
+            raise ValueError("val_labels: required with tensor inputs")
+        cached = [(x.to(dev), torch.as_tensor(y).to(dev)) for x, y in _batches(val_inputs, val_labels, batch_size)]
+        batches = lambda: cached  # noqa: E731
+    else:
+        def batches():
+            for x, y in _batches(val_inputs, val_labels, batch_size):
+                if y is None:
+                    raise ValueError("val_inputs: the DataLoader must yield (x, y) batches")
+                yield x.to(dev), torch.as_tensor(y).to(dev)
+
+    params = dict(model.named_parameters())
+    prog = _Progress(progress, f"screen {operator}@{rate}")
+    with _eval_mode(model), torch.inference_mode():
+        orig_pred = [model(x).argmax(1) for x, _ in batches()]
+        ys = [y for _, y in batches()]
+        n_val = sum(int(y.numel()) for y in ys)
+        if n_val == 0:
+            raise ValueError("val_inputs: empty validation set")
+        orig_correct = int(sum(int((p == y).sum()) for p, y in zip(orig_pred, ys)))
+        needed = math.ceil(threshold * orig_correct - 1e-9)
+
+        accepted, accs, preds = [], [], []
+        evaluated = tried = 0
+        for s in candidate_seeds(seed, max_tries):
+            if len(accepted) >= n_mutants:
+                break
+            spec = MutantSpec(operator, rate, s)
+            patch = make_patch(model, spec)
+            tried += 1
+            correct = seen = 0
+            ok = True
+            cand = []
+            patch.apply(model, params)
+            try:
+                for x, y in batches():
+                    p = model(x).argmax(1)
+                    cand.append(p)
+                    correct += int((p == y).sum())
+                    seen += int(y.numel())
+                    if early_abort and correct + (n_val - seen) < needed:
+                        ok = False
+                        break
+            finally:
+                patch.revert(model)
+            evaluated += seen
+            if ok and correct >= needed:
+                accepted.append(spec)
+                accs.append(correct / n_val)
+                preds.append(torch.cat(cand).cpu())
+            prog(f"accepted {len(accepted)}/{n_mutants}, tried {tried}")
+    seconds = time.perf_counter() - t0
+    if len(accepted) < n_mutants:
+        raise RuntimeError(
+            f"screen_mutants: operator {operator!r} at rate {rate}: only {len(accepted)} of {n_mutants} "
+            f"mutants accepted after {tried} tries (max_tries={max_tries}); a mutant must keep "
+            f">= {threshold} x the original validation accuracy ({orig_correct / n_val:.4f}). "
+            f"Lower the rate, or raise max_tries."
+        )
+    ncls = 1 + max(int(torch.cat(orig_pred).max()), max((int(p.max()) for p in preds), default=0))
+    return ScreenResult(
+        accepted=accepted, accuracies=accs, tried=tried, rejected=tried - len(accepted),
+        original_accuracy=orig_correct / n_val, samples_evaluated=evaluated,
+        samples_evaluated_without_abort=tried * n_val, seconds=seconds, n_val=n_val,
+        threshold=threshold, original_forwards=n_val,
+        predictions=torch.stack(preds).numpy().astype(_label_dtype(ncls)),
+        original_predictions=torch.cat(orig_pred).cpu().numpy().astype(np.int32),
+    )
+
+
+# ----------------------------------------------------------------------------- LCR
+def _changed(mutant_preds, original_preds) -> np.ndarray:
+    mp = np.asarray(mutant_preds)
+    op = np.asarray(original_preds)
+    if mp.ndim != 2 or op.ndim != 1 or mp.shape[1] != op.shape[0]:
+        raise ValueError(
+            f"mutant_preds {mp.shape} / original_preds {op.shape}: expected (n_mutants, n_samples) and (n_samples,)"
+        )
+    return mp != op[None, :]
+
+
+def label_change_rate(mutant_preds, original_preds) -> np.ndarray:
+    """LCR per sample (paper 1, eq. 6): fraction of mutants whose label differs from the
+    ORIGINAL model's prediction ``original_preds`` (not from the true label)."""
+    ch = _changed(mutant_preds, original_preds)
+    if ch.shape[0] == 0:
+        raise ValueError("mutant_preds: no mutants")
+    return ch.mean(0)
+
+
+def lcr_auroc_by_n_mutants(mutant_preds, original_preds, y_wrong, ns) -> np.ndarray:
+    """AUROC of LCR (using the first n mutants) for detecting wrong predictions, per n in ``ns``.
+
+    Paper 1, Figure 4.  ``y_wrong``: 1 where the original prediction is wrong.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    ch = _changed(mutant_preds, original_preds)
+    y = np.asarray(y_wrong).astype(int)
+    csum = np.cumsum(ch, axis=0, dtype=np.int64)
+    out = []
+    for n in ns:
+        n = int(n)
+        if not 1 <= n <= ch.shape[0]:
+            raise ValueError(f"ns: {n} is not valid; valid: 1..{ch.shape[0]} (the number of mutants)")
+        out.append(roc_auc_score(y, csum[n - 1] / n))
+    return np.asarray(out, dtype=float)
+
+
+def lcr_summary(lcr, y_wrong) -> dict:
+    """Mean / std of LCR over correct and wrong predictions and both LCR differences (Table 3)."""
+    lcr = np.asarray(lcr, float)
+    w = np.asarray(y_wrong).astype(bool)
+    c_m, c_s = float(lcr[~w].mean()), float(lcr[~w].std())
+    w_m, w_s = float(lcr[w].mean()), float(lcr[w].std())
+    return {"lcr_correct_mean": c_m, "lcr_correct_std": c_s, "lcr_wrong_mean": w_m, "lcr_wrong_std": w_s,
+            "mean_difference": w_m - c_m, "lcr_difference": (w_m - w_s) - (c_m + c_s)}
+
+
+def choose_setting(table, criterion: str = "auto"):
+    """Pick the (operator, rate) row with the largest LCR difference (paper 1, Table 3).
+
+    ``table``: a sequence of mappings (or a pandas DataFrame) with ``lcr_correct_mean``
+    and ``lcr_wrong_mean`` (validation predictions), optionally ``lcr_correct_std`` /
+    ``lcr_wrong_std``.  ``criterion``:
+      * ``"paper"``: Table 3's "LCR difference" = (mean_wrong - std_wrong) -
+        (mean_correct + std_correct) (reproduces the published numbers);
+      * ``"mean"``: mean_wrong - mean_correct;
+      * ``"auto"``: ``"paper"`` when every row has the std columns, else ``"mean"``.
+    Returns the winning row as given (a pandas Series for a DataFrame); ties go to the
+    first row.
+    """
+    if criterion not in ("auto", "paper", "mean"):
+        raise ValueError(f"criterion: {criterion!r} is not valid; valid: auto, paper, mean")
+    rows = [r for _, r in table.iterrows()] if hasattr(table, "iterrows") else list(table)
+    if not rows:
+        raise ValueError("table: empty")
+    has_std = all("lcr_correct_std" in r and "lcr_wrong_std" in r for r in rows)
+    if criterion == "auto":
+        criterion = "paper" if has_std else "mean"
+    if criterion == "paper" and not has_std:
+        raise ValueError("table: criterion 'paper' needs lcr_correct_std and lcr_wrong_std in every row")
+
+    def diff(r):
+        if criterion == "paper":
+            return (r["lcr_wrong_mean"] - r["lcr_wrong_std"]) - (r["lcr_correct_mean"] + r["lcr_correct_std"])
+        return r["lcr_wrong_mean"] - r["lcr_correct_mean"]
+
+    return rows[int(np.argmax([diff(r) for r in rows]))]
+
+
+# ----------------------------------------------------------------------------- SPRT
+def _sprt(mutant_preds, original_preds, alpha, beta, threshold, indifference, max_mutants):
+    threshold = SPRT_THRESHOLD if threshold is None else float(threshold)
+    delta = float(indifference)
+    p0, p1 = threshold - delta, threshold + delta
+    if not (0.0 < p0 < p1 < 1.0):
+        raise ValueError(
+            f"threshold/indifference: {threshold}/{delta} give p0={p0}, p1={p1}; valid: 0 < threshold-indifference "
+            "< threshold+indifference < 1"
+        )
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not 0.0 < v < 0.5:
+            raise ValueError(f"{name}: {v!r} is not valid; valid: in (0, 0.5)")
+    ch = _changed(mutant_preds, original_preds)
+    m = ch.shape[0] if max_mutants is None else int(max_mutants)
+    if not 1 <= m <= ch.shape[0]:
+        raise ValueError(f"max_mutants: {max_mutants!r} is not valid; valid: 1..{ch.shape[0]}")
+    ch = ch[:m]
+    z = np.cumsum(ch, axis=0, dtype=np.int64)
+    n = np.arange(1, m + 1, dtype=np.int64)[:, None]
+    llr = z * math.log(p1 / p0) + (n - z) * math.log((1 - p1) / (1 - p0))
+    upper, lower = math.log((1 - beta) / alpha), math.log(beta / (1 - alpha))
+    hi, lo = llr >= upper, llr <= lower
+    stop = hi | lo
+    any_stop = stop.any(0)
+    first = stop.argmax(0)
+    cols = np.arange(ch.shape[1])
+    decision = np.where(any_stop, np.where(hi[first, cols], 1, 0), -1).astype(np.int8)
+    n_used = np.where(any_stop, first + 1, m).astype(np.int64)
+    n_changed = z[n_used - 1, cols] if ch.shape[1] else np.zeros(0, np.int64)
+    return decision, n_used, n_changed
+
+
+def sprt_detect(mutant_preds, original_preds, *, alpha: float = 0.05, beta: float = 0.05,
+                threshold: float | None = None, indifference: float = SPRT_INDIFFERENCE,
+                max_mutants: int | None = None):
+    """Wang et al.'s sequential probability ratio test on the label changes, per sample.
+
+    Mutants are drawn in row order.  With ``p0 = threshold - indifference`` and
+    ``p1 = threshold + indifference`` (the indifference region), after ``n`` mutants of
+    which ``z`` changed the original label the log likelihood ratio is
+    ``z log(p1/p0) + (n - z) log((1-p1)/(1-p0))``.  The test stops with
+    "likely wrong" (label-change probability > p1; Wang et al.'s "adversarial") when it
+    reaches ``log((1-beta)/alpha)`` and with "likely correct" (< p0) when it reaches
+    ``log(beta/(1-alpha))``; otherwise it continues until ``max_mutants`` (default:
+    all rows) and reports "undecided".  ``threshold=None`` uses ``SPRT_THRESHOLD``
+    (Wang et al. set it to mu x the mean LCR of normal inputs).  Vectorised over samples
+    with cumulative sums.
+
+    Returns ``(decision, n_used)``: int8 array of 1 (likely wrong), 0 (likely correct),
+    -1 (undecided), and the number of mutants each sample used.
+    """
+    decision, n_used, _ = _sprt(mutant_preds, original_preds, alpha, beta, threshold, indifference, max_mutants)
+    return decision, n_used
+
+
+def sprt_score(mutant_preds, original_preds, *, alpha: float = 0.05, beta: float = 0.05,
+               threshold: float | None = None, indifference: float = SPRT_INDIFFERENCE,
+               max_mutants: int | None = None, kind: str = "lcr") -> np.ndarray:
+    """A continuous score from the SPRT run of :func:`sprt_detect`, for AUROC comparisons.
+
+    ``kind="lcr"``: the LCR over the mutants the test used, ``n_changed / n_used``
+    (the estimate of the label-change probability at stopping time; equals the
+    fixed-N LCR for undecided samples).  ``kind="smoothed"``: ``(n_changed + 0.5) /
+    (n_used + 1)``, which also ranks early "likely correct" stops (few draws, no change)
+    above samples with no change in many draws.
+    """
+    if kind not in ("lcr", "smoothed"):
+        raise ValueError(f"kind: {kind!r} is not valid; valid: lcr, smoothed")
+    _, n_used, n_changed = _sprt(mutant_preds, original_preds, alpha, beta, threshold, indifference, max_mutants)
+    if kind == "lcr":
+        return n_changed / n_used
+    return (n_changed + 0.5) / (n_used + 1.0)
+
+
+__all__ = [
+    "SPRT_THRESHOLD", "SPRT_INDIFFERENCE", "ScreenResult", "candidate_seeds", "choose_setting",
+    "label_change_rate", "lcr_auroc_by_n_mutants", "lcr_summary", "mutant_predictions", "predict",
+    "screen_mutants", "sprt_detect", "sprt_score",
+]

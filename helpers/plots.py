@@ -1,0 +1,90 @@
+"""Figures shared by the notebooks: one style, set once (fastai-style utils)."""
+from __future__ import annotations
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+PALETTE = {"correct": "#4C72B0", "wrong": "#C44E52"}
+
+
+def set_style() -> None:
+    """Seaborn's paper style with readable sizes; deterministic output (no timestamps)."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.2)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titleweight": "bold",
+                         "svg.hashsalt": "companion", "pdf.fonttype": 42})
+
+
+def sample_grid(data, split: str = "train", per_class: int = 6, seed: int = 0):
+    """A grid of sample images, one row per class (at most 10 classes)."""
+    sd = data[split]
+    classes = data.classes[:10]
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9))
+    ds = sd.dataset
+    mean, std = ds.mean.numpy(), ds.std.numpy()
+    for ci, name in enumerate(classes):
+        pos = np.flatnonzero(sd.labels == ci)
+        pick = rng.choice(pos, size=min(per_class, len(pos)), replace=False) if len(pos) else []
+        for j in range(per_class):
+            ax = axes[ci, j]
+            ax.axis("off")
+            if j < len(pick):
+                x = ds[int(pick[j])][0].numpy() * std + mean
+                x = np.clip(x.transpose(1, 2, 0), 0, 1)
+                ax.imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray" if x.shape[-1] == 1 else None)
+        axes[ci, 0].set_title(str(name), fontsize=8, loc="left", x=-0.1, y=0.2, rotation=0, ha="right")
+    fig.suptitle(f"{split} samples", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame):
+    """Loss and accuracy by epoch."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if len(history):
+        a.plot(history["epoch"], history["loss"], marker="o")
+        b.plot(history["epoch"], history["train_acc_running"], marker="o", label="train (running, augmented)")
+        b.plot(history["epoch"], history["val_acc"], marker="o", label="validation")
+        b.legend()
+    else:
+        for ax in (a, b):
+            ax.text(0.5, 0.5, "no training: loaded checkpoint", ha="center", va="center", transform=ax.transAxes)
+    a.set(xlabel="epoch", ylabel="cross-entropy", title="Training loss")
+    b.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(curves: dict, title: str = "ROC on validation", markers: dict | None = None):
+    """ROC curves of several error scores: ``curves[name] = (y_wrong, score)``; ``markers[name] = threshold``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, (y, s) in curves.items():
+        fpr, tpr, thr = roc_curve(y, s)
+        line, = ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(y, s):.3f})")
+        if markers and name in markers:
+            t = markers[name]
+            flagged = np.asarray(s) >= t
+            y = np.asarray(y).astype(bool)
+            ax.plot([flagged[~y].mean()], [flagged[y].mean()], "o", color=line.get_color(), ms=7, mec="k")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate (correct flagged)", ylabel="true positive rate (wrong flagged)",
+           title=title)
+    ax.legend(fontsize=8, loc="lower right", title="AUROC")
+    fig.tight_layout()
+    return fig
+
+
+def score_distributions(df: pd.DataFrame, score: str, title: str, bins: int = 30):
+    """Histogram of a score for correct vs wrong predictions (column ``correct``)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    d = df.assign(prediction=np.where(df["correct"], "correct", "wrong"))
+    sns.histplot(d, x=score, hue="prediction", stat="density", common_norm=False, bins=bins, ax=ax,
+                 palette=PALETTE, element="step")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

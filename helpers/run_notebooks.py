@@ -1,0 +1,80 @@
+"""Run the notebook sequence with papermill for one profile (``make figures``).
+
+    python -m helpers.run_notebooks --profile digits            # all notebooks, in order
+    python -m helpers.run_notebooks --profile cifar10 --only 00 # one notebook
+    python -m helpers.run_notebooks --profile my.yaml --set training.epochs=1
+
+The default profile's executed notebooks replace the committed ones in notebooks/
+(so they carry the outputs nbval compares); any other profile's go to
+figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<profile>/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        nbs = [nb for nb in nbs if any(nb.name.startswith(o) for o in only)]
+        if not nbs:
+            raise SystemExit(f"--only: {only} matches no notebook in {NOTEBOOK_DIR}")
+    return nbs
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set: {item!r} must look like key=value (e.g. training.epochs=1)")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
+        kernel: str = "python3") -> dict:
+    import papermill as pm
+
+    cfg = load_profile(profile, overrides)  # validate before any long work starts
+    name = cfg["name"]
+    default_run = profile == DEFAULT_PROFILE and not overrides and not output_dir
+    out_nb_dir = NOTEBOOK_DIR if default_run else Path(output_dir or REPO_ROOT / "figures" / name) / "notebooks"
+    out_nb_dir.mkdir(parents=True, exist_ok=True)
+    params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},
+                                     "output_dir": output_dir}
+    timings = {}
+    for nb in notebooks(only):
+        t0 = time.perf_counter()
+        print(f"[{name}] {nb.name} ...", flush=True)
+        pm.execute_notebook(str(nb), str(out_nb_dir / nb.name), parameters=params, kernel_name=kernel,
+                            cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        timings[nb.name] = round(time.perf_counter() - t0, 1)
+        print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
+    print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
+    return timings
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE, help="profile name (params/<name>.yaml) or a YAML path")
+    ap.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
+    ap.add_argument("--output-dir", default=None, help="where figures go (default figures/<profile>/)")
+    ap.add_argument("--kernel", default="python3")
+    a = ap.parse_args(argv)
+    run(a.profile, _parse_set(a.set), a.only, a.output_dir, a.kernel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
