@@ -73,7 +73,7 @@ class Experiment:
         atomic_write_json(path.with_suffix(path.suffix + ".json"),
                           {"stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
                            "seconds": self.timings[stage]})
-        return result
+        return load(path)  # the same object whether computed now or cached earlier
 
     def stage_path(self, stage: str, params: Any, ext: str) -> Path:
         return self.artifacts_dir / f"{stage}-{params_hash(params)}.{ext}"

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+
+from helpers.models import LAYERS, MODEL_NAMES, build_model, last_conv_layer
+
+from .conftest import SHARED_DATA, SHARED_WEIGHTS
+
+
+@pytest.mark.parametrize("name,shape", [("small_cnn", (2, 1, 8, 8)), ("resnet20", (2, 3, 32, 32))])
+def test_small_models_forward_and_layer_names(name, shape):
+    m = build_model(name, 7, in_channels=shape[1]).eval()
+    assert m(torch.randn(shape)).shape == (2, 7)
+    assert last_conv_layer(m) is m.get_submodule(LAYERS[name][0])
+    assert m.gap_linear_head[0] == m.last_conv_layer
+
+
+def test_resnet20_has_027m_parameters():
+    m = build_model("resnet20", 10)
+    assert 0.26e6 < sum(p.numel() for p in m.parameters()) < 0.28e6
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match=r"model: 'alexnet' is not a known model; valid: " + ", ".join(MODEL_NAMES)):
+        build_model("alexnet", 10)
+
+
+def test_missing_weights_lists_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"weights: could not find"):
+        build_model("resnet20", 10, weights=str(tmp_path / "nope.th"))
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "resnet20-12fca82f.th").is_file()
+                    or not (SHARED_DATA / "cifar10-lossless-sample.npz").is_file(), reason="../shared absent")
+def test_pretrained_resnet20_scores_90_percent_on_lossless_sample():
+    m = build_model("resnet20", 10, weights=str(SHARED_WEIGHTS / "resnet20-12fca82f.th")).eval()
+    d = np.load(SHARED_DATA / "cifar10-lossless-sample.npz")
+    x = torch.tensor(d["x_test"]).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        pred = m((x - mean) / std).argmax(1).numpy()
+    assert (pred == d["y_test"]).mean() >= 0.90
