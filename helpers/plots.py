@@ -88,3 +88,38 @@ def score_distributions(df: pd.DataFrame, score: str, title: str, bins: int = 30
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def conductance_profiles(examples: dict, fm_high: list[int], title: str):
+    """Figures 1-2 analogue: per example (name -> (conductance vector, caption)), the conductance of
+    the FM_high feature maps (bars, left) and of every feature map (right)."""
+    fig, axes = plt.subplots(len(examples), 2, figsize=(11, 2.6 * len(examples)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 3]})
+    for i, (name, (vec, caption)) in enumerate(examples.items()):
+        color = PALETTE["wrong" if "wrong" in name else "correct"]
+        a, b = axes[i]
+        a.bar([str(k) for k in fm_high], vec[fm_high], color=color)
+        a.set(title=f"{name}: FM_high", xlabel="feature map", ylabel="conductance")
+        b.bar(np.arange(len(vec)), vec, color=color, width=0.9)
+        for k in fm_high:
+            b.axvline(k, color="k", lw=0.6, ls=":")
+        b.set(title=caption, xlabel="feature map", ylabel="conductance")
+        b.title.set_fontsize(9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def detector_curve(history: pd.DataFrame, best_epoch: int, title: str = "Conductance detector"):
+    """Validation AUROC (and training loss) by epoch; the chosen epoch marked."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(history["epoch"], history["val_auroc"], marker="o", label="validation AUROC")
+    ax.axvline(best_epoch, color="k", ls=":", label=f"chosen epoch {best_epoch}")
+    ax.set(xlabel="epoch", ylabel="AUROC", title=title)
+    ax2 = ax.twinx()
+    ax2.plot(history["epoch"], history["train_loss"], color="grey", alpha=0.6, label="train loss")
+    ax2.set_ylabel("train loss (BCE)")
+    ax2.grid(False)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

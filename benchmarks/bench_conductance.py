@@ -1,0 +1,201 @@
+"""Speed and memory of the conductance methods (paper 1, section 3, eq. 5).
+
+One run, same images and model for every method: ResNet20 (pretrained from
+../shared/weights when present, else random init: speed does not depend on it),
+CIFAR-shaped random images normalised with the CIFAR-10 statistics, batch 128,
+n_steps = 10, internal_batch_size = 512 for riemann and captum alike.
+
+Targets (stated, not asserted; see the report of a run):
+  * exact   >= 20x captum and within 10% of plain inference (one forward pass);
+  * riemann >= 1.5x captum.
+
+Timing: warm-up once, then 3 repeats interleaved across the methods (so that load
+from other processes on a shared machine hits all of them alike), best repeat
+kept, ``time.perf_counter``; torch's default thread count.
+
+Memory: peak resident set size (sampled every 2 ms by a thread) while streaming
+N and then 4N images through :func:`helpers.conductance.conductance_dataset`
+(riemann), both relative to the same starting RSS; the images are generated on
+the fly from their index so the dataset itself takes no memory.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from helpers.conductance import conductance_dataset, layer_conductance
+from helpers.models import build_model
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "resnet20-12fca82f.th"
+CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    return (x - CIFAR_MEAN) / CIFAR_STD
+
+
+class _GeneratedImages(torch.utils.data.Dataset):
+    """Image i is drawn from a generator seeded with i: no storage, stable order."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(10_000 + i)
+        x = (torch.rand(1, 3, 32, 32, generator=g) - CIFAR_MEAN) / CIFAR_STD
+        return x[0], 0
+
+
+def _model():
+    weights = str(WEIGHTS) if WEIGHTS.is_file() else None
+    return build_model("resnet20", 10, weights=weights).eval(), weights is not None
+
+
+def _timed(fns: dict, n_images: int, repeats: int = 3) -> dict:
+    """images/s per function: warm-up once, ``repeats`` interleaved rounds, best kept."""
+    for f in fns.values():
+        f(warmup=True)
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return {k: n_images / v for k, v in best.items()}
+
+
+def _loop(fn, batches):
+    def run(warmup=False):
+        for b in batches[:1] if warmup else batches:
+            fn(b)
+    return run
+
+
+class _PeakRSS:
+    def __init__(self, interval=0.002):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def run(quick: bool = False) -> dict:
+    torch.manual_seed(0)
+    n = 128 if quick else 512          # images for the exact-applicable layer
+    n_nl = 128 if quick else 256       # images for the nonlinear head (slower methods)
+    batch, n_steps, ibs = 128, 10, 512
+    model, pretrained = _model()
+    x = _images(n)
+    batches = list(x.split(batch))
+    layer = model.last_conv_layer       # layer3.2: GAP + linear head, exact applies
+
+    def cond(method, lyr):
+        return lambda b: layer_conductance(model, lyr, b, n_steps=n_steps, method=method,
+                                           internal_batch_size=ibs)
+
+    def infer(b):
+        with torch.no_grad():
+            model(b)
+
+    r = _timed({
+        "exact": _loop(cond("exact", layer), batches),
+        "riemann": _loop(cond("riemann", layer), batches),
+        "captum": _loop(cond("captum", layer), batches),
+        "inference": _loop(infer, batches),
+    }, n)
+    resnet = {
+        "layer": layer,
+        "n_images": n,
+        "exact_img_s": r["exact"],
+        "riemann_img_s": r["riemann"],
+        "captum_img_s": r["captum"],
+        "inference_img_s": r["inference"],
+        "exact_over_captum": r["exact"] / r["captum"],          # target >= 20
+        "riemann_over_captum": r["riemann"] / r["captum"],      # target >= 1.5
+        "exact_over_inference": r["exact"] / r["inference"],    # target >= 0.9
+    }
+
+    # A layer where exact does not apply: layer3.1 reaches the logits through the
+    # last residual block (convs, ReLUs) before GAP + linear.
+    nl_layer = "layer3.1"
+    nl_batches = batches[: max(1, n_nl // batch)]
+    r2 = _timed({
+        "riemann": _loop(cond("riemann", nl_layer), nl_batches),
+        "captum": _loop(cond("captum", nl_layer), nl_batches),
+    }, sum(len(b) for b in nl_batches))
+    nonlinear = {
+        "layer": f"resnet20 {nl_layer}",
+        "n_images": sum(len(b) for b in nl_batches),
+        "riemann_img_s": r2["riemann"],
+        "captum_img_s": r2["captum"],
+        "riemann_over_captum": r2["riemann"] / r2["captum"],    # target >= 1.5
+    }
+
+    # Peak memory of riemann streaming N and 4N images (must not grow with N).
+    n_mem = 128 if quick else 256
+    gc.collect()
+    start = _rss()
+    peaks = {}
+    for k in (n_mem, 4 * n_mem) if not quick else (n_mem, 2 * n_mem):
+        loader = torch.utils.data.DataLoader(_GeneratedImages(k), batch_size=batch, shuffle=False)
+        gc.collect()
+        with _PeakRSS() as p:
+            out = conductance_dataset(model, nl_layer, loader, method="riemann", n_steps=n_steps,
+                                      internal_batch_size=ibs, progress=False)
+        assert out["conductance"].shape == (k, 64)
+        peaks[k] = p.peak
+    mem = {
+        "layer": f"resnet20 {nl_layer}",
+        "method": "riemann",
+        "rss_start_mb": start / 2**20,
+        **{f"peak_rss_growth_mb_{k}_images": (v - start) / 2**20 for k, v in peaks.items()},
+        "batch_size": batch,
+        "internal_batch_size": ibs,
+    }
+    return {"conductance": {
+        "resnet20": resnet,
+        "nonlinear_head": nonlinear,
+        "riemann_peak_mem": mem,
+        "setup": {"n_steps": n_steps, "batch_size": batch, "internal_batch_size": ibs,
+                  "pretrained_weights": pretrained, "torch_threads": torch.get_num_threads(),
+                  "device": "cpu", "quick": quick},
+    }}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

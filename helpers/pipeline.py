@@ -1,0 +1,160 @@
+"""The stages after the model, each cached by its parameters (DESIGN.md, data flow).
+
+Every function takes an :class:`~helpers.experiment.Experiment` and returns tables
+keyed by sample id, computing (or loading) the upstream stages it needs, so any
+notebook runs on its own.  Per-sample arrays are always joined on ``id``.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .baselines import BASELINES, baseline_scores
+from .conductance import conductance_dataset
+from .experiment import Experiment
+from .training import iterate_batches, logits_of
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def _save_npz(obj: dict, path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **obj)
+
+
+def _load_npz(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _save_frame(df: pd.DataFrame, path) -> None:
+    df.to_csv(path, index=False, compression="gzip")
+
+
+def _load_frame(path) -> pd.DataFrame:
+    return pd.read_csv(path, compression="gzip", dtype={"id": str})
+
+
+def split_inputs(exp: Experiment, split: str):
+    """A split's inputs in id order: one normalised tensor for in-memory data, else a DataLoader."""
+    ds = exp.data[split].dataset
+    if hasattr(ds, "tensors"):
+        return ds.tensors()[0]
+    return exp.data.loader(split, batch_size=exp.cfg["training"]["eval_batch_size"],
+                           num_workers=exp.cfg["num_workers"])
+
+
+# --------------------------------------------------------------------------- conductance (paper 1, sec. 3)
+def conductance_layer(exp: Experiment) -> str:
+    return exp.cfg["conductance"]["layer"] or exp.model.last_conv_layer
+
+
+def conductance_params(exp: Experiment) -> dict:
+    cc = exp.cfg["conductance"]
+    return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "layer": conductance_layer(exp),
+            "n_steps": cc["n_steps"], "method": cc["method"], "reduction": cc["reduction"]}
+
+
+def conductance_table(exp: Experiment) -> pd.DataFrame:
+    """Feature-map conductance of the predicted class for every sample: id, split, cond_0..cond_{C-1}."""
+    cc = exp.cfg["conductance"]
+    layer = conductance_layer(exp)
+    params = conductance_params(exp)
+
+    def compute():
+        parts = []
+        for split in SPLIT_ORDER:
+            sd = exp.data[split]
+            batches = iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"])
+            out = conductance_dataset(exp.model, layer, batches, n_steps=cc["n_steps"], method=cc["method"],
+                                      reduction=cc["reduction"], device=exp.device, progress=exp.progress)
+            df = pd.DataFrame(out["conductance"], columns=[f"cond_{k}" for k in range(out["conductance"].shape[1])])
+            df.insert(0, "split", split)
+            df.insert(0, "id", sd.ids)
+            parts.append(df)
+            exp.conductance_method = out["method"]
+        return pd.concat(parts, ignore_index=True)
+
+    return exp.stage("conductance", params, compute, _save_frame, _load_frame, "csv.gz")
+
+
+def with_predictions(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
+    """Join a per-sample table with the prediction table on id (never on position)."""
+    pred = exp.predictions[["id", "label", "prediction", "correct"]]
+    out = table.merge(pred, on="id", how="inner", validate="one_to_one")
+    if len(out) != len(table):
+        raise ValueError(f"{len(table) - len(out)} ids of the table are not in the prediction table")
+    return out
+
+
+def feature_columns(df: pd.DataFrame, prefix: str = "cond_") -> list[str]:
+    return [c for c in df.columns if c.startswith(prefix)]
+
+
+def detector_kwargs(exp: Experiment) -> dict:
+    d = exp.cfg["conductance"]["detector"]
+    return {"epochs": d["epochs"], "batch_size": d["batch_size"], "lr": d["lr"], "patience": d["patience"],
+            "seed": exp.seed, "device": str(exp.device)}
+
+
+def conductance_detector(exp: Experiment) -> dict:
+    """Paper 1, 4.1.2: the MLP detector trained on the train split's conductance, epoch chosen on val.
+
+    Returns {"scores": DataFrame(id, split, conductance), "history": DataFrame, "best_epoch": int}.
+    """
+    from .detectors import train_conductance_detector
+
+    table = with_predictions(exp, conductance_table(exp))
+    params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"]}
+
+    def compute():
+        cols = feature_columns(table)
+        tr, va = table[table.split == "train"], table[table.split == "val"]
+        det = train_conductance_detector(tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int),
+                                         va[cols].to_numpy(), (~va.correct).to_numpy().astype(int),
+                                         progress=False, **detector_kwargs(exp))
+        return {"id": table["id"].to_numpy().astype(str), "split": table["split"].to_numpy().astype(str),
+                "score": det.score(table[cols].to_numpy()),
+                "history": np.array(json.dumps(det.history)), "best_epoch": np.array(det.best_epoch)}
+
+    z = exp.stage("conductance_detector", params, compute, _save_npz, _load_npz, "npz")
+    return {"scores": pd.DataFrame({"id": z["id"].astype(str), "split": z["split"].astype(str),
+                                    "conductance": z["score"]}),
+            "history": pd.DataFrame(json.loads(str(z["history"]))), "best_epoch": int(z["best_epoch"])}
+
+
+# --------------------------------------------------------------------------- baselines (METHODS.md sec. 5)
+def baseline_table(exp: Experiment) -> pd.DataFrame:
+    """One-forward-pass error scores of the same predictions: id, split, msp, entropy, energy, max_logit, doctor_alpha."""
+    pred = exp.predictions
+    scores = baseline_scores(logits_of(pred))
+    return pd.concat([pred[["id", "split"]], pd.DataFrame(scores)], axis=1)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_scores(exp: Experiment, scores: pd.DataFrame, names) -> tuple[dict, dict]:
+    """Detection report of each score column on val and test; the threshold is the equal-recall
+    point of the validation ROC (paper 1, 4.1.2), applied unchanged to test.
+
+    Returns (reports[name][split] -> dict of metrics, thresholds[name])."""
+    df = with_predictions(exp, scores)
+    nb = exp.cfg["metrics"]["n_bootstrap"]
+    reports, thresholds = {}, {}
+    for name in names:
+        va = df[df.split == "val"]
+        y_va = (~va.correct).to_numpy().astype(int)
+        thr = metrics.equal_recall_threshold(y_va, va[name].to_numpy())
+        thresholds[name] = float(thr)
+        reports[name] = {}
+        for split in ("val", "test"):
+            d = df[df.split == split]
+            reports[name][split] = metrics.detection_report((~d.correct).to_numpy().astype(int), d[name].to_numpy(),
+                                                            thr, n_bootstrap=nb, seed=exp.seed)
+    return reports, thresholds
+
+
+def rounded(reports: dict, nd: int = 4) -> dict:
+    return {n: {s: {k: round(float(v), nd) for k, v in r.items()} for s, r in sp.items()} for n, sp in reports.items()}
