@@ -158,3 +158,121 @@ def evaluate_scores(exp: Experiment, scores: pd.DataFrame, names) -> tuple[dict,
 
 def rounded(reports: dict, nd: int = 4) -> dict:
     return {n: {s: {k: round(float(v), nd) for k, v in r.items()} for s, r in sp.items()} for n, sp in reports.items()}
+
+
+# --------------------------------------------------------------------------- LCR (paper 1, sec. 4.2)
+def _screen_to_dict(res) -> dict:
+    return {"seeds": np.array([s.seed for s in res.accepted], np.int64), "accuracies": np.array(res.accuracies),
+            "tried": np.array(res.tried), "rejected": np.array(res.rejected),
+            "original_accuracy": np.array(res.original_accuracy), "samples_evaluated": np.array(res.samples_evaluated),
+            "samples_evaluated_without_abort": np.array(res.samples_evaluated_without_abort),
+            "seconds": np.array(res.seconds), "val_predictions": res.predictions.astype(np.int16),
+            "val_original": res.original_predictions.astype(np.int16)}
+
+
+#: screening batch: small enough that early abort can stop a hopeless candidate after a few batches
+SCREEN_BATCH = 128
+
+
+def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
+    """Screened mutants of one (operator, rate): accepted iff val accuracy >= threshold x original (cached).
+
+    Returns the accepted seeds, their validation predictions and the screening cost; a
+    setting that rejects everything within the try budget returns ``{"error": message}``."""
+    from .lcr import screen_mutants
+
+    lc = exp.cfg["lcr"]
+    params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
+              "n": n_mutants, "threshold": lc["accept_threshold"], "tries": lc["max_tries_factor"], "seed": exp.seed}
+
+    def compute():
+        sd = exp.data["val"]
+        try:
+            res = screen_mutants(exp.model, split_inputs(exp, "val"), sd.labels, operator, rate, n_mutants,
+                                 threshold=lc["accept_threshold"], max_tries=lc["max_tries_factor"] * n_mutants,
+                                 seed=exp.seed, batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress)
+        except RuntimeError as exc:
+            return {"error": np.array(str(exc))}
+        return _screen_to_dict(res)
+
+    return exp.stage("lcr_screen", params, compute, _save_npz, _load_npz, "npz")
+
+
+def lcr_grid(exp: Experiment) -> pd.DataFrame:
+    """Table 3 analogue: per operator x rate, accepted / tried mutants and LCR of correct vs wrong
+    validation predictions (mean +- std) and their difference.  Each cell is cached on its own."""
+    from .lcr import label_change_rate, lcr_summary
+
+    lc = exp.cfg["lcr"]
+    val = exp.split_table("val")
+    y_wrong = (~val.correct).to_numpy()
+    rows = []
+    for op in lc["grid_operators"]:
+        for rate in lc["grid_rates"]:
+            z = screen(exp, op, float(rate), lc["grid_mutants"])
+            row = {"operator": op, "rate": float(rate)}
+            if "error" in z:
+                row.update(accepted=0, tried=lc["max_tries_factor"] * lc["grid_mutants"], note=str(z["error"]))
+            else:
+                lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
+                row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
+                           screen_seconds=float(z["seconds"]), note="")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str, float]:
+    """The profile's (operator, rate), or the grid cell with the largest LCR difference (paper 1, Table 3)."""
+    from .lcr import choose_setting
+
+    lc = exp.cfg["lcr"]
+    if lc["operator"] and lc["rate"]:
+        return lc["operator"], float(lc["rate"])
+    grid = lcr_grid(exp) if grid is None else grid
+    ok = grid[grid.accepted > 0]
+    if ok.empty:
+        raise RuntimeError("lcr: no grid setting produced an accepted mutant; lower lcr.grid_rates")
+    best = choose_setting(ok)
+    return str(best["operator"]), float(best["rate"])
+
+
+def lcr_matrix(exp: Experiment, chunk: int = 10) -> dict:
+    """Predicted labels of every accepted mutant on every sample: {"ids", "split", "original", "preds"
+    (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
+    screening; train and test are evaluated in cached chunks of ``chunk`` mutants, so an interrupted
+    run resumes from the last finished chunk."""
+    from .lcr import mutant_predictions
+    from .mutation import MutantSpec
+
+    operator, rate = lcr_setting(exp)
+    n = exp.cfg["lcr"]["n_mutants"]
+    z = screen(exp, operator, rate, n)
+    if "error" in z:
+        raise RuntimeError(f"lcr: {z['error']}")
+    specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]]
+    parts = {"val": z["val_predictions"]}
+    for split in ("train", "test"):
+        blocks = []
+        for i in range(0, len(specs), chunk):
+            params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
+                      "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs[i:i + chunk]]}
+            blocks.append(exp.stage(
+                "lcr_preds", params,
+                lambda sp=specs[i:i + chunk], s=split: {"preds": mutant_predictions(
+                    exp.model, sp, split_inputs(exp, s), batch_size=exp.cfg["training"]["eval_batch_size"],
+                    device=exp.device, progress=exp.progress).astype(np.int16)},
+                _save_npz, _load_npz, "npz")["preds"])
+        parts[split] = np.concatenate(blocks, 0)
+    ids = np.concatenate([exp.data[s].ids for s in SPLIT_ORDER])
+    return {"operator": operator, "rate": rate, "screen": z, "ids": ids,
+            "split": np.concatenate([[s] * len(exp.data[s]) for s in SPLIT_ORDER]),
+            "preds": np.concatenate([parts[s] for s in SPLIT_ORDER], 1)}
+
+
+def lcr_table(exp: Experiment, matrix: dict | None = None) -> pd.DataFrame:
+    """LCR of every sample (fraction of mutants that change the ORIGINAL prediction): id, split, lcr."""
+    from .lcr import label_change_rate
+
+    m = lcr_matrix(exp) if matrix is None else matrix
+    original = exp.predictions.set_index("id").loc[m["ids"], "prediction"].to_numpy()
+    return pd.DataFrame({"id": m["ids"], "split": m["split"], "lcr": label_change_rate(m["preds"], original)})

@@ -123,3 +123,12 @@ def detector_curve(history: pd.DataFrame, best_epoch: int, title: str = "Conduct
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def auroc_by_n(ns, aurocs, title: str = "Validation AUROC of LCR by number of mutants"):
+    """Figure 4 analogue."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(ns, aurocs, marker=".")
+    ax.set(xlabel="number of mutants", ylabel="AUROC", title=title)
+    fig.tight_layout()
+    return fig
