@@ -158,7 +158,7 @@ def fit_unified(name: str, X_train, y_wrong_train, seed: int = 0):
 
 
 def unified_score(est, X) -> np.ndarray:
-    """Wrong-likelihood ``predict_proba(X)[:, column of class 1]`` of a fitted unified classifier."""
+    """Wrong-likelihood ``predict_proba(X)[:, column of class 1]`` of a fitted unified classifier (paper 1, 4.3)."""
     classes = list(getattr(est, "classes_", [0, 1]))
     if 1 not in classes:
         raise ValueError(f"est: classes {classes} do not include 1 (wrong); fit it on y_wrong with both classes")

@@ -235,7 +235,7 @@ def aurc(y_wrong, score) -> float:
 
 
 def optimal_aurc(y_wrong) -> float:
-    """AURC of a perfect ranking (all correct predictions accepted before any wrong one)."""
+    """AURC of a perfect ranking (all correct accepted before any wrong; Geifman et al. 2019; METHODS.md 5)."""
     y = _as_1d(y_wrong, "y_wrong")
     return aurc(y, y.astype(np.float64))
 

@@ -276,3 +276,100 @@ def lcr_table(exp: Experiment, matrix: dict | None = None) -> pd.DataFrame:
     m = lcr_matrix(exp) if matrix is None else matrix
     original = exp.predictions.set_index("id").loc[m["ids"], "prediction"].to_numpy()
     return pd.DataFrame({"id": m["ids"], "split": m["split"], "lcr": label_change_rate(m["preds"], original)})
+
+
+# --------------------------------------------------------------------------- joint classifier (paper 1, sec. 4.3)
+def conductance_oof(exp: Experiment) -> pd.DataFrame:
+    """Out-of-fold conductance-detector scores of the TRAINING split (k-fold cross-fitting):
+    id, conductance_oof, fold.  No training sample is scored by a detector that saw it."""
+    from .joint import out_of_fold_scores
+
+    table = with_predictions(exp, conductance_table(exp))
+    params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"],
+              "folds": exp.cfg["joint"]["folds"]}
+
+    def compute():
+        cols = feature_columns(table)
+        tr, va = table[table.split == "train"], table[table.split == "val"]
+        kw = detector_kwargs(exp)
+        seed = kw.pop("seed")
+        res = out_of_fold_scores(tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int), va[cols].to_numpy(),
+                                 (~va.correct).to_numpy().astype(int), k=exp.cfg["joint"]["folds"], seed=seed, **kw)
+        return pd.DataFrame({"id": tr["id"].to_numpy(), "conductance_oof": res.scores, "fold": res.fold_ids})
+
+    return exp.stage("conductance_oof", params, compute, _save_frame, _load_frame, "csv.gz")
+
+
+def joint_features(exp: Experiment) -> pd.DataFrame:
+    """Per sample: id, split, label, prediction, correct, lcr, conductance (detector trained on all of
+    train: in-sample on train), conductance_oof (out-of-fold on train; = conductance on val/test), msp."""
+    det = conductance_detector(exp)["scores"]
+    df = det.merge(lcr_table(exp)[["id", "lcr"]], on="id", validate="one_to_one")
+    df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
+    df = df.merge(conductance_oof(exp)[["id", "conductance_oof"]], on="id", how="left", validate="one_to_one")
+    df["conductance_oof"] = df["conductance_oof"].fillna(df["conductance"])
+    return with_predictions(exp, df)
+
+
+#: joint settings: name -> feature columns (train rows use the out-of-fold conductance score)
+JOINT_FEATURES = {"": ["lcr", "conductance_oof"], "_msp": ["lcr", "conductance_oof", "msp"]}
+
+
+def joint_scores(exp: Experiment, feats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Scores of the unified classifiers (paper 1, 4.3: NN, RF, LDA, QDA) fitted on the training
+    split's [LCR, out-of-fold conductance score] (and + MSP, beyond the paper): id, split, joint_<name>[_msp]."""
+    from .joint import UNIFIED_CLASSIFIERS, fit_unified, unified_score
+
+    feats = joint_features(exp) if feats is None else feats
+    tr = feats[feats.split == "train"]
+    out = feats[["id", "split"]].copy()
+    for suffix, cols in JOINT_FEATURES.items():
+        for name in UNIFIED_CLASSIFIERS:
+            est = fit_unified(name, tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int), seed=exp.seed)
+            out[f"joint_{name}{suffix}"] = unified_score(est, feats[cols].to_numpy())
+    return out
+
+
+def leak_comparison(exp: Experiment, feats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The authors' leak, measured: the joint NN fitted on IN-SAMPLE training conductance scores vs on
+    OUT-OF-FOLD ones; AUROC of the conductance score and of the joint NN on train and validation."""
+    from .joint import fit_unified, unified_score
+
+    feats = joint_features(exp) if feats is None else feats
+    tr, va = feats[feats.split == "train"], feats[feats.split == "val"]
+    y_tr, y_va = (~tr.correct).astype(int).to_numpy(), (~va.correct).astype(int).to_numpy()
+    rows = []
+    for label, col in (("in-sample (authors' code)", "conductance"), ("out-of-fold (this companion)", "conductance_oof")):
+        est = fit_unified("nn", tr[["lcr", col]].to_numpy(), y_tr, seed=exp.seed)
+        rows.append({"training conductance scores": label,
+                     "conductance AUROC train": metrics.auroc(y_tr, tr[col].to_numpy()),
+                     "conductance AUROC val": metrics.auroc(y_va, va["conductance"].to_numpy()),
+                     "joint NN AUROC train": metrics.auroc(y_tr, unified_score(est, tr[["lcr", col]].to_numpy())),
+                     "joint NN AUROC val": metrics.auroc(y_va, unified_score(est, va[["lcr", "conductance"]].to_numpy()))})
+    return pd.DataFrame(rows)
+
+
+def operating_points(exp: Experiment, df: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Thresholds chosen on validation (equal recall; a target correct recall; a target wrong recall),
+    applied to test, with the expert-relay accuracy on test (paper 1, 4.3 and discussion)."""
+    from .joint import relay_accuracy
+
+    jc = exp.cfg["joint"]
+    va, te = df[df.split == "val"], df[df.split == "test"]
+    y_va, s_va = (~va.correct).astype(int).to_numpy(), va[score].to_numpy()
+    thresholds = {
+        "equal_recall": metrics.equal_recall_threshold(y_va, s_va),
+        "high_correct_recall": metrics.threshold_for_correct_recall(y_va, s_va, jc["correct_recall_target"]),
+        "high_wrong_recall": metrics.threshold_for_wrong_recall(y_va, s_va, jc["wrong_recall_target"]),
+    }
+    rows = []
+    for op, thr in thresholds.items():
+        row = {"operating_point": op, "score": score, "threshold": float(thr)}
+        for split, d in (("val", va), ("test", te)):
+            cr, wr = metrics.recalls_at((~d.correct).astype(int).to_numpy(), d[score].to_numpy(), thr)
+            row[f"{split} correct recall"], row[f"{split} wrong recall"] = cr, wr
+        relay = relay_accuracy(te.correct.to_numpy(), te[score].to_numpy() >= thr)
+        row.update({"test accuracy before": float(te.correct.mean()), "test accuracy with expert": relay["accuracy"],
+                    "test discarded fraction": relay["discarded_fraction"], "expert sees": relay["n_expert"]})
+        rows.append(row)
+    return pd.DataFrame(rows)

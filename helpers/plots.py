@@ -132,3 +132,28 @@ def auroc_by_n(ns, aurocs, title: str = "Validation AUROC of LCR by number of mu
     ax.set(xlabel="number of mutants", ylabel="AUROC", title=title)
     fig.tight_layout()
     return fig
+
+
+def relay_figure(curves: dict, points: dict | None = None, title: str = "Expert relay on test"):
+    """System accuracy against the fraction of inputs discarded to an always-right expert.
+
+    ``curves[name] = (discarded_fraction, accuracy)``; ``points[label] = (discarded, accuracy)``."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (d, a) in curves.items():
+        ax.plot(d, a, label=name)
+    for label, (d, a) in (points or {}).items():
+        ax.plot([d], [a], "o", mec="k")
+        ax.annotate(label, (d, a), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set(xlabel="fraction of inputs discarded to the expert", ylabel="system accuracy", title=title, xlim=(0, 1))
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_counts(table: pd.DataFrame, title: str):
+    """Figure 6 analogue: correct/wrong prediction x kept/discarded counts as an annotated heatmap."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    sns.heatmap(table, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

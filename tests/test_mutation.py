@@ -13,6 +13,15 @@ from helpers.mutation import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread avoids oversubscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class BiasNet(nn.Module):
     """Conv with bias -> BN -> ReLU -> bias-free conv -> BN -> GAP -> linear (every kind of parameter)."""
 
