@@ -1,0 +1,87 @@
+"""Pipeline-level properties on the embedded digits profile (tiny settings)."""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import pipeline
+from helpers.experiment import Experiment
+
+TINY = {"training.epochs": 3, "conductance.detector.epochs": 3, "joint.folds": 3, "lcr.n_mutants": 5,
+        "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.05], "lcr.grid_mutants": 3}
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    import os
+
+    os.environ["COMPANION_ARTIFACTS"] = str(tmp_path_factory.mktemp("art"))
+    e = Experiment("digits", TINY, output_dir=tmp_path_factory.mktemp("fig"), progress=False)
+    yield e
+    os.environ.pop("COMPANION_ARTIFACTS", None)
+
+
+def test_conductance_table_is_keyed_by_id_and_complete(exp):
+    cond = pipeline.conductance_table(exp)
+    assert list(cond["id"]) == list(exp.predictions["id"])
+    # completeness on real data: summed conductance = F(x) - F(0) for the predicted class
+    import torch
+
+    x = exp.data["val"].dataset.tensors()[0][:8]
+    with torch.no_grad():
+        fx, f0 = exp.model(x), exp.model(torch.zeros_like(x))
+    pred = fx.argmax(1)
+    expect = (fx.gather(1, pred[:, None]) - f0.gather(1, pred[:, None]))[:, 0].numpy()
+    got = cond[cond.split == "val"].filter(like="cond_").to_numpy()[:8].sum(1)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_with_predictions_joins_on_ids_not_positions(exp):
+    cond = pipeline.conductance_table(exp)
+    shuffled = cond.sample(frac=1.0, random_state=0)
+    a = pipeline.with_predictions(exp, cond).set_index("id").sort_index()
+    b = pipeline.with_predictions(exp, shuffled).set_index("id").sort_index()
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(ValueError, match="not in the prediction table"):
+        pipeline.with_predictions(exp, pd.concat([cond.head(2).assign(id=["x", "y"]), cond]))
+
+
+def test_oof_scores_never_from_a_detector_that_saw_the_sample(exp):
+    oof = pipeline.conductance_oof(exp)
+    train_ids = set(exp.data["train"].ids)
+    assert set(oof["id"]) == train_ids
+    assert sorted(oof["fold"].unique()) == [0, 1, 2]
+    det = pipeline.conductance_detector(exp)["scores"]
+    tr = det[det.split == "train"].merge(oof, on="id")
+    assert not np.allclose(tr["conductance"], tr["conductance_oof"])
+
+
+def test_lcr_against_original_prediction_and_joint_end_to_end(exp):
+    m = pipeline.lcr_matrix(exp)
+    assert m["preds"].shape == (5, len(exp.predictions))
+    lcr = pipeline.lcr_table(exp, m)
+    original = exp.predictions.set_index("id").loc[m["ids"], "prediction"].to_numpy()
+    np.testing.assert_allclose(lcr["lcr"], (m["preds"] != original).mean(0))
+    scores = pipeline.joint_scores(exp)
+    assert {"joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp"} <= set(scores.columns)
+    assert scores.filter(like="joint_").notna().all().all()
+
+
+def test_operating_points_reach_targets_on_validation():
+    rng = np.random.default_rng(0)
+    n = 4000
+    correct = rng.random(n) > 0.15
+    score = np.where(correct, rng.normal(0, 1, n), rng.normal(1.5, 1, n))
+    split = np.where(np.arange(n) % 2 == 0, "val", "test")
+    df = pd.DataFrame({"split": split, "correct": correct, "s": score})
+    fake = SimpleNamespace(cfg={"joint": {"correct_recall_target": 0.95, "wrong_recall_target": 0.97}})
+    ops = pipeline.operating_points(fake, df, "s").set_index("operating_point")
+    assert ops.loc["high_correct_recall", "val correct recall"] >= 0.95
+    assert ops.loc["high_wrong_recall", "val wrong recall"] >= 0.97
+    er = ops.loc["equal_recall"]
+    assert abs(er["val correct recall"] - er["val wrong recall"]) < 0.02
+    te = df[df.split == "test"]
+    flagged = te.s >= ops.loc["equal_recall", "threshold"]
+    assert ops.loc["equal_recall", "test accuracy with expert"] == pytest.approx(
+        ((te.correct & ~flagged).sum() + flagged.sum()) / len(te))

@@ -1,0 +1,46 @@
+"""report.md and the README comparison table are generated, never hand-edited."""
+import json
+import shutil
+
+import pytest
+
+from helpers.profiles import REPO_ROOT
+from helpers.report import README_BEGIN, README_END, build_report, comparison_table, refresh_readme
+
+FIG = REPO_ROOT / "figures"
+
+
+@pytest.mark.parametrize("profile", sorted(p.parent.name for p in FIG.glob("*/report.md")))
+def test_committed_report_is_regenerated_from_its_files(profile):
+    assert (FIG / profile / "report.md").read_text() == build_report(FIG / profile)
+
+
+def test_readme_comparison_block_is_generated():
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+    assert block == comparison_table(FIG)
+
+
+def test_report_reflects_metrics(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    rep = {"auroc": 0.9, "auroc_ci_low": 0.8, "auroc_ci_high": 0.95, "aupr_error": 0.5, "fpr_at_95_tpr": 0.3,
+           "aurc": 0.02, "correct_recall": 0.85, "wrong_recall": 0.8}
+    (d / "metrics.json").write_text(json.dumps({"profile": "p", "model": {"accuracy": {"val": 0.5}},
+                                                "detectors": {"lcr": {"val": rep, "test": rep}}}))
+    (d / "accuracy.md").write_text("| split | accuracy |\n")
+    text = build_report(d)
+    assert "| LCR | 0.900 [0.800, 0.950] | 0.900 | 0.850 | 0.800 |" in text
+    assert "val 0.500" in text and "### accuracy" in text
+
+
+def test_comparison_marks_missing_runs_not_run_yet(tmp_path):
+    (tmp_path / "digits").mkdir()
+    shutil.copy(FIG / "digits" / "metrics.json", tmp_path / "digits" / "metrics.json")
+    table = comparison_table(tmp_path)
+    assert "not run yet" in table  # cifar10 absent here
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{README_BEGIN}\nold\n{README_END}\ny\n")
+    assert refresh_readme(readme, tmp_path) is True
+    assert table in readme.read_text() and readme.read_text().endswith("y\n")
+    assert refresh_readme(readme, tmp_path) is False
