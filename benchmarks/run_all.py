@@ -1,0 +1,40 @@
+"""`make bench`: run every benchmark in one process, print JSON, write benchmarks/results.json.
+
+    python -m benchmarks.run_all            # full (a few minutes on 2 CPU cores)
+    python -m benchmarks.run_all --quick    # smoke-sized
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from helpers.utils import atomic_write_json
+
+from . import bench_conductance, bench_lcr
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    results = {"machine": {"cpu_count": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                           "torch": torch.__version__, "python": platform.python_version(), "quick": a.quick}}
+    for mod in (bench_conductance, bench_lcr):
+        results.update(mod.run(quick=a.quick))
+    results["machine"]["total_s"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(a.out, results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
