@@ -113,7 +113,9 @@ def make_unified_classifier(name: str, seed: int = 0):
     Dropout layer, which scikit-learn's MLP lacks: L2 (``alpha=1e-3``) regularises
     instead.  ``rf``: ``RandomForestClassifier(100 trees, max_depth=10)``.  ``lda`` /
     ``qda``: StandardScaler + Linear / Quadratic Discriminant Analysis (scaling does
-    not change their decisions; it only helps numerically).
+    not change their decisions; it only helps numerically); QDA with ``reg_param=1e-3``
+    (deviation: a tiny covariance shrinkage, so that a feature constant within one
+    class, e.g. LCR = 0 for all correct predictions, does not make it undefined).
     """
     if name == "nn":
         return Pipeline([
@@ -126,7 +128,9 @@ def make_unified_classifier(name: str, seed: int = 0):
     if name == "lda":
         return Pipeline([("scale", StandardScaler()), ("clf", LinearDiscriminantAnalysis())])
     if name == "qda":
-        return Pipeline([("scale", StandardScaler()), ("clf", QuadraticDiscriminantAnalysis())])
+        # reg_param: a 1e-3 shrinkage of each class covariance towards the identity keeps QDA defined
+        # when a feature is constant within a class (e.g. LCR = 0 for every correct prediction)
+        return Pipeline([("scale", StandardScaler()), ("clf", QuadraticDiscriminantAnalysis(reg_param=1e-3))])
     raise ValueError(f"name: {name!r} is not a unified classifier; valid: {', '.join(UNIFIED_CLASSIFIERS)}")
 
 

@@ -1,6 +1,6 @@
-"""Notebook 00 on the paper's cifar10 profile with tiny overrides, through papermill, offline."""
+"""The whole notebook sequence on the paper's cifar10 profile with tiny overrides, through
+papermill, from the offline CIFAR-10 copy in ../shared/data."""
 import json
-import os
 
 import pytest
 
@@ -8,20 +8,23 @@ from helpers.profiles import REPO_ROOT
 
 from .conftest import SHARED_DATA
 
+TINY_CIFAR = {"training.epochs": 1, "training.batch_size": 64, "split.limit_train": 300, "split.limit_val": 150,
+              "split.limit_test": 150, "conductance.detector.epochs": 3, "joint.folds": 2,
+              "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.01], "lcr.grid_mutants": 2,
+              "lcr.n_mutants": 4, "metrics.n_bootstrap": 50}
+
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
-def test_notebook00_cifar10_tiny(tmp_path):
-    papermill = pytest.importorskip("papermill")
+def test_notebook_sequence_cifar10_tiny(tmp_path):
+    from helpers.run_notebooks import run
+
     out = tmp_path / "figs"
-    overrides = {"training.epochs": 1, "split.limit_train": 300, "split.limit_val": 100, "split.limit_test": 100,
-                 "training.batch_size": 64}
-    papermill.execute_notebook(
-        str(REPO_ROOT / "notebooks" / "00_data_and_model.ipynb"), str(tmp_path / "00.ipynb"),
-        parameters={"profile": "cifar10", "overrides": overrides, "output_dir": str(out)},
-        kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
-    )
+    run("cifar10", TINY_CIFAR, output_dir=str(out))
     m = json.loads((out / "metrics.json").read_text())
     assert m["profile"] == "cifar10"
     assert set(m["model"]["accuracy"]) == {"train", "val", "test"}
-    assert (out / "training_curves.png").is_file() and (out / "splits.md").is_file()
+    for name in ("conductance", "msp", "lcr", "joint_nn", "joint_qda_msp"):
+        assert set(m["detectors"][name]) == {"val", "test"}, name
+    assert m["lcr"]["n_mutants"] == 4
     assert "airplane" in (out / "splits.md").read_text()
+    assert (out / "report.md").is_file() and (out / "notebooks" / "03_joint_classifier.ipynb").is_file()
