@@ -26,7 +26,7 @@ from .datasets import DataBundle, cache_root, data_search_dirs, load_data
 from .models import build_model
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 from .training import prediction_table, train_model
-from .utils import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, seed_everything
+from .utils import atomic_path, atomic_write_json, atomic_write_text, get_device, json_default, seed_everything
 
 
 def _versions() -> dict:
@@ -195,17 +195,8 @@ class Experiment:
                 a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
             return a
 
-        m = merge(self.metrics(), json.loads(json.dumps(updates, default=_float)))
+        m = merge(self.metrics(), json.loads(json.dumps(updates, default=json_default)))
         m["profile"] = self.name
         atomic_write_json(self.metrics_path, m)
         return m
 
-
-def _float(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
