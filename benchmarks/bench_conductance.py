@@ -9,20 +9,25 @@ Targets (stated, not asserted; see the report of a run):
   * exact   >= 20x captum and within 10% of plain inference (one forward pass);
   * riemann >= 1.5x captum.
 
-Timing: warm-up once, then 3 repeats interleaved across the methods (so that load
+Timing: warm-up once, then repeats interleaved across the methods (so that load
 from other processes on a shared machine hits all of them alike), best repeat
-kept, ``time.perf_counter``; torch's default thread count.
+kept, ``time.perf_counter``; torch's default thread count.  Best of 3 for the
+slow methods (riemann, captum); best of 10 for the two one-forward ones (exact,
+plain inference), whose 0.2-second rounds are otherwise dominated by noise on a
+shared 2-core machine.
 
 Memory: growth of the resident set size (sampled every 2 ms by a thread) over its
 value at the start, while streaming N and then 4N images through
 :func:`helpers.conductance.conductance_dataset` (riemann), each in a fresh
-process; the images are generated on the fly from their index so the dataset
+process with glibc told to hand freed blocks back at once (so RSS follows live
+memory); the images are generated on the fly from their index so the dataset
 itself takes no memory.  Flat = the same peak for N and 4N.
 """
 from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -35,6 +40,7 @@ from helpers.conductance import conductance_dataset, layer_conductance
 from helpers.models import build_model
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "resnet20-12fca82f.th"
+REPEATS, REPEATS_FAST = 3, 10
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
@@ -65,13 +71,19 @@ def _model():
     return build_model("resnet20", 10, weights=weights).eval(), weights is not None
 
 
-def _timed(fns: dict, n_images: int, repeats: int = 3) -> dict:
-    """images/s per function: warm-up once, ``repeats`` interleaved rounds, best kept."""
+def _timed(fns: dict, n_images: int, repeats: dict | int = 3) -> dict:
+    """images/s per function: warm-up once, interleaved rounds, best round kept.
+
+    ``repeats``: rounds per function (an int for all, or a dict name -> rounds).
+    """
+    reps = repeats if isinstance(repeats, dict) else {k: repeats for k in fns}
     for f in fns.values():
         f(warmup=True)
     best = {k: float("inf") for k in fns}
-    for _ in range(repeats):
+    for i in range(max(reps.values())):
         for k, f in fns.items():
+            if i >= reps[k]:
+                continue
             t0 = time.perf_counter()
             f()
             best[k] = min(best[k], time.perf_counter() - t0)
@@ -127,7 +139,11 @@ def _mem_probe(n: int, batch: int, layer: str, n_steps: int, ibs: int) -> dict:
 def _mem_child(n: int, batch: int, layer: str, n_steps: int, ibs: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--mem", str(n), str(batch), layer,
            str(n_steps), str(ibs)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # glibc: return freed blocks >= 128 KiB to the OS at once, so that RSS follows the
+    # live memory instead of what the allocator keeps around (otherwise the sampled
+    # peak depends on fragmentation, not on the method).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -154,7 +170,8 @@ def run(quick: bool = False) -> dict:
         "riemann": _loop(cond("riemann", layer), batches),
         "captum": _loop(cond("captum", layer), batches),
         "inference": _loop(infer, batches),
-    }, n)
+    }, n, repeats={"exact": REPEATS_FAST, "riemann": REPEATS, "captum": REPEATS,
+                   "inference": REPEATS_FAST})
     resnet = {
         "layer": layer,
         "n_images": n,
@@ -174,7 +191,7 @@ def run(quick: bool = False) -> dict:
     r2 = _timed({
         "riemann": _loop(cond("riemann", nl_layer), nl_batches),
         "captum": _loop(cond("captum", nl_layer), nl_batches),
-    }, sum(len(b) for b in nl_batches))
+    }, sum(len(b) for b in nl_batches), repeats=REPEATS)
     nonlinear = {
         "layer": f"resnet20 {nl_layer}",
         "n_images": sum(len(b) for b in nl_batches),
@@ -202,6 +219,7 @@ def run(quick: bool = False) -> dict:
         "riemann_peak_mem": mem,
         "setup": {"n_steps": n_steps, "batch_size": batch, "internal_batch_size": ibs,
                   "pretrained_weights": pretrained, "torch_threads": torch.get_num_threads(),
+                  "repeats": {"riemann_captum": REPEATS, "exact_inference": REPEATS_FAST},
                   "device": "cpu", "quick": quick},
     }}
 

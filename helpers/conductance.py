@@ -40,7 +40,9 @@ Methods (all give the same numbers where they apply):
     ``internal_batch_size`` at a time, with the gradient taken only from the
     layer to the logits: a forward hook swaps the layer output for a detached
     leaf, the model's parameters are frozen, so no autograd graph is built below
-    the layer.
+    the layer.  The predicted class comes from the alpha = 1 row (no extra
+    forward).  On CPU the rows run in channels-last memory format.  Memory is
+    bounded by ``internal_batch_size`` rows, whatever the batch or dataset size.
 ``"captum"``
     ``captum.attr.LayerConductance(...).attribute(..., method="riemann_trapezoid")``
     summed/averaged over space: the reference.
@@ -190,12 +192,23 @@ class _Capture:
 
 
 # ----------------------------------------------------------------------------- exact
+def _gap(a: Tensor) -> Tensor:
+    return a.flatten(2).mean(2) if a.dim() > 2 else a
+
+
+def _check_target_range(t: Tensor, n_classes: int) -> None:
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        raise ValueError(
+            f"target: values in [{int(t.min())}, {int(t.max())}]; valid: class indices in [0, {n_classes - 1}]"
+        )
+
+
 def _gap_linear_check(a: Tensor, logits: Tensor, linear: nn.Module) -> bool:
-    pooled = a.flatten(2).mean(2) if a.dim() > 2 else a
+    pooled = _gap(a)
     recon = F.linear(pooled, linear.weight, getattr(linear, "bias", None))
     if recon.shape != logits.shape:
         return False
-    tol = (1e-4 if logits.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9)
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(logits.dtype, 1e-2)
     scale = max(1.0, float(logits.abs().max()))
     return bool((recon - logits).abs().max() <= tol * scale)
 
@@ -227,7 +240,8 @@ def _exact_batch(model, layer_mod, linear, inputs, target, base, reduction, cach
             )
         return None
     t = logits.argmax(1) if target is None else target
-    g = a.flatten(2).mean(2) - a0.flatten(2).mean(2)  # (N, C) - (1|N, C)
+    _check_target_range(t, logits.shape[1])
+    g = _gap(a) - _gap(a0)  # (N, C) - (1|N, C)
     cond = linear.weight[t] * g
     if reduction == "mean" and a.dim() > 2:
         cond = cond / a[0, 0].numel()
@@ -240,7 +254,7 @@ def _alphas(n_steps: int) -> list[float]:
     return torch.linspace(0, 1, n_steps + 1).tolist()
 
 
-def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, ibs):
+def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, ibs, channels_last=None):
     """Stepped eq. 5 (gradient at the left end of each step, Captum's grid).
 
     Samples are processed in groups of ``m`` and the 11 points of each group in
@@ -249,6 +263,9 @@ def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, i
     alpha = 1 row, i.e. the input itself) is known before any gradient is taken.
     """
     alphas = _alphas(n_steps)
+    if channels_last is None:  # NHWC convolutions are ~1.5x faster on CPU (oneDNN)
+        channels_last = inputs.dim() == 4 and inputs.device.type == "cpu"
+    channels_last = bool(channels_last) and inputs.dim() == 4
     P = n_steps + 1
     N = inputs.shape[0]
     if ibs >= P:
@@ -279,6 +296,8 @@ def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, i
                     else:
                         parts.append(b + alphas[j] * diff)
                 rows = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+                if channels_last:
+                    rows = rows.contiguous(memory_format=torch.channels_last)
                 logits = model(rows)
                 y = cap.out
                 cap.out = None
@@ -286,6 +305,7 @@ def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, i
                     lg_group = logits[:mg].detach()
                     if t is None:
                         t = lg_group.argmax(1)
+                    _check_target_range(t, logits.shape[1])
                 L = len(J)
                 Y = y.detach().view(L, mg, *y.shape[1:])
                 need_grad = J[-1] < n_steps
@@ -318,6 +338,7 @@ def _captum_batch(model, layer_mod, inputs, target, base, n_steps, reduction, ib
     with torch.no_grad():
         logits = model(inputs)
     t = logits.argmax(1) if target is None else target
+    _check_target_range(t, logits.shape[1])
     lc = LayerConductance(model, layer_mod)
     N = inputs.shape[0]
     # Captum needs internal_batch_size >= 2 * (examples per call); split the samples if not.
@@ -335,7 +356,7 @@ def _captum_batch(model, layer_mod, inputs, target, base, n_steps, reduction, ib
 
 # ----------------------------------------------------------------------------- public API
 def _conductance_batch(model, layer, inputs, target, baseline, n_steps, method, reduction, ibs,
-                       cache=None):
+                       cache=None, channels_last=None):
     """Core of :func:`layer_conductance`: returns (cond (N, C), logits (N, K), method used)."""
     if not isinstance(inputs, Tensor) or inputs.dim() < 2:
         raise ValueError("inputs: expected a tensor of shape (N, ...) with N >= 1")
@@ -359,7 +380,8 @@ def _conductance_batch(model, layer, inputs, target, baseline, n_steps, method, 
         use = "riemann"
     if use == "riemann":
         with _prepared(model, freeze=True), torch.enable_grad():
-            cond, logits = _riemann_batch(model, layer_mod, inputs, t, base, n_steps, reduction, ibs)
+            cond, logits = _riemann_batch(model, layer_mod, inputs, t, base, n_steps, reduction, ibs,
+                                          channels_last)
         return cond, logits, "riemann"
     with _prepared(model, freeze=False), torch.enable_grad():
         cond, logits = _captum_batch(model, layer_mod, inputs, t, base, n_steps, reduction, ibs)
@@ -368,7 +390,7 @@ def _conductance_batch(model, layer, inputs, target, baseline, n_steps, method, 
 
 def layer_conductance(model: nn.Module, layer: str, inputs: Tensor, target: Tensor | None = None,
                       baseline=None, n_steps: int = 10, method: str = "auto", reduction: str = "sum",
-                      internal_batch_size: int = 512) -> Tensor:
+                      internal_batch_size: int = 512, channels_last: bool | None = None) -> Tensor:
     """Feature-map conductance (paper 1, section 3, eq. 5) of ``layer`` for a batch.
 
     ``model``: a classifier returning logits (N, K); it is run in eval mode and its
@@ -383,6 +405,9 @@ def layer_conductance(model: nn.Module, layer: str, inputs: Tensor, target: Tens
     channels = F_t(x) - F_t(x')) or ``"mean"`` (the authors' code: sum / (H*W)).
     ``internal_batch_size``: most (sample, point) rows per forward pass (riemann,
     captum).
+    ``channels_last``: run the riemann rows in NHWC memory format (None: on CPU
+    for 4-D inputs, where oneDNN convolutions are faster; float rounding then
+    differs from a plain NCHW forward at the 1e-7 level).
 
     Returns an (N, C) tensor on the inputs' device, one value per feature map.
     Gradient at the left end of each step (Captum); the authors' code used the
@@ -390,7 +415,7 @@ def layer_conductance(model: nn.Module, layer: str, inputs: Tensor, target: Tens
     """
     _check_args(model, layer, method, reduction, n_steps, internal_batch_size)
     cond, _, _ = _conductance_batch(model, layer, inputs, target, baseline, int(n_steps), method,
-                                    reduction, int(internal_batch_size))
+                                    reduction, int(internal_batch_size), channels_last=channels_last)
     return cond
 
 
@@ -401,7 +426,8 @@ def _tqdm_disabled_by_env() -> bool:
 def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
                         target_fn: Callable[[Tensor, Tensor], Tensor] | None = None, n_steps: int = 10,
                         method: str = "auto", reduction: str = "sum", device=None, progress: bool = True,
-                        internal_batch_size: int = 512, baseline=None) -> dict:
+                        internal_batch_size: int = 512, baseline=None,
+                        channels_last: bool | None = None) -> dict:
     """Conductance (paper 1, section 3, eq. 5) of every image of a DataLoader.
 
     ``loader`` yields ``(x, y)`` batches (or bare ``x``); rows of the outputs follow
@@ -411,6 +437,8 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
     place) and each batch there; None = the model's current device.  Progress bar:
     ``tqdm.auto``, off with ``progress=False`` or env ``TQDM_DISABLE=1``.  Memory is
     bounded by one batch and ``internal_batch_size`` rows, whatever the dataset size.
+
+    ``baseline``, ``channels_last``: as in :func:`layer_conductance`.
 
     Returns ``{"conductance": (N, C) float32, "logits": (N, K) float32, "method":
     the method used ("exact", "riemann", "captum", or e.g. "exact+riemann" if auto
@@ -445,7 +473,7 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
                 lg = model(x)
             target = target_fn(lg, None if y is None else torch.as_tensor(y).to(device))
         c, lg, m = _conductance_batch(model, layer, x, target, baseline, int(n_steps), method, reduction,
-                                      int(internal_batch_size), cache=cache)
+                                      int(internal_batch_size), cache=cache, channels_last=channels_last)
         conds.append(c.detach().float().cpu().numpy())
         logits_all.append(lg.detach().float().cpu().numpy())
         if m not in used:
