@@ -36,12 +36,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from helpers.mutation import MutantSpec, Patch, make_patch, make_patches, _check_operator, _check_rate
+from helpers.mutation import MutantSpec, make_patch, make_patches, _check_operator, _check_rate
 
 #: default SPRT label-change-probability threshold and indifference half-width
-#: (tuned on the pretrained CIFAR-10 ResNet20 with filter_nai / bn_nai mutants at
-#: rate 0.01; Wang et al. set the threshold from the LCR of normal inputs)
-SPRT_THRESHOLD = 0.10
+#: (p0 = 0.30, p1 = 0.40).  Tuned for ranking at a fixed forward budget on the pretrained
+#: CIFAR-10 ResNet20 with 100 bn_nai mutants at rate 0.01 (1000 lossless test images,
+#: 30 random mutant orders): about 3.1x fewer forwards than 100 fixed mutants for
+#: ~0.009 lower AUROC of the SPRT score.  For accept/reject DECISIONS calibrate the
+#: threshold on validation data instead, as Wang et al. do (threshold = mu x mean LCR
+#: of correct validation predictions): this default flags only ~56% of wrong predictions.
+SPRT_THRESHOLD = 0.35
 SPRT_INDIFFERENCE = 0.05
 
 #: stride between the candidate-seed streams of different ``seed`` values
@@ -289,7 +293,8 @@ def candidate_seeds(seed: int, n: int) -> list:
 
 def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate: float, n_mutants: int, *,
                    threshold: float = 0.9, max_tries: int | None = None, seed: int = 0, batch_size: int = 512,
-                   device=None, progress: bool = True, early_abort: bool = True) -> ScreenResult:
+                   device=None, progress: bool = True, early_abort: bool = True,
+                   order: str = "margin") -> ScreenResult:
     """Draw mutants until ``n_mutants`` pass the accuracy filter on the VALIDATION split.
 
     Candidate ``i`` is ``MutantSpec(operator, rate, seed*100003 + i)``.  It is kept iff
@@ -299,7 +304,12 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     as ``correct so far + samples left < needed``, i.e. even if every remaining sample
     were right it could not pass: the decisions are exactly those of a full
     evaluation.  The batch size sets how often that check runs (smaller batches abort
-    sooner, larger ones run faster).
+    sooner, larger ones run faster).  ``order="margin"`` (tensor inputs only) evaluates
+    the validation samples in ascending order of the original model's top-1 minus top-2
+    logit margin: the fragile samples a bad mutant gets wrong come first, so it is
+    rejected sooner; accuracies and decisions do not depend on the order (returned
+    predictions are in the caller's order).  ``order="given"`` keeps the input order
+    (a DataLoader is always used in its own order).
 
     ``val_inputs`` / ``val_labels``: a tensor and its labels, or a DataLoader of (x, y)
     with ``val_labels=None`` (re-iterated for every candidate; keep it in a fixed
@@ -315,26 +325,39 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     max_tries = 20 * int(n_mutants) if max_tries is None else int(max_tries)
     if max_tries < n_mutants:
         raise ValueError(f"max_tries: {max_tries} is not valid; valid: an integer >= n_mutants ({n_mutants})")
+    if order not in ("margin", "given"):
+        raise ValueError(f"order: {order!r} is not valid; valid: margin, given")
     t0 = time.perf_counter()
     model, dev = _resolve(model, device)
-
-    # labelled validation batches, on the device, computed once when given as tensors
-    if _is_tensor_like(val_inputs):
-        if val_labels is None:
-            raise ValueError("val_labels: required with tensor inputs")
-        cached = [(x.to(dev), torch.as_tensor(y).to(dev)) for x, y in _batches(val_inputs, val_labels, batch_size)]
-        batches = lambda: cached  # noqa: E731
-    else:
-        def batches():
-            for x, y in _batches(val_inputs, val_labels, batch_size):
-                if y is None:
-                    raise ValueError("val_inputs: the DataLoader must yield (x, y) batches")
-                yield x.to(dev), torch.as_tensor(y).to(dev)
-
     params = dict(model.named_parameters())
     prog = _Progress(progress, f"screen {operator}@{rate}")
+    perm = None
     with _eval_mode(model), torch.inference_mode():
-        orig_pred = [model(x).argmax(1) for x, _ in batches()]
+        if _is_tensor_like(val_inputs):
+            if val_labels is None:
+                raise ValueError("val_labels: required with tensor inputs")
+            xs = _as_tensor(val_inputs)
+            yt = torch.as_tensor(np.asarray(val_labels) if not isinstance(val_labels, torch.Tensor) else val_labels)
+            if yt.shape[0] != xs.shape[0]:
+                raise ValueError(f"val_labels: {yt.shape[0]} labels for {xs.shape[0]} inputs")
+            logits = torch.cat([model(x.to(dev)).float() for x, _ in _batches(xs, None, batch_size)])
+            if order == "margin" and logits.shape[1] > 1:
+                top2 = logits.topk(2, dim=1).values
+                perm = torch.argsort((top2[:, 0] - top2[:, 1]).cpu(), stable=True)
+                xs, yt, logits = xs[perm], yt[perm], logits[perm.to(logits.device)]
+            cached = [(x.to(dev), y.to(dev)) for x, y in _batches(xs, yt, batch_size)]
+            batches = lambda: cached  # noqa: E731
+            orig_pred, s0 = [], 0
+            for _, y in cached:
+                orig_pred.append(logits[s0:s0 + y.numel()].argmax(1))
+                s0 += y.numel()
+        else:
+            def batches():
+                for x, y in _batches(val_inputs, val_labels, batch_size):
+                    if y is None:
+                        raise ValueError("val_inputs: the DataLoader must yield (x, y) batches")
+                    yield x.to(dev), torch.as_tensor(y).to(dev)
+            orig_pred = [model(x).argmax(1) for x, _ in batches()]
         ys = [y for _, y in batches()]
         n_val = sum(int(y.numel()) for y in ys)
         if n_val == 0:
@@ -379,14 +402,19 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
             f">= {threshold} x the original validation accuracy ({orig_correct / n_val:.4f}). "
             f"Lower the rate, or raise max_tries."
         )
-    ncls = 1 + max(int(torch.cat(orig_pred).max()), max((int(p.max()) for p in preds), default=0))
+    orig_pred = torch.cat(orig_pred).cpu()
+    mpreds = torch.stack(preds)
+    if perm is not None:  # back to the caller's sample order
+        inv = torch.argsort(perm)
+        orig_pred, mpreds = orig_pred[inv], mpreds[:, inv]
+    ncls = 1 + max(int(orig_pred.max()), int(mpreds.max()))
     return ScreenResult(
         accepted=accepted, accuracies=accs, tried=tried, rejected=tried - len(accepted),
         original_accuracy=orig_correct / n_val, samples_evaluated=evaluated,
         samples_evaluated_without_abort=tried * n_val, seconds=seconds, n_val=n_val,
         threshold=threshold, original_forwards=n_val,
-        predictions=torch.stack(preds).numpy().astype(_label_dtype(ncls)),
-        original_predictions=torch.cat(orig_pred).cpu().numpy().astype(np.int32),
+        predictions=mpreds.numpy().astype(_label_dtype(ncls)),
+        original_predictions=orig_pred.numpy().astype(np.int32),
     )
 
 

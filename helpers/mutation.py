@@ -237,99 +237,163 @@ def _weight_stats(w: torch.Tensor):
     return float(w.mean()), float(w.std()) if w.numel() > 1 else 0.0
 
 
+def _w_cpu(m) -> torch.Tensor:
+    w = m.weight.detach()
+    if not w.is_contiguous():
+        raise ValueError("mutation: non-contiguous weight (e.g. channels_last); use contiguous weights")
+    return w.cpu()
+
+
+def _redraw(n: int, tensor: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    mean, std = _weight_stats(tensor)
+    return (torch.randn(n, generator=g, dtype=torch.float64) * std + mean).to(tensor.dtype)
+
+
+def gaussian_fuzzing(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """GF (Wang et al. 2019): ``rate`` is a fraction of ALL scalar weights of the conv and
+    linear layers (biases excluded), drawn uniformly across layers; each selected scalar
+    is replaced by a draw from N(mean, std) of its own weight tensor.
+
+    Like every operator function it returns patch entries ``[(parameter name, flat
+    indices, new values)]`` and leaves the model unchanged.
+    """
+    layers = _conv_linear(model)
+    sizes = [m.weight.numel() for _, m in layers]
+    entries = []
+    for li, flat in _pick_global(sizes, n_selected(rate, sum(sizes)), generator):
+        name, m = layers[li]
+        entries.append((_pname(name, "weight"), flat, _redraw(flat.numel(), _w_cpu(m), generator)))
+    return entries
+
+
+def _unit_rows(model, rate, generator, conv_only):
+    layers = _conv_linear(model, conv_only=conv_only)
+    sizes = [m.weight.shape[0] for _, m in layers]
+    for li, rows in _pick_global(sizes, n_selected(rate, sum(sizes)), generator):
+        name, m = layers[li]
+        w = _w_cpu(m)
+        yield name, m, w, rows, _rows_flat(rows, w[0].numel())
+
+
+def neuron_activation_inverse(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """NAI (Wang et al. 2019): ``rate`` is a fraction of ALL output units (conv filters and
+    linear rows together); each selected unit's incoming weights and bias are negated."""
+    entries = []
+    for name, m, w, rows, flat in _unit_rows(model, rate, generator, conv_only=False):
+        entries.append((_pname(name, "weight"), flat, -w.reshape(-1)[flat]))
+        if m.bias is not None:
+            entries.append((_pname(name, "bias"), rows.clone(), -m.bias.detach().cpu()[rows]))
+    return entries
+
+
+def weight_shuffling(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """WS (Wang et al. 2019): ``rate`` is a fraction of ALL output units (conv filters and
+    linear rows); each selected unit's incoming weights are permuted among themselves
+    (a random cyclic permutation, so that every scalar moves)."""
+    entries = []
+    for name, _, w, rows, flat in _unit_rows(model, rate, generator, conv_only=False):
+        row_size = w[0].numel()
+        src = torch.empty((rows.numel(), row_size), dtype=torch.int64)
+        for j in range(rows.numel()):
+            order = torch.randperm(row_size, generator=generator)
+            src[j, order] = order.roll(-1)  # new[order[i]] = old[order[i+1]]
+        old = w.reshape(w.shape[0], -1)[rows]
+        entries.append((_pname(name, "weight"), flat, torch.gather(old, 1, src).reshape(-1)))
+    return entries
+
+
+def neuron_switch(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """NS (Wang et al. 2019): ``rate`` is a fraction of EACH conv / linear layer's output
+    units; within the layer the selected units' incoming weight rows (and biases) are
+    permuted cyclically among themselves.  Per layer ``floor(rate*n + 0.5)`` units, raised
+    to 2 when it is 1 (a switch needs two); if every layer rounds to 0, one layer (drawn
+    in proportion to its size) switches two units."""
+    layers = _conv_linear(model)
+    counts = []
+    for _, m in layers:
+        n = m.weight.shape[0]
+        k = int(math.floor(rate * n + 0.5)) if n >= 2 else 0
+        counts.append(2 if k == 1 else min(k, n))
+    if sum(counts) == 0:
+        eligible = [i for i, (_, m) in enumerate(layers) if m.weight.shape[0] >= 2]
+        if eligible:
+            p = torch.tensor([float(layers[i][1].weight.shape[0]) for i in eligible])
+            counts[eligible[int(torch.multinomial(p, 1, generator=generator))]] = 2
+    entries = []
+    for (name, m), k in zip(layers, counts):
+        if k < 2:
+            continue
+        w = _w_cpu(m)
+        n = w.shape[0]
+        rows = torch.randperm(n, generator=generator)[:k]
+        perm = torch.randperm(k, generator=generator)
+        dst, src = rows[perm], rows[perm.roll(-1)]  # cyclic: every selected unit changes
+        order = torch.argsort(dst)
+        dst, src = dst[order], src[order]
+        w2 = w.reshape(n, -1)
+        entries.append((_pname(name, "weight"), _rows_flat(dst, w2.shape[1]), w2[src].reshape(-1).clone()))
+        if m.bias is not None:
+            entries.append((_pname(name, "bias"), dst.clone(), m.bias.detach().cpu()[src].clone()))
+    return entries
+
+
+def filter_activation_inverse(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """Filter-level NAI (paper 1, section 4.2: a "weight" is a whole conv kernel):
+    ``rate`` is a fraction of ALL conv output filters; the selected filters' kernels are
+    negated (before any BatchNorm; a conv bias is left alone)."""
+    return [(_pname(name, "weight"), flat, -w.reshape(-1)[flat])
+            for name, _, w, _, flat in _unit_rows(model, rate, generator, conv_only=True)]
+
+
+def filter_gaussian_fuzzing(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """Filter-level GF (paper 1, section 4.2): ``rate`` is a fraction of ALL conv output
+    filters; each selected filter's whole kernel is replaced by draws from N(mean, std)
+    of its layer's weight tensor."""
+    return [(_pname(name, "weight"), flat, _redraw(flat.numel(), w, generator))
+            for name, _, w, _, flat in _unit_rows(model, rate, generator, conv_only=True)]
+
+
+def bn_activation_inverse(model: nn.Module, rate: float, generator: torch.Generator) -> list:
+    """Clean NAI for BatchNorm networks: ``rate`` is a fraction of ALL BatchNorm channels
+    (affine BN layers); the selected channels' gamma and beta are negated, which inverts
+    the channel's normalised pre-activation exactly (negating a bias-free conv kernel
+    does not, because BN's running mean keeps its sign)."""
+    layers = _batchnorms(model)
+    sizes = [m.weight.shape[0] for _, m in layers]
+    entries = []
+    for li, ch in _pick_global(sizes, n_selected(rate, sum(sizes)), generator):
+        name, m = layers[li]
+        entries.append((_pname(name, "weight"), ch, -m.weight.detach().cpu()[ch]))
+        entries.append((_pname(name, "bias"), ch.clone(), -m.bias.detach().cpu()[ch]))
+    return entries
+
+
+#: operator name -> function (model, rate, generator) -> patch entries
+OPERATOR_FUNCTIONS = {
+    "gf": gaussian_fuzzing,
+    "nai": neuron_activation_inverse,
+    "ws": weight_shuffling,
+    "ns": neuron_switch,
+    "filter_nai": filter_activation_inverse,
+    "filter_gf": filter_gaussian_fuzzing,
+    "bn_nai": bn_activation_inverse,
+}
+
+
 def make_patch(model: nn.Module, spec: MutantSpec) -> Patch:
     """Compute the mutant ``spec`` of ``model`` as a :class:`Patch` (the model is not changed).
 
     Deterministic: every draw comes from a ``torch.Generator`` seeded with
     ``spec.seed`` (the global RNG is neither used nor advanced), and the new values
     depend only on the spec and the model's current weights.  Operators and rates:
-    see the module docstring (Wang et al. ICSE 2019; paper 1 section 4.2).
+    ``OPERATOR_FUNCTIONS`` and the module docstring (Wang et al. ICSE 2019; paper 1
+    section 4.2).
     """
     if not isinstance(spec, MutantSpec):
         raise TypeError(f"spec: expected a MutantSpec, got {type(spec).__name__}")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(spec.seed))
-    op, rate = spec.operator, spec.rate
-    entries = []
-
-    def w_of(m):
-        w = m.weight.detach()
-        if not w.is_contiguous():
-            raise ValueError("make_patch: non-contiguous weight (e.g. channels_last); use contiguous weights")
-        return w.cpu()
-
-    if op == "gf":
-        layers = _conv_linear(model)
-        sizes = [m.weight.numel() for _, m in layers]
-        for li, flat in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
-            name, m = layers[li]
-            mean, std = _weight_stats(m.weight)
-            vals = torch.randn(flat.numel(), generator=g, dtype=torch.float64) * std + mean
-            entries.append((_pname(name, "weight"), flat, vals.to(m.weight.dtype)))
-
-    elif op in ("nai", "ws", "filter_nai", "filter_gf"):
-        layers = _conv_linear(model, conv_only=op.startswith("filter_"))
-        sizes = [m.weight.shape[0] for _, m in layers]
-        for li, rows in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
-            name, m = layers[li]
-            w = w_of(m)
-            row_size = w[0].numel()
-            flat = _rows_flat(rows, row_size)
-            wf = w.reshape(-1)
-            if op in ("nai", "filter_nai"):
-                entries.append((_pname(name, "weight"), flat, -wf[flat]))
-                if op == "nai" and m.bias is not None:
-                    entries.append((_pname(name, "bias"), rows.clone(), -m.bias.detach().cpu()[rows]))
-            elif op == "filter_gf":
-                mean, std = _weight_stats(w)
-                vals = torch.randn(flat.numel(), generator=g, dtype=torch.float64) * std + mean
-                entries.append((_pname(name, "weight"), flat, vals.to(w.dtype)))
-            else:  # ws: a random cyclic permutation of each selected row's incoming weights
-                new = []
-                for _ in rows:
-                    order = torch.randperm(row_size, generator=g)
-                    src = torch.empty(row_size, dtype=torch.int64)
-                    src[order] = order.roll(-1)
-                    new.append(src)
-                src = torch.stack(new)  # (k, row_size): new[j] = old[src[j]]
-                old = w.reshape(w.shape[0], -1)[rows]
-                entries.append((_pname(name, "weight"), flat, torch.gather(old, 1, src).reshape(-1)))
-
-    elif op == "ns":
-        layers = _conv_linear(model)
-        counts = []
-        for _, m in layers:
-            n = m.weight.shape[0]
-            k = int(math.floor(rate * n + 0.5)) if n >= 2 else 0
-            counts.append(min(n, 2) if k == 1 else min(k, n))
-        if sum(counts) == 0:
-            eligible = [i for i, (_, m) in enumerate(layers) if m.weight.shape[0] >= 2]
-            if eligible:
-                p = torch.tensor([float(layers[i][1].weight.shape[0]) for i in eligible])
-                counts[eligible[int(torch.multinomial(p, 1, generator=g))]] = 2
-        for li, ((name, m), k) in enumerate(zip(layers, counts)):
-            if k < 2:
-                continue
-            w = w_of(m)
-            n = w.shape[0]
-            rows = torch.randperm(n, generator=g)[:k]
-            perm = torch.randperm(k, generator=g)
-            dst, src = rows[perm], rows[perm.roll(-1)]  # cyclic: every selected unit changes
-            order = torch.argsort(dst)
-            dst, src = dst[order], src[order]
-            w2 = w.reshape(n, -1)
-            entries.append((_pname(name, "weight"), _rows_flat(dst, w2.shape[1]), w2[src].reshape(-1).clone()))
-            if m.bias is not None:
-                entries.append((_pname(name, "bias"), dst.clone(), m.bias.detach().cpu()[src].clone()))
-
-    elif op == "bn_nai":
-        layers = _batchnorms(model)
-        sizes = [m.weight.shape[0] for _, m in layers]
-        for li, ch in _pick_global(sizes, n_selected(rate, sum(sizes)), g):
-            name, m = layers[li]
-            entries.append((_pname(name, "weight"), ch, -m.weight.detach().cpu()[ch]))
-            entries.append((_pname(name, "bias"), ch.clone(), -m.bias.detach().cpu()[ch]))
-
+    entries = OPERATOR_FUNCTIONS[spec.operator](model, spec.rate, g)
     entries = tuple((n, i.to(torch.int64).contiguous(), v.detach().clone().contiguous()) for n, i, v in entries)
     return Patch(spec, entries)
 
@@ -340,6 +404,7 @@ def make_patches(model: nn.Module, specs) -> list:
 
 
 __all__ = [
-    "OPERATORS", "RATE_OF", "MutantSpec", "Patch", "make_patch", "make_patches", "mutated",
-    "n_selected", "unit_count",
+    "OPERATORS", "OPERATOR_FUNCTIONS", "RATE_OF", "MutantSpec", "Patch", "make_patch", "make_patches", "mutated",
+    "n_selected", "unit_count", "gaussian_fuzzing", "neuron_activation_inverse", "weight_shuffling",
+    "neuron_switch", "filter_activation_inverse", "filter_gaussian_fuzzing", "bn_activation_inverse",
 ]

@@ -86,6 +86,10 @@ def test_early_abort_same_decisions_fewer_samples(setup):
     assert full.samples_evaluated == full.samples_evaluated_without_abort == full.tried * 256
     assert fast.samples_evaluated_without_abort == full.samples_evaluated_without_abort
     assert fast.samples_evaluated < full.samples_evaluated
+    given = screen_mutants(model, x, y, OP, RATE, 8, batch_size=32, progress=False, order="given")
+    assert given.accepted == fast.accepted and given.accuracies == fast.accuracies
+    assert np.array_equal(given.predictions, fast.predictions)
+    assert given.samples_evaluated < full.samples_evaluated
 
 
 def test_screen_with_dataloader_matches_tensor(setup):

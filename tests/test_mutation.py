@@ -254,3 +254,15 @@ def test_resnet20_populations_and_paper_rate():
     assert unit_count(m, "nai") == 698
     p = make_patch(m, MutantSpec("filter_nai", 0.01, 0))  # paper 1's CIFAR setting: 7 filters
     assert p.n_scalars % 9 == 0 and sum(i.numel() // m.get_parameter(n)[0].numel() for n, i, _ in p.entries) == 7
+
+
+def test_operator_functions_documented_and_pure(model):
+    from helpers.mutation import OPERATOR_FUNCTIONS
+
+    assert tuple(OPERATOR_FUNCTIONS) == OPERATORS
+    before = _snapshot(model)
+    for op, fn in OPERATOR_FUNCTIONS.items():
+        assert "fraction" in fn.__doc__ and "rate" in fn.__doc__, op
+        entries = fn(model, 0.2, torch.Generator().manual_seed(0))
+        assert entries and all(isinstance(n, str) and i.numel() == v.numel() for n, i, v in entries)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
