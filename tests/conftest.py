@@ -19,6 +19,17 @@ def _isolated_outputs(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscription on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_images(root: Path, n: int, size=(12, 10), mode="RGB", seed=0):
     """Write n small random images (PNG) under root, returning the paths."""
     from PIL import Image
