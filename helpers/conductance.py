@@ -435,7 +435,7 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
     given: ``target_fn(logits, y) -> (N,) class indices`` (costs one extra forward
     pass per batch with the stepped methods).  ``device``: move the model (in
     place) and each batch there; None = the model's current device.  Progress bar:
-    ``tqdm.auto``, off with ``progress=False`` or env ``TQDM_DISABLE=1``.  Memory is
+    ``tqdm`` (text, also in notebooks), off with ``progress=False`` or env ``TQDM_DISABLE=1``.  Memory is
     bounded by one batch and ``internal_batch_size`` rows, whatever the dataset size.
 
     ``baseline``, ``channels_last``: as in :func:`layer_conductance`.
@@ -445,7 +445,7 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
     had to fall back on some batch), "layer", "reduction", "n_steps"}``.
     """
     _check_args(model, layer, method, reduction, n_steps, internal_batch_size)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if device is not None:
         device = torch.device(device)

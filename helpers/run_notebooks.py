@@ -42,6 +42,24 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _strip_run_metadata(path: Path) -> None:
+    """Committed notebooks carry outputs, not this machine's paths or timings (clean diffs)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in ("start_time", "end_time", "duration", "exception"):
+        pm.pop(key, None)
+    for key in ("input_path", "output_path"):
+        if key in pm:
+            pm[key] = Path(pm[key]).name
+    pm.pop("environment_variables", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, path)
+
+
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
         kernel: str = "python3") -> dict:
     import papermill as pm
@@ -59,6 +77,8 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         print(f"[{name}] {nb.name} ...", flush=True)
         pm.execute_notebook(str(nb), str(out_nb_dir / nb.name), parameters=params, kernel_name=kernel,
                             cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        if default_run:
+            _strip_run_metadata(out_nb_dir / nb.name)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
     print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
