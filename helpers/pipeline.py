@@ -156,7 +156,7 @@ def evaluate_scores(exp: Experiment, scores: pd.DataFrame, names) -> tuple[dict,
     return reports, thresholds
 
 
-def rounded(reports: dict, nd: int = 4) -> dict:
+def rounded(reports: dict, nd: int = 6) -> dict:
     return {n: {s: {k: round(float(v), nd) for k, v in r.items()} for s, r in sp.items()} for n, sp in reports.items()}
 
 

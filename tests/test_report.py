@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from helpers.profiles import REPO_ROOT
-from helpers.report import README_BEGIN, README_END, build_report, comparison_table, refresh_readme
+from helpers.report import README_BEGIN, README_END, build_report, comparison_table, readme_block, refresh_readme
 
 FIG = REPO_ROOT / "figures"
 
@@ -18,7 +18,7 @@ def test_committed_report_is_regenerated_from_its_files(profile):
 def test_readme_comparison_block_is_generated():
     text = (REPO_ROOT / "README.md").read_text()
     block = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
-    assert block == comparison_table(FIG)
+    assert block == readme_block(FIG)
 
 
 def test_report_reflects_metrics(tmp_path):
@@ -39,8 +39,9 @@ def test_comparison_marks_missing_runs_not_run_yet(tmp_path):
     shutil.copy(FIG / "digits" / "metrics.json", tmp_path / "digits" / "metrics.json")
     table = comparison_table(tmp_path)
     assert "not run yet" in table  # cifar10 absent here
+    assert "0.927" in table  # the paper's conductance AUROC (Table 4)
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{README_BEGIN}\nold\n{README_END}\ny\n")
     assert refresh_readme(readme, tmp_path) is True
-    assert table in readme.read_text() and readme.read_text().endswith("y\n")
+    assert readme_block(tmp_path) in readme.read_text() and readme.read_text().endswith("y\n")
     assert refresh_readme(readme, tmp_path) is False
