@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -49,6 +51,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
