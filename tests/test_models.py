@@ -41,3 +41,26 @@ def test_pretrained_resnet20_scores_90_percent_on_lossless_sample():
     with torch.no_grad():
         pred = m((x - mean) / std).argmax(1).numpy()
     assert (pred == d["y_test"]).mean() >= 0.90
+
+
+def test_torchvision_models_heads_layers_and_offline_notice():
+    import warnings
+
+    from helpers.conductance import layer_conductance
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vgg = build_model("vgg16", 5, weights="imagenet")  # online: ImageNet weights; offline: notice + random init
+    notices = [w for w in caught if "could not load ImageNet weights" in str(w.message)]
+    for w in notices:
+        assert "weights='imagenet'" in str(w.message) and "random initialisation" in str(w.message)
+    assert vgg.classifier[-1].out_features == 5 and vgg.gap_linear_head is None
+    assert isinstance(last_conv_layer(vgg), torch.nn.ReLU)  # conv5_3 + ReLU, before the last max-pool
+    torch.manual_seed(0)
+    inc = build_model("inception_v3", 7).eval()
+    assert inc.fc.out_features == 7 and inc.last_conv_layer == "Mixed_7c"
+    x = torch.randn(1, 3, 75, 75)
+    exact = layer_conductance(inc, "Mixed_7c", x, method="exact")
+    stepped = layer_conductance(inc, "Mixed_7c", x, method="riemann")
+    # random-init InceptionV3 gives conductances near 1e6: compare relative to the largest (float32)
+    assert (exact - stepped).abs().max() <= 1e-5 * exact.abs().max()
