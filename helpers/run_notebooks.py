@@ -43,7 +43,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _strip_run_metadata(path: Path) -> None:
-    """Committed notebooks carry outputs, not this machine's paths or timings (clean diffs)."""
+    """Executed notebooks carry outputs, not this machine's paths or timings (clean diffs)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -77,8 +77,7 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         print(f"[{name}] {nb.name} ...", flush=True)
         pm.execute_notebook(str(nb), str(out_nb_dir / nb.name), parameters=params, kernel_name=kernel,
                             cwd=str(NOTEBOOK_DIR), progress_bar=False)
-        if default_run:
-            _strip_run_metadata(out_nb_dir / nb.name)
+        _strip_run_metadata(out_nb_dir / nb.name)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
     print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
