@@ -230,7 +230,7 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
         raw, source = copy.deepcopy(profile), "profile"
     else:
         path = profile_path(profile)
-        source = str(path.relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
+        source = str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
         if not isinstance(raw, dict):

@@ -65,6 +65,8 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     import papermill as pm
 
     cfg = load_profile(profile, overrides)  # validate before any long work starts
+    if Path(profile).suffix in (".yaml", ".yml"):
+        profile = str(Path(profile).resolve())  # the notebooks run with notebooks/ as working directory
     name = cfg["name"]
     default_run = profile == DEFAULT_PROFILE and not overrides and not output_dir
     out_nb_dir = NOTEBOOK_DIR if default_run else Path(output_dir or REPO_ROOT / "figures" / name) / "notebooks"

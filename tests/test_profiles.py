@@ -49,3 +49,9 @@ def test_unknown_profile_lists_known():
 def test_params_hash_stable_and_sensitive():
     assert params_hash({"a": 1, "b": [1, 2]}) == params_hash({"b": [1, 2], "a": 1})
     assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_profile_by_relative_path(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text((PARAMS_DIR / "digits.yaml").read_text().replace("name: digits", "name: mine"))
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("mine.yaml")["name"] == "mine"
