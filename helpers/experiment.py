@@ -29,6 +29,17 @@ from .training import prediction_table, train_model
 from .utils import atomic_path, atomic_write_json, atomic_write_text, get_device, json_default, seed_everything
 
 
+def _file_fingerprint(path: Path) -> str:
+    """sha256 of a weights file (first 16 hex digits)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def _versions() -> dict:
     import sklearn
 
@@ -85,23 +96,34 @@ class Experiment:
         t0 = time.perf_counter()
         data = load_data(self.cfg)
         self.timings["data"] = time.perf_counter() - t0
+        c = self.cfg
+        self.data_key = params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
+                                    data.fingerprint)
         manifest = self.artifacts_dir / f"splits-{self.data_key}.csv"
         if not manifest.is_file():
             with atomic_path(manifest) as tmp:
                 data.manifest().to_csv(tmp, index=False)
         return data
 
-    @cached_property
-    def data_key(self) -> str:
-        c = self.cfg
-        return params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
-                           load_data(c).fingerprint if "data" not in self.__dict__ else self.data.fingerprint)
-
     @property
     def model_params(self) -> dict:
+        """What the model (and so every later stage) depends on: the cache key's core."""
         c = self.cfg
-        return {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
-                "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
+        self.data  # sets data_key
+        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
+                  "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
+        for key in ("weights", "checkpoint"):  # a file's content, not just its name, decides the model
+            path = self._path_of(c.get(key))
+            if path is not None and path.is_file():
+                params[f"{key}_file"] = _file_fingerprint(path)
+        return params
+
+    @staticmethod
+    def _path_of(value) -> Path | None:
+        if not value or value in ("none", "pretrained", "imagenet"):
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
 
     def build_model(self) -> torch.nn.Module:
         c = self.cfg
@@ -112,9 +134,9 @@ class Experiment:
         ck = self.cfg.get("checkpoint")
         if not ck:
             return None
-        path = Path(ck) if Path(ck).is_absolute() else REPO_ROOT / ck
+        path = self._path_of(ck)
         if not path.is_file():
-            return None
+            raise FileNotFoundError(f"checkpoint: no file at {path}; set `checkpoint: null` to train instead")
         obj = torch.load(path, map_location="cpu", weights_only=False)
         model = self.build_model()
         model.load_state_dict(obj["state_dict"])
@@ -188,14 +210,17 @@ class Experiment:
     def metrics(self) -> dict:
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
 
-    def update_metrics(self, updates: dict) -> dict:
-        """Merge ``updates`` (nested dict) into <output_dir>/metrics.json, atomically."""
+    def update_metrics(self, updates: dict, fresh: bool = False) -> dict:
+        """Merge ``updates`` (nested dict) into <output_dir>/metrics.json, atomically.
+
+        ``fresh=True`` (notebook 00, the start of a run) drops what an earlier run left there, so
+        the file never mixes sections of different runs."""
         def merge(a, b):
             for k, v in b.items():
                 a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
             return a
 
-        m = merge(self.metrics(), json.loads(json.dumps(updates, default=json_default)))
+        m = merge({} if fresh else self.metrics(), json.loads(json.dumps(updates, default=json_default)))
         m["profile"] = self.name
         atomic_write_json(self.metrics_path, m)
         return m

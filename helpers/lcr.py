@@ -54,6 +54,10 @@ SEED_STRIDE = 100003
 MODES = ("auto", "loop", "vmap")
 
 
+class ScreenExhausted(RuntimeError):
+    """:func:`screen_mutants` used up ``max_tries`` candidates before ``n_mutants`` passed."""
+
+
 # ----------------------------------------------------------------------------- data helpers
 def _is_tensor_like(x) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
@@ -396,7 +400,7 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
             prog(f"accepted {len(accepted)}/{n_mutants}, tried {tried}")
     seconds = time.perf_counter() - t0
     if len(accepted) < n_mutants:
-        raise RuntimeError(
+        raise ScreenExhausted(
             f"screen_mutants: operator {operator!r} at rate {rate}: only {len(accepted)} of {n_mutants} "
             f"mutants accepted after {tried} tries (max_tries={max_tries}); a mutant must keep "
             f">= {threshold} x the original validation accuracy ({orig_correct / n_val:.4f}). "
@@ -575,7 +579,7 @@ def sprt_score(mutant_preds, original_preds, *, alpha: float = 0.05, beta: float
 
 
 __all__ = [
-    "SPRT_THRESHOLD", "SPRT_INDIFFERENCE", "ScreenResult", "candidate_seeds", "choose_setting",
+    "SPRT_THRESHOLD", "SPRT_INDIFFERENCE", "ScreenExhausted", "ScreenResult", "candidate_seeds", "choose_setting",
     "label_change_rate", "lcr_auroc_by_n_mutants", "lcr_summary", "mutant_predictions", "predict",
     "screen_mutants", "sprt_detect", "sprt_score",
 ]

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import metrics
 from .baselines import BASELINES, baseline_scores
@@ -179,19 +180,20 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
 
     Returns the accepted seeds, their validation predictions and the screening cost; a
     setting that rejects everything within the try budget returns ``{"error": message}``."""
-    from .lcr import screen_mutants
+    from .lcr import ScreenExhausted, screen_mutants
 
     lc = exp.cfg["lcr"]
     params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
               "n": n_mutants, "threshold": lc["accept_threshold"], "tries": lc["max_tries_factor"], "seed": exp.seed}
 
     def compute():
-        sd = exp.data["val"]
+        inputs = split_inputs(exp, "val")
+        labels = exp.data["val"].labels if isinstance(inputs, torch.Tensor) else None  # a loader yields its own
         try:
-            res = screen_mutants(exp.model, split_inputs(exp, "val"), sd.labels, operator, rate, n_mutants,
+            res = screen_mutants(exp.model, inputs, labels, operator, rate, n_mutants,
                                  threshold=lc["accept_threshold"], max_tries=lc["max_tries_factor"] * n_mutants,
                                  seed=exp.seed, batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress)
-        except RuntimeError as exc:
+        except ScreenExhausted as exc:  # a real result of this setting; any other error propagates
             return {"error": np.array(str(exc))}
         return _screen_to_dict(res)
 
@@ -214,6 +216,9 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
             if "error" in z:
                 row.update(accepted=0, tried=lc["max_tries_factor"] * lc["grid_mutants"], note=str(z["error"]))
             else:
+                if not np.array_equal(z["val_original"], val.prediction.to_numpy()):
+                    raise RuntimeError("lcr: the screening's original predictions disagree with the prediction "
+                                       "table; clear artifacts/<profile>/ (stale cache?)")
                 lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
                 row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
                            screen_seconds=float(z["seconds"]), note="")
@@ -307,7 +312,12 @@ def joint_features(exp: Experiment) -> pd.DataFrame:
     df = det.merge(lcr_table(exp)[["id", "lcr"]], on="id", validate="one_to_one")
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
     df = df.merge(conductance_oof(exp)[["id", "conductance_oof"]], on="id", how="left", validate="one_to_one")
-    df["conductance_oof"] = df["conductance_oof"].fillna(df["conductance"])
+    if df.loc[df.split == "train", "conductance_oof"].isna().any():
+        raise RuntimeError("joint: a training sample has no out-of-fold conductance score (stale cache?)")
+    held_out = df.split != "train"
+    df.loc[held_out, "conductance_oof"] = df.loc[held_out, "conductance"]  # val/test: the full detector
+    if len(df) != len(exp.predictions):
+        raise RuntimeError(f"joint: {len(exp.predictions) - len(df)} samples lost joining the feature tables")
     return with_predictions(exp, df)
 
 

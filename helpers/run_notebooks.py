@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -69,6 +69,10 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         profile = str(Path(profile).resolve())  # the notebooks run with notebooks/ as working directory
     name = cfg["name"]
     default_run = profile == DEFAULT_PROFILE and not overrides and not output_dir
+    if overrides and not output_dir:  # never mix an override run into the profile's own results
+        output_dir = str(REPO_ROOT / "figures" / f"{name}-{params_hash(overrides, length=8)}")
+    if output_dir:
+        output_dir = str(Path(output_dir).resolve())  # the notebooks run with notebooks/ as working directory
     out_nb_dir = NOTEBOOK_DIR if default_run else Path(output_dir or REPO_ROOT / "figures" / name) / "notebooks"
     out_nb_dir.mkdir(parents=True, exist_ok=True)
     params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},

@@ -85,3 +85,24 @@ def test_operating_points_reach_targets_on_validation():
     flagged = te.s >= ops.loc["equal_recall", "threshold"]
     assert ops.loc["equal_recall", "test accuracy with expert"] == pytest.approx(
         ((te.correct & ~flagged).sum() + flagged.sum()) / len(te))
+
+
+def test_missing_checkpoint_is_an_error(tmp_path):
+    e = Experiment("digits", {"checkpoint": str(tmp_path / "nope.pt")}, output_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
+        e.model
+
+
+def test_lcr_screening_on_a_file_dataset(tmp_path, monkeypatch):
+    """Folder datasets reach the mutant screening as a DataLoader (labels come from the loader)."""
+    from .conftest import write_images
+
+    for split in ("train", "val", "test"):
+        for ci, c in enumerate(("a", "b")):
+            write_images(tmp_path / "tree" / split / c, 6, size=(8, 8), seed=ci + 3 * len(split))
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    e = Experiment("digits", {"dataset": "imagefolder", "data_dir": str(tmp_path / "tree"), "training.epochs": 1,
+                              "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}, output_dir=tmp_path / "f",
+                   progress=False)
+    z = pipeline.screen(e, "filter_nai", 0.05, 2)
+    assert "error" in z or len(z["seeds"]) == 2
