@@ -76,7 +76,6 @@ def conductance_table(exp: Experiment) -> pd.DataFrame:
             df.insert(0, "split", split)
             df.insert(0, "id", sd.ids)
             parts.append(df)
-            exp.conductance_method = out["method"]
         return pd.concat(parts, ignore_index=True)
 
     return exp.stage("conductance", params, compute, _save_frame, _load_frame, "csv.gz")
