@@ -107,10 +107,10 @@ def conductance_detector(exp: Experiment) -> dict:
     """
     from .detectors import train_conductance_detector
 
-    table = with_predictions(exp, conductance_table(exp))
     params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"]}
 
     def compute():
+        table = with_predictions(exp, conductance_table(exp))
         cols = feature_columns(table)
         tr, va = table[table.split == "train"], table[table.split == "val"]
         det = train_conductance_detector(tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int),
@@ -288,11 +288,11 @@ def conductance_oof(exp: Experiment) -> pd.DataFrame:
     id, conductance_oof, fold.  No training sample is scored by a detector that saw it."""
     from .joint import out_of_fold_scores
 
-    table = with_predictions(exp, conductance_table(exp))
     params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"],
               "folds": exp.cfg["joint"]["folds"]}
 
     def compute():
+        table = with_predictions(exp, conductance_table(exp))
         cols = feature_columns(table)
         tr, va = table[table.split == "train"], table[table.split == "val"]
         kw = detector_kwargs(exp)
