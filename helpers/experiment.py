@@ -26,18 +26,7 @@ from .datasets import DataBundle, cache_root, data_search_dirs, load_data
 from .models import build_model
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 from .training import prediction_table, train_model
-from .utils import atomic_path, atomic_write_json, atomic_write_text, get_device, json_default, seed_everything
-
-
-def _file_fingerprint(path: Path) -> str:
-    """sha256 of a weights file (first 16 hex digits)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from .utils import atomic_path, atomic_write_json, atomic_write_text, file_sha256, get_device, json_default, seed_everything
 
 
 def _versions() -> dict:
@@ -115,7 +104,7 @@ class Experiment:
         for key in ("weights", "checkpoint"):  # a file's content, not just its name, decides the model
             path = self._path_of(c.get(key))
             if path is not None and path.is_file():
-                params[f"{key}_file"] = _file_fingerprint(path)
+                params[f"{key}_file"] = file_sha256(path, 16)
         return params
 
     @staticmethod

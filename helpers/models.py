@@ -18,7 +18,6 @@ read instead of hard-coding layer names:
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,6 @@ RESNET20_URL = (
     "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
     "pretrained_models/resnet20-12fca82f.th"
 )
-RESNET20_SHA256_PREFIX = "12fca82f"
 
 
 # ----------------------------------------------------------------------------- small CNN
@@ -130,14 +128,6 @@ class ResNet20(nn.Module):
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_resnet20_checkpoint(model: ResNet20, path: str | Path) -> ResNet20:

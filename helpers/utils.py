@@ -59,6 +59,17 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def file_sha256(path, length: int = 64) -> str:
+    """sha256 of a file's content (first ``length`` hex digits), read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
