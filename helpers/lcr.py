@@ -30,6 +30,7 @@ import copy
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +122,26 @@ class _Progress:
             print(f"[{self.what}] {msg} ({now - self.t0:.1f}s)", file=sys.stderr, flush=True)
 
 
+#: model -> its torch.compile wrapper (one compilation per model and process)
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def forward_fn(model: nn.Module, compile: bool = False):
+    """The callable that runs the mutants: ``model`` itself, or with ``compile=True`` a
+    ``torch.compile`` (inductor, static shapes) wrapper of the SAME module, made once per
+    model.  Parameters stay graph inputs, so the in-place patches of :mod:`helpers.mutation`
+    are seen without recompiling.  A pure speed option (about 2x for ResNet20 on a CPU,
+    after a one-off compilation of about 30 s per batch shape); predictions agree with
+    eager mode up to float rounding (see ``tests/test_lcr.py``).  The original model's
+    own predictions are always computed eagerly."""
+    if not compile:
+        return model
+    run = _COMPILED.get(model)
+    if run is None:
+        run = _COMPILED[model] = torch.compile(model, dynamic=False)
+    return run
+
+
 def _label_dtype(num_classes: int):
     return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
 
@@ -171,7 +192,7 @@ def _stacked_params(model: nn.Module, patches):
 
 def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size: int = 512,
                        device=None, progress: bool = True, mode: str = "auto",
-                       vmap_chunk: int = 16, with_original: bool = False):
+                       vmap_chunk: int = 16, with_original: bool = False, compile: bool = False):
     """Predicted labels of every mutant: array (n_mutants, n_samples), int16 (int32 if > 32767 classes).
 
     ``specs_or_patches``: :class:`MutantSpec` s (turned into patches once, from the
@@ -190,6 +211,7 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
 
     ``with_original=True`` also returns the original model's predictions from the same
     pass: ``(mutant_preds, original_preds)``.  The model is bitwise unchanged after.
+    ``compile=True`` runs the mutants through :func:`forward_fn` (loop mode only).
     """
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not valid; valid: {', '.join(MODES)}")
@@ -204,6 +226,7 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
     chunks, orig_chunks = [], []
     prog = _Progress(progress, "mutant_predictions")
     params = dict(model.named_parameters())
+    run = forward_fn(model, compile and mode == "loop")
     with _eval_mode(model), torch.inference_mode():
         if mode == "vmap" and m:
             from torch.func import functional_call, vmap
@@ -225,7 +248,7 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
                 for j, p in enumerate(patches):
                     p.apply(model, params)
                     try:
-                        out[j] = model(x).argmax(1).cpu()
+                        out[j] = run(x).argmax(1).cpu()
                     finally:
                         p.revert(model)
             else:
@@ -298,7 +321,7 @@ def candidate_seeds(seed: int, n: int) -> list:
 def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate: float, n_mutants: int, *,
                    threshold: float = 0.9, max_tries: int | None = None, seed: int = 0, batch_size: int = 512,
                    device=None, progress: bool = True, early_abort: bool = True,
-                   order: str = "margin") -> ScreenResult:
+                   order: str = "margin", compile: bool = False) -> ScreenResult:
     """Draw mutants until ``n_mutants`` pass the accuracy filter on the VALIDATION split.
 
     Candidate ``i`` is ``MutantSpec(operator, rate, seed*100003 + i)``.  It is kept iff
@@ -318,7 +341,8 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     ``val_inputs`` / ``val_labels``: a tensor and its labels, or a DataLoader of (x, y)
     with ``val_labels=None`` (re-iterated for every candidate; keep it in a fixed
     order).  ``max_tries`` (default ``20 * n_mutants``) bounds the candidates: when it
-    is used up a RuntimeError says so (it never loops forever).
+    is used up a RuntimeError says so (it never loops forever).  ``compile=True`` runs the
+    candidates through :func:`forward_fn` (the original model always runs eagerly).
     """
     _check_operator(operator)
     _check_rate(rate)
@@ -334,6 +358,7 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     t0 = time.perf_counter()
     model, dev = _resolve(model, device)
     params = dict(model.named_parameters())
+    run = forward_fn(model, compile)
     prog = _Progress(progress, f"screen {operator}@{rate}")
     perm = None
     with _eval_mode(model), torch.inference_mode():
@@ -383,7 +408,7 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
             patch.apply(model, params)
             try:
                 for x, y in batches():
-                    p = model(x).argmax(1)
+                    p = run(x).argmax(1)
                     cand.append(p)
                     correct += int((p == y).sum())
                     seen += int(y.numel())

@@ -191,7 +191,8 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
         try:
             res = screen_mutants(exp.model, inputs, labels, operator, rate, n_mutants,
                                  threshold=lc["accept_threshold"], max_tries=lc["max_tries_factor"] * n_mutants,
-                                 seed=exp.seed, batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress)
+                                 seed=exp.seed, batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress,
+                                 compile=lc["compile"])
         except ScreenExhausted as exc:  # a real result of this setting; any other error propagates
             return {"error": np.array(str(exc))}
         return _screen_to_dict(res)
@@ -264,7 +265,8 @@ def lcr_matrix(exp: Experiment, chunk: int = 10) -> dict:
                 "lcr_preds", params,
                 lambda sp=specs[i:i + chunk], s=split: {"preds": mutant_predictions(
                     exp.model, sp, split_inputs(exp, s), batch_size=exp.cfg["training"]["eval_batch_size"],
-                    device=exp.device, progress=exp.progress).astype(np.int16)},
+                    device=exp.device, progress=exp.progress,
+                    compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
                 _save_npz, _load_npz, "npz")["preds"])
         parts[split] = np.concatenate(blocks, 0)
     ids = np.concatenate([exp.data[s].ids for s in SPLIT_ORDER])

@@ -100,6 +100,7 @@ SCHEMA: dict[str, Any] = {
         "sprt_beta": (_NUM, False, {"min": 0.0, "max": 0.5}),
         "sprt_threshold": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),
         "sprt_indifference": (_NUM, False, {"min": 0.0, "max": 0.5}),
+        "compile": (bool, False, None),
     },
     "joint": {
         "folds": (int, False, {"min": 2}),
@@ -133,7 +134,8 @@ DEFAULTS: dict[str, Any] = {
     "lcr": {"grid_operators": ["filter_nai", "filter_gf", "gf"], "grid_rates": [0.01, 0.05],
             "grid_mutants": 10, "operator": None, "rate": None, "n_mutants": 100,
             "accept_threshold": 0.9, "max_tries_factor": 20,
-            "sprt_alpha": 0.05, "sprt_beta": 0.05, "sprt_threshold": None, "sprt_indifference": 0.05},
+            "sprt_alpha": 0.05, "sprt_beta": 0.05, "sprt_threshold": None, "sprt_indifference": 0.05,
+            "compile": False},
     "joint": {"folds": 5, "correct_recall_target": 0.982, "wrong_recall_target": 0.995},
     "metrics": {"n_bootstrap": 1000},
 }
