@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import time
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,11 @@ from .models import build_model
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 from .training import prediction_table, train_model
 from .utils import atomic_path, atomic_write_json, atomic_write_text, file_sha256, get_device, json_default, seed_everything
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MB; Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _versions() -> dict:
@@ -63,17 +70,32 @@ class Experiment:
         """Return the cached result of ``stage`` for ``params``, computing and saving it atomically if absent."""
         key = params_hash(params)
         path = self.artifacts_dir / f"{stage}-{key}.{ext}"
-        if path.is_file():
-            return load(path)
-        t0 = time.perf_counter()
-        result = compute()
-        self.timings[stage] = time.perf_counter() - t0
-        with atomic_path(path) as tmp:
-            save(result, tmp)
-        atomic_write_json(path.with_suffix(path.suffix + ".json"),
-                          {"stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
-                           "seconds": self.timings[stage]})
+        sidecar = path.with_suffix(path.suffix + ".json")
+        if not path.is_file():
+            t0 = time.perf_counter()
+            result = compute()
+            self.timings[stage] = time.perf_counter() - t0
+            with atomic_path(path) as tmp:
+                save(result, tmp)
+            atomic_write_json(sidecar, {
+                "stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
+                "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
+                "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._log_stage(stage, key, sidecar)
         return load(path)  # the same object whether computed now or cached earlier
+
+    @property
+    def stages_path(self) -> Path:
+        return self.output_dir / "stages.json"
+
+    def _log_stage(self, stage: str, key: str, sidecar: Path) -> None:
+        """Record in <output_dir>/stages.json (``{"stages": {stage-key: ...}, "notebooks": {...}}``) what the stage cost when it was computed (from its
+        sidecar): seconds, peak resident memory of the computing process, threads, device."""
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        log = json.loads(self.stages_path.read_text()) if self.stages_path.is_file() else {}
+        log.setdefault("stages", {})[f"{stage}-{key}"] = {
+            "stage": stage, **{k: info.get(k) for k in ("seconds", "peak_rss_mb", "threads", "device", "finished")}}
+        atomic_write_json(self.stages_path, log)
 
     def stage_path(self, stage: str, params: Any, ext: str) -> Path:
         return self.artifacts_dir / f"{stage}-{params_hash(params)}.{ext}"
@@ -125,11 +147,40 @@ class Experiment:
             return None
         path = self._path_of(ck)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint: no file at {path}; set `checkpoint: null` to train instead")
+            if self.cfg["if_no_checkpoint"] == "train":
+                return None
+            raise FileNotFoundError(f"checkpoint: no file at {path}; set `checkpoint: null` (or "
+                                    f"`if_no_checkpoint: train`) to train instead")
         obj = torch.load(path, map_location="cpu", weights_only=False)
+        saw = obj.get("data_key")
+        self.data  # sets data_key
+        if saw is not None and saw != self.data_key:
+            warnings.warn(f"checkpoint: {path.name} was trained on data {saw} ({obj.get('data_source')}), "
+                          f"this profile's data is {self.data_key} ({self.data.source}); its numbers are "
+                          f"not those of the committed run", stacklevel=2)
         model = self.build_model()
         model.load_state_dict(obj["state_dict"])
         return model, obj.get("history", [])
+
+    def export_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write the trained model as a reusable checkpoint (``checkpoint:`` in a profile) with
+        its provenance: the profile's training settings, the hash of the data it saw (the
+        split manifest's key) and its accuracies; plus a human-readable JSON twin."""
+        path = Path(path)
+        acc = self.predictions.groupby("split")["correct"].mean().round(6).to_dict()
+        info = {"profile": self.name, "model": self.cfg["model"], "weights": self.cfg["weights"],
+                "training": self.cfg["training"], "seed": self.seed, "data_key": self.data_key,
+                "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
+                "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
+                "train_seconds": None, "versions": _versions()}
+        sidecar = self.stage_path("model", self.model_params, "pt").with_suffix(".pt.json")
+        if sidecar.is_file():
+            info["train_seconds"] = json.loads(sidecar.read_text()).get("seconds")
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": state, "history": self._model_and_history[1], **info}, tmp)
+        atomic_write_json(path.with_suffix(".json"), {**info, "sha256": file_sha256(path)})
+        return path
 
     @cached_property
     def _model_and_history(self):
@@ -214,3 +265,21 @@ class Experiment:
         atomic_write_json(self.metrics_path, m)
         return m
 
+
+
+def main(argv=None) -> None:
+    """``python -m helpers.experiment --profile cifar10 --export-checkpoint checkpoints/cifar10-resnet20.pt``:
+    train (or load from the cache) the profile's model and write it as a committed checkpoint."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE)
+    ap.add_argument("--export-checkpoint", required=True, metavar="PATH")
+    a = ap.parse_args(argv)
+    exp = Experiment(a.profile)
+    path = exp.export_checkpoint(a.export_checkpoint)
+    print(json.dumps(json.loads(path.with_suffix(".json").read_text()), indent=1, default=json_default))
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ SCHEMA: dict[str, Any] = {
     "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16")),
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
+    "if_no_checkpoint": (str, False, ("error", "train")),
     "image_size": (int, True, {"min": 4, "max": 1024}),
     "normalize": {
         "mean": (list, True, None),
@@ -119,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
     "download": False,
     "weights": None,
     "checkpoint": None,
+    "if_no_checkpoint": "error",
     "device": "auto",
     "num_workers": 0,
     "split": {

@@ -62,6 +62,35 @@ def headline_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def stage_table(stages: dict) -> str:
+    """What each cached stage cost when it was computed (stages.json, written by helpers.experiment):
+    stages of the same kind (e.g. the label-matrix chunks) are summed; peak memory is the largest
+    process peak (resident set) seen at the end of any of them ("n/a": computed before it was logged)."""
+    rows: dict[str, dict] = {}
+    for e in stages.get("stages", {}).values():
+        r = rows.setdefault(e["stage"], {"n": 0, "seconds": 0.0, "rss": None, "threads": set(), "device": set()})
+        r["n"] += 1
+        r["seconds"] += e.get("seconds") or 0.0
+        if e.get("peak_rss_mb") is not None:
+            r["rss"] = max(r["rss"] or 0.0, e["peak_rss_mb"])
+        for k in ("threads", "device"):
+            if e.get(k) is not None:
+                r[k].add(str(e[k]))
+    lines = ["| stage | cached pieces | wall time when computed | peak memory (process RSS) | device / threads |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        rss = f"{r['rss'] / 1024:.2f} GB" if r["rss"] is not None else "n/a"
+        dev = ", ".join(sorted(r["device"])) + " / " + (", ".join(sorted(r["threads"])) or "?")
+        lines.append(f"| {name} | {r['n']} | {r['seconds'] / 60:.1f} min | {rss} | {dev} |")
+    total = sum(r["seconds"] for r in rows.values())
+    lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {total / 60:.1f} min | | |")
+    nbs = stages.get("notebooks", {})
+    if nbs:
+        lines += ["", "Notebook wall times of the last `make figures` run (cached stages are loaded, not "
+                  "recomputed): " + ", ".join(f"{k} {v:.0f} s" for k, v in nbs.items()) + "."]
+    return "\n".join(lines)
+
+
 def build_report(output_dir: str | Path) -> str:
     """The Markdown report of one profile's output folder, from its files only."""
     out = Path(output_dir)
@@ -85,6 +114,8 @@ def build_report(output_dir: str | Path) -> str:
         parts += ["Expert relay on test (joint NN): " + "; ".join(
             f"{op}: accuracy {r['accuracy']:.3f} with {100 * r['discarded_fraction']:.1f}% discarded"
             for op, r in m["relay"].items()), ""]
+    if (out / "stages.json").is_file():
+        parts += ["## Cost of each stage", "", stage_table(json.loads((out / "stages.json").read_text())), ""]
     for title, tables, figs in SECTIONS:
         present_t = [t for t in tables if (out / f"{t}.md").is_file()]
         present_f = [f for f in figs if (out / f"{f}.png").is_file()]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
+from .utils import atomic_write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -77,6 +80,12 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     out_nb_dir.mkdir(parents=True, exist_ok=True)
     params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},
                                      "output_dir": output_dir}
+    fig_dir = Path(output_dir) if output_dir else (
+        Path(os.environ["COMPANION_OUTPUT_DIR"]) if os.environ.get("COMPANION_OUTPUT_DIR") else REPO_ROOT / "figures"
+    ) / name
+    stages = fig_dir / "stages.json"  # the stage log (helpers.experiment): a full run starts a new one
+    if not only and stages.is_file():
+        stages.unlink()
     timings = {}
     for nb in notebooks(only):
         t0 = time.perf_counter()
@@ -86,6 +95,11 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         _strip_run_metadata(out_nb_dir / nb.name)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
+    log = json.loads(stages.read_text()) if stages.is_file() else {}
+    log["notebooks"] = {**log.get("notebooks", {}), **timings}
+    log["threads"] = torch.get_num_threads()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stages, log)
     print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
     return timings
 

@@ -71,3 +71,38 @@ def test_metrics_merge(tmp_path):
     e.update_metrics({"model": {"accuracy": {"val": 0.5}}})
     m = e.update_metrics({"model": {"accuracy": {"test": np.float32(0.25)}}, "x": np.int64(3)})
     assert m["model"]["accuracy"] == {"val": 0.5, "test": 0.25} and m["x"] == 3 and m["profile"] == "digits"
+
+
+def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "a"))
+    ck = tmp_path / "ck" / "digits.pt"
+    # missing checkpoint: an error by default, training with if_no_checkpoint=train
+    with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
+        Experiment("digits", {**TINY, "checkpoint": str(ck)}).model
+    e1 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
+    p1 = e1.predictions
+    assert "model" in e1.timings  # trained
+    e1.export_checkpoint(ck)
+    info = json.loads(ck.with_suffix(".json").read_text())
+    assert info["data_key"] == e1.data_key and info["training"]["epochs"] == 2
+    assert info["accuracy"]["test"] == pytest.approx(p1[p1.split == "test"].correct.mean())
+    assert len(info["sha256"]) == 64 and info["train_seconds"] > 0
+    # present: loaded, not trained; same predictions, and the file's hash is in the cache key
+    e2 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
+    p2 = e2.predictions
+    assert "model" not in e2.timings and "checkpoint_file" in e2.model_params
+    pd.testing.assert_frame_equal(p1.filter(like="logit_"), p2.filter(like="logit_"))
+    assert not e2.history.empty
+    # on other data: a warning that names both data hashes
+    with pytest.warns(UserWarning, match=f"trained on data {e1.data_key}"):
+        Experiment("digits", {**TINY, "checkpoint": str(ck), "seed": 1}).model
+
+
+def test_stage_log_records_cost(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "a"))
+    e = Experiment("digits", TINY, output_dir=tmp_path / "out")
+    e.stage("feature", {"x": 1}, lambda: 5, lambda o, p: np.savez(open(p, "wb"), v=o),
+            lambda p: int(np.load(p)["v"]), "npz")
+    log = json.loads((tmp_path / "out" / "stages.json").read_text())["stages"]
+    (entry,) = [v for v in log.values() if v["stage"] == "feature"]
+    assert entry["seconds"] >= 0 and entry["peak_rss_mb"] > 10 and entry["threads"] >= 1

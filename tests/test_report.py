@@ -45,3 +45,17 @@ def test_comparison_marks_missing_runs_not_run_yet(tmp_path):
     assert refresh_readme(readme, tmp_path) is True
     assert readme_block(tmp_path) in readme.read_text() and readme.read_text().endswith("y\n")
     assert refresh_readme(readme, tmp_path) is False
+
+
+def test_stage_table_sums_chunks_and_marks_unlogged_memory():
+    from helpers.report import stage_table
+
+    log = {"stages": {
+        "lcr_preds-a": {"stage": "lcr_preds", "seconds": 60.0, "peak_rss_mb": 1024.0, "threads": 2, "device": "cpu"},
+        "lcr_preds-b": {"stage": "lcr_preds", "seconds": 120.0, "peak_rss_mb": 2048.0, "threads": 2, "device": "cpu"},
+        "model-c": {"stage": "model", "seconds": 30.0, "peak_rss_mb": None, "threads": None, "device": "cpu"}},
+        "notebooks": {"00_data_and_model.ipynb": 12.0}}
+    text = stage_table(log)
+    assert "| lcr_preds | 2 | 3.0 min | 2.00 GB | cpu / 2 |" in text
+    assert "| model | 1 | 0.5 min | n/a | cpu / ? |" in text
+    assert "| total | 3 | 3.5 min | | |" in text and "00_data_and_model.ipynb 12 s" in text
