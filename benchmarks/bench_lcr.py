@@ -107,6 +107,16 @@ def run(quick: bool = False) -> dict:
         dt, nv = _timed(lambda: _naive(model, specs, xt, bs))
         t_naive.append(dt)
     assert np.array_equal(ev, nv), "evaluator and naive predictions differ"
+    compiled = compile_s = agreement = None
+    if not quick:  # torch.compile'd evaluator (lcr.compile): the one-off compilation is timed apart
+        compile_s, _ = _timed(lambda: mutant_predictions(model, specs[:1], xt, batch_size=bs, progress=False,
+                                                         compile=True))
+        t_comp = []
+        for _ in range(reps):
+            dt, cv = _timed(lambda: mutant_predictions(model, specs, xt, batch_size=bs, progress=False,
+                                                       compile=True))
+            t_comp.append(dt)
+        compiled, agreement = n_tp * len(specs) / min(t_comp), float((cv == ev).mean())
     inference = n_tp / min(t_inf)
     evaluator = n_tp * len(specs) / min(t_eval)
     naive = n_tp * len(specs) / min(t_naive)
@@ -161,6 +171,11 @@ def run(quick: bool = False) -> dict:
         "inference_pred_s": inference,
         "evaluator_over_inference": evaluator / inference,
         "evaluator_over_naive": evaluator / naive,
+        "compiled_pred_s": compiled,
+        "compiled_over_inference": compiled / inference if compiled else None,
+        "compiled_over_naive": compiled / naive if compiled else None,
+        "compile_seconds": compile_s,
+        "compiled_label_agreement_with_eager": agreement,
         "sprt_forward_reduction": fixed_forwards / int(n_used.sum()),
         "sprt_auroc_delta": auroc_fixed - auroc_sprt,
         "sprt": {
