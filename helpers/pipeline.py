@@ -241,11 +241,13 @@ def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str,
     return str(best["operator"]), float(best["rate"])
 
 
-def lcr_matrix(exp: Experiment, chunk: int = 10) -> dict:
+def lcr_matrix(exp: Experiment, chunk: int = 10, reverse: bool = False) -> dict:
     """Predicted labels of every accepted mutant on every sample: {"ids", "split", "original", "preds"
     (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
     screening; train and test are evaluated in cached chunks of ``chunk`` mutants, so an interrupted
-    run resumes from the last finished chunk."""
+    run resumes from the last finished chunk.  ``reverse=True`` computes the chunks last-first (same
+    result): a second process started that way (``python -m helpers.pipeline lcr-worker <profile>``)
+    fills the cache from the other end while the notebook works forward."""
     from .lcr import mutant_predictions
     from .mutation import MutantSpec
 
@@ -256,19 +258,20 @@ def lcr_matrix(exp: Experiment, chunk: int = 10) -> dict:
         raise RuntimeError(f"lcr: {z['error']}")
     specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]]
     parts = {"val": z["val_predictions"]}
+    jobs = [(split, i) for split in ("train", "test") for i in range(0, len(specs), chunk)]
+    blocks = {}
+    for split, i in (jobs[::-1] if reverse else jobs):
+        params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
+                  "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs[i:i + chunk]]}
+        blocks[split, i] = exp.stage(
+            "lcr_preds", params,
+            lambda sp=specs[i:i + chunk], s=split: {"preds": mutant_predictions(
+                exp.model, sp, split_inputs(exp, s), batch_size=exp.cfg["training"]["eval_batch_size"],
+                device=exp.device, progress=exp.progress,
+                compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
+            _save_npz, _load_npz, "npz")["preds"]
     for split in ("train", "test"):
-        blocks = []
-        for i in range(0, len(specs), chunk):
-            params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
-                      "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs[i:i + chunk]]}
-            blocks.append(exp.stage(
-                "lcr_preds", params,
-                lambda sp=specs[i:i + chunk], s=split: {"preds": mutant_predictions(
-                    exp.model, sp, split_inputs(exp, s), batch_size=exp.cfg["training"]["eval_batch_size"],
-                    device=exp.device, progress=exp.progress,
-                    compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
-                _save_npz, _load_npz, "npz")["preds"])
-        parts[split] = np.concatenate(blocks, 0)
+        parts[split] = np.concatenate([blocks[s, i] for s, i in jobs if s == split], 0)
     ids = np.concatenate([exp.data[s].ids for s in SPLIT_ORDER])
     return {"operator": operator, "rate": rate, "screen": z, "ids": ids,
             "split": np.concatenate([[s] * len(exp.data[s]) for s in SPLIT_ORDER]),
@@ -384,3 +387,23 @@ def operating_points(exp: Experiment, df: pd.DataFrame, score: str) -> pd.DataFr
                     "test discarded fraction": relay["discarded_fraction"], "expert sees": relay["n_expert"]})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    """``python -m helpers.pipeline lcr-worker <profile>``: compute a profile's LCR label-matrix chunks
+    last-first into the shared cache, beside a notebook run that computes them first-first (each chunk
+    is written atomically; a chunk both reach at once is computed twice, never corrupted)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("command", choices=["lcr-worker"])
+    ap.add_argument("profile")
+    a = ap.parse_args(argv)
+    exp = Experiment(a.profile)
+    m = lcr_matrix(exp, reverse=True)
+    print(json.dumps({"profile": exp.name, "operator": m["operator"], "rate": m["rate"],
+                      "matrix": list(m["preds"].shape)}))
+
+
+if __name__ == "__main__":
+    main()
