@@ -108,19 +108,25 @@ class Experiment:
         data = load_data(self.cfg)
         self.timings["data"] = time.perf_counter() - t0
         c = self.cfg
-        self.data_key = params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
+        self._data_key = params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
                                     data.fingerprint)
-        manifest = self.artifacts_dir / f"splits-{self.data_key}.csv"
+        manifest = self.artifacts_dir / f"splits-{self._data_key}.csv"
         if not manifest.is_file():
             with atomic_path(manifest) as tmp:
                 data.manifest().to_csv(tmp, index=False)
         return data
 
     @property
+    def data_key(self) -> str:
+        """Hash of the data this experiment sees (dataset, split, seed, preprocessing, the source's
+        fingerprint): the name of its split manifest and the root of every cache key."""
+        self.data
+        return self._data_key
+
+    @property
     def model_params(self) -> dict:
         """What the model (and so every later stage) depends on: the cache key's core."""
         c = self.cfg
-        self.data  # sets data_key
         params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
                   "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
         for key in ("weights", "checkpoint"):  # a file's content, not just its name, decides the model
@@ -153,7 +159,6 @@ class Experiment:
                                     f"`if_no_checkpoint: train`) to train instead")
         obj = torch.load(path, map_location="cpu", weights_only=False)
         saw = obj.get("data_key")
-        self.data  # sets data_key
         if saw is not None and saw != self.data_key:
             warnings.warn(f"checkpoint: {path.name} was trained on data {saw} ({obj.get('data_source')}), "
                           f"this profile's data is {self.data_key} ({self.data.source}); its numbers are "

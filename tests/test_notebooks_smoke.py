@@ -11,7 +11,8 @@ from .conftest import SHARED_DATA
 TINY_CIFAR = {"training.epochs": 1, "training.batch_size": 64, "split.limit_train": 300, "split.limit_val": 150,
               "split.limit_test": 150, "conductance.detector.epochs": 3, "joint.folds": 2,
               "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.01], "lcr.grid_mutants": 2,
-              "lcr.n_mutants": 4, "metrics.n_bootstrap": 50}
+              "lcr.n_mutants": 4, "metrics.n_bootstrap": 50,
+              "checkpoint": None, "lcr.compile": False}  # train the tiny model; no compilation for 4 mutants
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
