@@ -62,6 +62,15 @@ def headline_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+#: the cached stages in pipeline order (helpers.experiment / helpers.pipeline)
+STAGE_ORDER = ["model", "predictions", "conductance", "conductance_detector", "lcr_screen", "lcr_preds",
+               "conductance_oof"]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def stage_table(stages: dict) -> str:
     """What each cached stage cost when it was computed (stages.json, written by helpers.experiment):
     stages of the same kind (e.g. the label-matrix chunks) are summed; peak memory is the largest
@@ -78,12 +87,14 @@ def stage_table(stages: dict) -> str:
                 r[k].add(str(e[k]))
     lines = ["| stage | cached pieces | wall time when computed | peak memory (process RSS) | device / threads |",
              "|---|---|---|---|---|"]
-    for name, r in rows.items():
+    order = [k for k in STAGE_ORDER if k in rows] + sorted(k for k in rows if k not in STAGE_ORDER)
+    for name in order:
+        r = rows[name]
         rss = f"{r['rss'] / 1024:.2f} GB" if r["rss"] is not None else "n/a"
         dev = ", ".join(sorted(r["device"])) + " / " + (", ".join(sorted(r["threads"])) or "?")
-        lines.append(f"| {name} | {r['n']} | {r['seconds'] / 60:.1f} min | {rss} | {dev} |")
+        lines.append(f"| {name} | {r['n']} | {_duration(r['seconds'])} | {rss} | {dev} |")
     total = sum(r["seconds"] for r in rows.values())
-    lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {total / 60:.1f} min | | |")
+    lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {_duration(total)} | | |")
     nbs = stages.get("notebooks", {})
     if nbs:
         lines += ["", "Notebook wall times of the last `make figures` run (cached stages are loaded, not "

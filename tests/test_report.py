@@ -57,5 +57,6 @@ def test_stage_table_sums_chunks_and_marks_unlogged_memory():
         "notebooks": {"00_data_and_model.ipynb": 12.0}}
     text = stage_table(log)
     assert "| lcr_preds | 2 | 3.0 min | 2.00 GB | cpu / 2 |" in text
-    assert "| model | 1 | 0.5 min | n/a | cpu / ? |" in text
+    assert "| model | 1 | 30.0 s | n/a | cpu / ? |" in text
+    assert text.index("| model |") < text.index("| lcr_preds |")  # pipeline order
     assert "| total | 3 | 3.5 min | | |" in text and "00_data_and_model.ipynb 12 s" in text
