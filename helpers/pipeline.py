@@ -206,7 +206,8 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
 
 def lcr_grid(exp: Experiment) -> pd.DataFrame:
     """Table 3 analogue: per operator x rate, accepted / tried mutants and LCR of correct vs wrong
-    validation predictions (mean +- std) and their difference.  Each cell is cached on its own."""
+    validation predictions (mean +- std) and their difference; ``val_auroc`` (LCR from the cell's
+    mutants) is context, not part of the paper's selection rule.  Each cell is cached on its own."""
     from .lcr import label_change_rate, lcr_summary
 
     lc = exp.cfg["lcr"]
@@ -225,6 +226,7 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
                                        "table; clear artifacts/<profile>/ (stale cache?)")
                 lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
                 row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
+                           val_auroc=metrics.auroc(y_wrong, lcr) if 0 < y_wrong.sum() < len(y_wrong) else np.nan,
                            screen_seconds=float(z["seconds"]), note="")
             rows.append(row)
     return pd.DataFrame(rows)
