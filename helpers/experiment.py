@@ -92,9 +92,12 @@ class Experiment:
         """Record in <output_dir>/stages.json (``{"stages": {stage-key: ...}, "notebooks": {...}}``) what the stage cost when it was computed (from its
         sidecar): seconds, peak resident memory of the computing process, threads, device."""
         info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        self._log_entry(f"{stage}-{key}", {
+            "stage": stage, **{k: info.get(k) for k in ("seconds", "peak_rss_mb", "threads", "device", "finished")}})
+
+    def _log_entry(self, key: str, entry: dict) -> None:
         log = json.loads(self.stages_path.read_text()) if self.stages_path.is_file() else {}
-        log.setdefault("stages", {})[f"{stage}-{key}"] = {
-            "stage": stage, **{k: info.get(k) for k in ("seconds", "peak_rss_mb", "threads", "device", "finished")}}
+        log.setdefault("stages", {})[key] = entry
         atomic_write_json(self.stages_path, log)
 
     def stage_path(self, stage: str, params: Any, ext: str) -> Path:
@@ -165,6 +168,12 @@ class Experiment:
                           f"not those of the committed run", stacklevel=2)
         model = self.build_model()
         model.load_state_dict(obj["state_dict"])
+        record = path.with_suffix(".json")  # the human-readable twin, else the record inside the file
+        info = json.loads(record.read_text()) if record.is_file() else obj
+        self._log_entry(f"model-{file_sha256(path, 10)}", {
+            "stage": "model (committed checkpoint)", "seconds": info.get("train_seconds"),
+            "peak_rss_mb": None, "threads": info.get("train_threads"), "device": info.get("train_device"),
+            "finished": None})
         return model, obj.get("history", [])
 
     def export_checkpoint(self, path: str | os.PathLike) -> Path:
@@ -177,10 +186,12 @@ class Experiment:
                 "training": self.cfg["training"], "seed": self.seed, "data_key": self.data_key,
                 "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
                 "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
-                "train_seconds": None, "versions": _versions()}
+                "train_seconds": None, "train_threads": None, "train_device": None, "versions": _versions()}
         sidecar = self.stage_path("model", self.model_params, "pt").with_suffix(".pt.json")
         if sidecar.is_file():
-            info["train_seconds"] = json.loads(sidecar.read_text()).get("seconds")
+            trained = json.loads(sidecar.read_text())
+            info.update(train_seconds=trained.get("seconds"), train_threads=trained.get("threads"),
+                        train_device=trained.get("device"))
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(path) as tmp:
             torch.save({"state_dict": state, "history": self._model_and_history[1], **info}, tmp)

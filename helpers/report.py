@@ -63,7 +63,7 @@ def headline_table(metrics: dict) -> str:
 
 
 #: the cached stages in pipeline order (helpers.experiment / helpers.pipeline)
-STAGE_ORDER = ["model", "predictions", "conductance", "conductance_detector", "lcr_screen", "lcr_preds",
+STAGE_ORDER = ["model", "model (committed checkpoint)", "predictions", "conductance", "conductance_detector", "lcr_screen", "lcr_preds",
                "conductance_oof"]
 
 

@@ -100,6 +100,10 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     log["threads"] = torch.get_num_threads()
     fig_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stages, log)
+    if (fig_dir / "report.md").is_file():  # notebook 03 wrote it before the notebook times were known
+        from .report import write_report
+
+        write_report(fig_dir)
     print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
     return timings
 
