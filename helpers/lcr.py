@@ -130,9 +130,10 @@ def forward_fn(model: nn.Module, compile: bool = False):
     """The callable that runs the mutants: ``model`` itself, or with ``compile=True`` a
     ``torch.compile`` (inductor, static shapes) wrapper of the SAME module, made once per
     model.  Parameters stay graph inputs, so the in-place patches of :mod:`helpers.mutation`
-    are seen without recompiling.  A pure speed option (about 2x for ResNet20 on a CPU,
-    after a one-off compilation of about 30 s per batch shape); predictions agree with
-    eager mode up to float rounding (see ``tests/test_lcr.py``).  The original model's
+    are seen without recompiling.  A pure speed option: 1.6-2.6x for ResNet20 on real
+    CIFAR-10 images on a 2-core CPU (``make bench``, ``lcr_matrix``), after a one-off
+    compilation per batch shape (about 30 s with a cold inductor cache); predictions agree
+    with eager mode up to float rounding (see ``tests/test_lcr.py``).  The original model's
     own predictions are always computed eagerly."""
     if not compile:
         return model

@@ -172,9 +172,9 @@ def _screen_to_dict(res) -> dict:
 
 #: screening batch: small enough that early abort can stop a hopeless candidate after a few batches
 SCREEN_BATCH = 128
-#: label-matrix batch: on a CPU small batches keep activations in cache (ResNet20, 1 thread: 100
-#: images per batch ran 1.25x (compiled) to 1.5x (eager) faster than 1,000); 125 divides the CIFAR-10
-#: splits, so a compiled model sees one shape.  Not in the cache key (it changes no label).
+#: label-matrix batch: on a CPU small batches keep activations in cache (``make bench``, lcr_matrix:
+#: ResNet20 at 125 images per batch ran 1.1-1.2x (compiled) and 1.4-2.1x (eager) faster than at
+#: 1,000); 125 divides the CIFAR-10 splits, so a compiled model sees one shape.  Not in the cache key.
 LCR_BATCH = 125
 
 
