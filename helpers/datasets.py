@@ -163,7 +163,8 @@ def data_search_dirs(cfg: dict) -> list[Path]:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("COMPANION_ARTIFACTS", REPO_ROOT / "artifacts"))
+    """$COMPANION_ARTIFACTS (when set and not empty), else artifacts/ in the repository."""
+    return Path(os.environ.get("COMPANION_ARTIFACTS") or REPO_ROOT / "artifacts")
 
 
 def _rng(seed: int, *salt) -> np.random.Generator:
