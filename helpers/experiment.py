@@ -36,6 +36,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def output_root() -> Path:
+    """Where profiles' outputs go: $COMPANION_OUTPUT_DIR (when set and not empty), else figures/."""
+    return Path(os.environ.get("COMPANION_OUTPUT_DIR") or REPO_ROOT / "figures")
+
+
+def sidecar_of(path: Path) -> Path:
+    """The JSON sidecar of a cached stage file: params, versions, device and cost."""
+    return path.with_suffix(path.suffix + ".json")
+
+
 def _versions() -> dict:
     import sklearn
 
@@ -57,8 +67,7 @@ class Experiment:
         self.name = self.cfg["name"]
         self.device = get_device(self.cfg["device"])
         self.seed = self.cfg["seed"]
-        root = Path(os.environ["COMPANION_OUTPUT_DIR"]) if os.environ.get("COMPANION_OUTPUT_DIR") else REPO_ROOT / "figures"
-        self.output_dir = Path(output_dir) if output_dir else root / self.name
+        self.output_dir = Path(output_dir) if output_dir else output_root() / self.name
         self.artifacts_dir = cache_root() / self.name
         self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
         self.timings: dict[str, float] = {}
@@ -70,7 +79,7 @@ class Experiment:
         """Return the cached result of ``stage`` for ``params``, computing and saving it atomically if absent."""
         key = params_hash(params)
         path = self.artifacts_dir / f"{stage}-{key}.{ext}"
-        sidecar = path.with_suffix(path.suffix + ".json")
+        sidecar = sidecar_of(path)
         if not path.is_file():
             t0 = time.perf_counter()
             result = compute()
@@ -126,9 +135,10 @@ class Experiment:
         self.data
         return self._data_key
 
-    @property
+    @cached_property
     def model_params(self) -> dict:
-        """What the model (and so every later stage) depends on: the cache key's core."""
+        """What the model (and so every later stage) depends on: the cache key's core.  Computed once
+        per experiment: it hashes the weight / checkpoint files, and every stage's key includes it."""
         c = self.cfg
         params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
                   "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
@@ -187,7 +197,7 @@ class Experiment:
                 "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
                 "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
                 "train_seconds": None, "train_threads": None, "train_device": None, "versions": _versions()}
-        sidecar = self.stage_path("model", self.model_params, "pt").with_suffix(".pt.json")
+        sidecar = sidecar_of(self.stage_path("model", self.model_params, "pt"))
         if sidecar.is_file():
             trained = json.loads(sidecar.read_text())
             info.update(train_seconds=trained.get("seconds"), train_threads=trained.get("threads"),

@@ -122,7 +122,8 @@ class _Progress:
             print(f"[{self.what}] {msg} ({now - self.t0:.1f}s)", file=sys.stderr, flush=True)
 
 
-#: model -> its torch.compile wrapper (one compilation per model and process)
+#: model -> its torch.compile wrapper (one compilation per model and process).  The wrapper holds
+#: its model, so an entry lives as long as the process: fine for the few models of a run.
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
+from .experiment import output_root
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 from .utils import atomic_write_json
 
@@ -76,13 +75,11 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         output_dir = str(REPO_ROOT / "figures" / f"{name}-{params_hash(overrides, length=8)}")
     if output_dir:
         output_dir = str(Path(output_dir).resolve())  # the notebooks run with notebooks/ as working directory
-    out_nb_dir = NOTEBOOK_DIR if default_run else Path(output_dir or REPO_ROOT / "figures" / name) / "notebooks"
+    fig_dir = Path(output_dir) if output_dir else output_root() / name  # where the notebooks put figures
+    out_nb_dir = NOTEBOOK_DIR if default_run else fig_dir / "notebooks"
     out_nb_dir.mkdir(parents=True, exist_ok=True)
     params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},
                                      "output_dir": output_dir}
-    fig_dir = Path(output_dir) if output_dir else (
-        Path(os.environ["COMPANION_OUTPUT_DIR"]) if os.environ.get("COMPANION_OUTPUT_DIR") else REPO_ROOT / "figures"
-    ) / name
     stages = fig_dir / "stages.json"  # the stage log (helpers.experiment): a full run starts a new one
     if not only and stages.is_file():
         stages.unlink()
@@ -97,7 +94,6 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
     log = json.loads(stages.read_text()) if stages.is_file() else {}
     log["notebooks"] = {**log.get("notebooks", {}), **timings}
-    log["threads"] = torch.get_num_threads()
     fig_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stages, log)
     if (fig_dir / "report.md").is_file():  # notebook 03 wrote it before the notebook times were known
