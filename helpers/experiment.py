@@ -9,6 +9,7 @@ lacks and a rerun with the same parameters reuses them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,10 @@ from .models import build_model
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
 from .training import prediction_table, train_model
 from .utils import atomic_path, atomic_write_json, atomic_write_text, file_sha256, get_device, json_default, seed_everything
+
+
+class StageNotCached(LookupError):
+    """Raised inside :meth:`Experiment.cached_only` when a stage would have to be computed."""
 
 
 def peak_rss_mb() -> float:
@@ -71,7 +76,22 @@ class Experiment:
         self.artifacts_dir = cache_root() / self.name
         self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
         self.timings: dict[str, float] = {}
+        self._cache_only = False
+        if self.cfg["threads"]:  # float sums depend on the thread count: fix it where the profile asks
+            torch.set_num_threads(self.cfg["threads"])
+        if self.device.type == "cpu":  # free on a CPU; on CUDA it would cost speed and need cuBLAS settings
+            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(self.seed)
+
+    @contextlib.contextmanager
+    def cached_only(self):
+        """Inside this block a stage that is not cached raises :class:`StageNotCached` instead of being
+        computed: a notebook can use an expensive upstream result (e.g. LCR) only where it exists."""
+        before, self._cache_only = self._cache_only, True
+        try:
+            yield self
+        finally:
+            self._cache_only = before
 
     # ------------------------------------------------------------------ caching
     def stage(self, stage: str, params: Any, compute: Callable[[], Any], save: Callable[[Any, Path], None],
@@ -80,6 +100,8 @@ class Experiment:
         key = params_hash(params)
         path = self.artifacts_dir / f"{stage}-{key}.{ext}"
         sidecar = sidecar_of(path)
+        if not path.is_file() and self._cache_only:
+            raise StageNotCached(f"{stage}: not cached for this profile ({path.name})")
         if not path.is_file():
             t0 = time.perf_counter()
             result = compute()

@@ -247,3 +247,33 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str 
 def last_conv_layer(model: nn.Module) -> nn.Module:
     """The module named by ``model.last_conv_layer``."""
     return model.get_submodule(model.last_conv_layer)
+
+
+def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Paper 2's pooled features ``g`` and final linear layer (METHODS.md section 6): the name of the
+    module whose output, globally average-pooled, is ``g``, and the linear layer that maps ``g`` to
+    the logits.  Read from the model's declaration in :data:`LAYERS` (``gap_linear_head``)."""
+    head = getattr(model, "gap_linear_head", None)
+    if head is None:
+        raise ValueError(f"model: {getattr(model, 'model_name', type(model).__name__)!r} has no global-average-"
+                         "pool + linear head, so it has no pooled features g for the CFE filters (paper 2); "
+                         f"models with one: {', '.join(n for n, (_, h) in LAYERS.items() if h)}")
+    layer, linear = head
+    lin = model.get_submodule(linear)
+    if not isinstance(lin, nn.Linear):
+        raise ValueError(f"model: {linear!r} is a {type(lin).__name__}, not the final nn.Linear")
+    return layer, lin
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, logits)`` of a batch: ``g`` = the global average pool of the pooled layer's output (the
+    vector the head's linear layer sees; dropout is the identity in eval mode)."""
+    layer, _ = pooled_head(model)
+    seen = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
+    try:
+        logits = model(x)
+    finally:
+        hook.remove()
+    return seen["a"].float().mean((2, 3)), logits.float()

@@ -157,3 +157,69 @@ def confusion_counts(table: pd.DataFrame, title: str):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- paper 2: CFE filters
+def cfe_training_curves(history: pd.DataFrame):
+    """The generators' loss terms, mask size and hit rate per epoch (means over batches and classes)."""
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.2))
+    for col, label in (("ce", "cross-entropy (target c)"), ("sparsity", "sparsity: lambda s sum|m|"),
+                       ("logits", "logits: -s sum z_c"), ("total", "total")):
+        a.plot(history["epoch"], history[col], marker="o", ms=3, label=label)
+    a.set(xlabel="epoch", ylabel="loss per batch", title="Generator loss terms")
+    a.legend(fontsize=8)
+    b.plot(history["epoch"], history["active"], marker="o", ms=3)
+    b.set(xlabel="epoch", ylabel="filters", title="Active filters per mask")
+    c.plot(history["epoch"], history["hits"], marker="o", ms=3)
+    c.set(xlabel="epoch", ylabel="fraction", title="Masked model predicts c", ylim=(0, 1.02))
+    fig.tight_layout()
+    return fig
+
+
+def mask_size_histogram(table: pd.DataFrame, n_filters: int, title: str):
+    """Histogram of |MC(x)| (active filters of the predicted class's mask), correct vs wrong."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    d = table.assign(prediction_is=np.where(table.correct, "correct", "wrong"))
+    sns.histplot(d, x="n_mc", hue="prediction_is", stat="density", common_norm=False, discrete=True,
+                 palette=PALETTE, ax=ax, element="step")
+    ax.set(xlabel=f"MC filters of the predicted class (of {n_filters})", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def mc_overlays(examples: list[dict]):
+    """Each example: its image, and the summed activation maps of its MC filters (upsampled to the
+    image) over it.  ``examples``: dicts with image (H, W, C in [0, 1]), maps (h, w), title."""
+    import torch
+    import torch.nn.functional as F
+
+    fig, axes = plt.subplots(len(examples), 2, figsize=(5.2, 2.6 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples):
+        img = ex["image"]
+        gray = img.shape[-1] == 1
+        row[0].imshow(img[..., 0] if gray else img, cmap="gray" if gray else None)
+        row[0].set_title(ex["title"], fontsize=9)
+        heat = F.interpolate(torch.as_tensor(ex["maps"], dtype=torch.float32)[None, None], size=img.shape[:2],
+                             mode="bilinear", align_corners=False)[0, 0].numpy()
+        row[1].imshow(img[..., 0] if gray else img, cmap="gray" if gray else None)
+        row[1].imshow(heat, cmap="jet", alpha=0.5)
+        row[1].set_title(ex.get("overlay_title", "MC filters' activations"), fontsize=9)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def filter_heatmap(counts: np.ndarray, selected: np.ndarray, class_names, frequency: float):
+    """Class x filter heatmap of the global MC filter counts (each row divided by its maximum), with
+    the selected filters (count > f x max) outlined by the colour scale's cut."""
+    norm = counts / np.maximum(counts.max(1, keepdims=True), 1)
+    order = np.argsort(-selected.sum(0), kind="stable")  # filters used by many classes first
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.12 * counts.shape[1]), 0.9 + 0.25 * counts.shape[0]))
+    sns.heatmap(np.where(selected, norm, np.nan)[:, order], ax=ax, cmap="viridis", vmin=0, vmax=1,
+                cbar_kws={"label": "count / class max"}, yticklabels=[str(c) for c in class_names],
+                xticklabels=False)
+    ax.set(xlabel=f"filter (sorted by how many classes select it; blank: count <= {frequency:g} x max)",
+           ylabel="class", title="Global MC filters per class")
+    fig.tight_layout()
+    return fig

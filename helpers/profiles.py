@@ -51,6 +51,7 @@ SCHEMA: dict[str, Any] = {
     "seed": (int, True, {"min": 0}),
     "device": (str, False, ("auto", "cpu", "cuda")),
     "num_workers": (int, False, {"min": 0}),
+    "threads": ((int, _OPT), False, {"min": 1, "max": 1024}),
     "split": {
         "val_fraction": ((float, _OPT), False, {"min": 0.0, "max": 0.9}),
         "test_fraction": ((float, _OPT), False, {"min": 0.0, "max": 0.9}),
@@ -111,6 +112,20 @@ SCHEMA: dict[str, Any] = {
     "metrics": {
         "n_bootstrap": (int, False, {"min": 10}),
     },
+    "cfe": {  # paper 2, sec. 3 and 4.2 (METHODS.md section 6)
+        "sparsity": (_NUM, False, {"min": 0.0}),
+        "loss_scale": (_NUM, False, {"min": 0.0}),
+        "lr": (_NUM, False, {"min": 0.0, "max": 10.0}),
+        "momentum": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "batch_size": (int, False, {"min": 1}),
+        "epochs": (int, False, {"min": 1, "max": 1000}),
+        "tau": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "frequency": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "skip": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "recall_threshold": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "folds": (int, False, {"min": 2}),
+        "disable_draws": (int, False, {"min": 1}),
+    },
 }
 
 #: Defaults filled in for optional keys a profile leaves out.
@@ -123,6 +138,7 @@ DEFAULTS: dict[str, Any] = {
     "if_no_checkpoint": "error",
     "device": "auto",
     "num_workers": 0,
+    "threads": None,
     "split": {
         "val_fraction": None, "test_fraction": None, "val_from_test": None, "n_classes": None,
         "train_per_class": None, "val_per_class": None,
@@ -140,6 +156,10 @@ DEFAULTS: dict[str, Any] = {
             "compile": False},
     "joint": {"folds": 5, "correct_recall_target": 0.982, "wrong_recall_target": 0.995},
     "metrics": {"n_bootstrap": 1000},
+    # the authors' values (METHODS.md 6): lambda = 2, both extra terms x 0.001, SGD 1e-3 / 0.9,
+    # batch 16, 10 epochs; tau 0.9, frequency 0.15, skip 0.9; the fixed rule recall < 0.3
+    "cfe": {"sparsity": 2.0, "loss_scale": 0.001, "lr": 0.001, "momentum": 0.9, "batch_size": 16, "epochs": 10,
+            "tau": 0.9, "frequency": 0.15, "skip": 0.9, "recall_threshold": 0.3, "folds": 5, "disable_draws": 5},
 }
 
 

@@ -32,7 +32,9 @@ SETTINGS = {"conductance": "Conductance", "lcr": "LCR", "joint_nn": "NN both", "
             "joint_lda": "LDA both", "joint_qda": "QDA both", "joint_nn_msp": "NN both + MSP",
             "joint_rf_msp": "RF both + MSP", "joint_lda_msp": "LDA both + MSP", "joint_qda_msp": "QDA both + MSP",
             "msp": "MSP (baseline)", "doctor_alpha": "DOCTOR-alpha (baseline)", "energy": "energy (baseline)",
-            "entropy": "entropy (baseline)", "max_logit": "max logit (baseline)"}
+            "entropy": "entropy (baseline)", "max_logit": "max logit (baseline)",
+            "cfe_recall": "CFE 1 - recall (paper 2)", "cfe_f1": "CFE 1 - F1 (paper 2)",
+            "joint_nn_cfe": "NN on conductance + CFE recall (+ LCR where cached)"}
 
 #: report sections: (title, [table files], [figure stems])
 SECTIONS = [
@@ -43,6 +45,9 @@ SECTIONS = [
      ["lcr_distributions", "lcr_auroc_by_n_mutants", "roc_lcr"]),
     ("Joint classifier (notebook 03; paper 1, section 4.3)",
      ["joint_leak", "detectors_joint", "joint_confusion", "operating_points"], ["roc_joint", "relay_curve"]),
+    ("Counterfactual filters (notebook 04; paper 2, sections 3, 4.2)",
+     ["cfe_global_filters", "cfe_disable", "cfe_table1", "detectors_cfe"],
+     ["cfe_generator_training", "cfe_mask_sizes", "cfe_examples", "cfe_global_filters", "roc_cfe"]),
 ]
 
 
@@ -64,7 +69,7 @@ def headline_table(metrics: dict) -> str:
 
 #: the cached stages in pipeline order (helpers.experiment / helpers.pipeline)
 STAGE_ORDER = ["model", "model (committed checkpoint)", "predictions", "conductance", "conductance_detector", "lcr_screen", "lcr_preds",
-               "conductance_oof"]
+               "conductance_oof", "pooled_features", "cfe_generators"]
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,341 @@
+"""Counterfactual (CFE) filters: paper 2, section 3 and 4.2 (Tariq & Zia), after the CFE model of
+Tariq et al. (KBS 2022).  METHODS.md section 6 has every formula and the authors' code's choices.
+
+The pieces, in the paper's order:
+
+* **Pooled features** ``g`` (K filters): the vector the model's head computes from its last conv
+  layer just before the final linear layer (``models.pooled_head``).  The base model is frozen,
+  so everything below works on cached ``g``.
+* **CFE generators**, one per target ("alter") class ``c``: a single Dense K->K layer,
+  ``m = ThresholdedReLU_0.5(sigmoid(Dense(g)))``; the frozen head sees ``g * m``.  Loss per batch
+  (the authors' code): ``CE_mean(target c) + lam * s * sum|m| - s * sum z_c`` with
+  ``lam = 2``, ``s = 0.001``.  All C generators train at once as one batched model (a C x K x K
+  weight); SGD with momentum updates every weight elementwise, so this is exactly C separate runs
+  with the same data order (tested).
+* **MC filters** of a prediction: the generator of the PREDICTED class, ``m > 0`` and ``g > 0``.
+* **Global MC filters** (eq. 1-3): per class, the count of each filter over the training images
+  that are predicted correctly with ``p >= tau`` and still predicted ``c`` by the masked model;
+  ``G_c = {k : count_k > f * max_k count}``.
+* **Agreement** of a prediction with its class (recall, precision, F1) and the **detection rules**
+  of Table 1.
+* The **disabling check** of Tariq et al.: zero ``G_c`` in ``g`` and see class ``c``'s recall fall.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def thresholded_relu(x: torch.Tensor, theta: float = 0.5) -> torch.Tensor:
+    """Keras ``ThresholdedReLU(theta)``: ``x`` where ``x > theta``, else exactly 0 (gradient 1 / 0)."""
+    return torch.where(x > theta, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# --------------------------------------------------------------------------- the CFE generators
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Training settings of the CFE generators; the defaults are the authors' (METHODS.md 6)."""
+
+    sparsity: float = 2.0       # lambda: weight of the sparsity term
+    loss_scale: float = 1e-3    # s: the sparsity and the logits terms are both scaled by 0.001
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 16
+    epochs: int = 10
+
+    @classmethod
+    def from_profile(cls, cfg: dict) -> "GeneratorConfig":
+        keys = cls.__dataclass_fields__
+        return cls(**{k: cfg[k] for k in keys if k in cfg})
+
+
+class CFEGenerators(nn.Module):
+    """C generators as one batched Dense layer: ``weight`` (C, K, K) as Keras stores a kernel
+    (input x output), ``bias`` (C, K).  ``classes`` names the target class of each generator."""
+
+    def __init__(self, n_features: int, classes: list[int] | range, seed: int = 0):
+        super().__init__()
+        self.classes = [int(c) for c in classes]
+        k = n_features
+        w = torch.empty(len(self.classes), k, k)
+        bound = math.sqrt(6.0 / (k + k))  # Keras glorot_uniform for a square kernel
+        for i, c in enumerate(self.classes):  # one generator per class: same init trained alone or together
+            w[i].uniform_(-bound, bound, generator=torch.Generator().manual_seed(class_seed(seed, c)))
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(torch.zeros(len(self.classes), k))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        """Masks of every generator for every row of ``g`` (B, K): (C, B, K), values 0 or in (0.5, 1)."""
+        h = torch.einsum("bi,cio->cbo", g, self.weight) + self.bias[:, None, :]
+        return thresholded_relu(torch.sigmoid(h))
+
+    def index_of(self, c: int) -> int:
+        return self.classes.index(int(c))
+
+    @torch.no_grad()
+    def masks_for(self, g: torch.Tensor, targets, chunk: int = 4096) -> torch.Tensor:
+        """The mask of generator ``targets[i]`` for row ``i`` of ``g``: (N, K).  Runs each class's
+        generator only on the rows that target it (not all C on every row)."""
+        targets = torch.from_numpy(np.array(targets, dtype=np.int64))
+        out = torch.zeros_like(g)
+        for c in targets.unique().tolist():
+            rows = (targets == c).nonzero().flatten()
+            i = self.index_of(c)
+            for s in range(0, len(rows), chunk):
+                r = rows[s:s + chunk]
+                out[r] = thresholded_relu(torch.sigmoid(g[r] @ self.weight[i] + self.bias[i]))
+        return out
+
+
+def class_seed(seed: int, c: int) -> int:
+    """The init seed of class ``c``'s generator: independent of which other classes train with it."""
+    return int(seed) * 1_000_003 + int(c)
+
+
+def generator_loss(masks: torch.Tensor, g: torch.Tensor, head: nn.Linear, classes: list[int],
+                   cfg: GeneratorConfig) -> tuple[torch.Tensor, dict]:
+    """The authors' loss of every generator on one batch, summed over generators (their parameters are
+    disjoint, so each gets exactly its own gradient).  ``masks`` (C, B, K).  Returns the total and
+    per-term batch values averaged over generators (for the training curves)."""
+    z = F.linear(g[None] * masks, head.weight, head.bias)            # (C, B, classes)
+    target = torch.as_tensor(classes, device=g.device)
+    ce = F.cross_entropy(z.flatten(0, 1), target.repeat_interleave(g.shape[0]), reduction="none")
+    ce = ce.view(len(classes), -1).mean(1)                            # CE_mean per generator
+    sparsity = cfg.sparsity * cfg.loss_scale * masks.abs().sum((1, 2))
+    logit = -cfg.loss_scale * z.gather(2, target[:, None, None].expand(-1, g.shape[0], 1)).sum((1, 2))
+    total = (ce + sparsity + logit).sum()
+    with torch.no_grad():
+        stats = {"ce": ce.mean().item(), "sparsity": sparsity.mean().item(), "logits": logit.mean().item(),
+                 "active": (masks > 0).sum(2).float().mean().item(),
+                 "hits": (z.argmax(2) == target[:, None]).float().mean().item()}
+    return total, stats
+
+
+def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], n_samples: int,
+                     head: nn.Linear, classes: list[int] | range, cfg: GeneratorConfig = GeneratorConfig(),
+                     seed: int = 0, progress: bool = False) -> tuple[CFEGenerators, pd.DataFrame]:
+    """Train the CFE generators of ``classes`` on every training image (target = the generator's class,
+    whatever the image's label), SGD with momentum, seeded data order.
+
+    ``features``: the cached pooled features (N, K), or a function of a batch of sample indices that
+    returns their pooled features (the naive way: a frozen forward pass per batch, per epoch; used by
+    the tests and the benchmark to show that the cache changes nothing).  Returns the generators and
+    the per-epoch history (loss terms, mean active filters, fraction of images the masked model
+    assigns to the generator's class), averaged over the epoch's batches and the generators."""
+    head = head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    batch_of = (lambda idx: features[idx]) if isinstance(features, torch.Tensor) else features
+    k = head.in_features
+    gens = CFEGenerators(k, classes, seed)
+    opt = torch.optim.SGD(gens.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    order_gen = torch.Generator().manual_seed(int(seed))
+    history = []
+    bar = tqdm(range(cfg.epochs), desc="CFE generators", disable=not progress, mininterval=5.0)
+    for epoch in bar:
+        order = torch.randperm(n_samples, generator=order_gen)
+        sums, n_batches = {}, 0
+        for s in range(0, n_samples, cfg.batch_size):
+            g = batch_of(order[s:s + cfg.batch_size])
+            loss, stats = generator_loss(gens(g), g, head, gens.classes, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for key, v in stats.items():
+                sums[key] = sums.get(key, 0.0) + v
+            n_batches += 1
+        row = {"epoch": epoch + 1, **{key: v / n_batches for key, v in sums.items()}}
+        row["total"] = row["ce"] + row["sparsity"] + row["logits"]
+        history.append(row)
+        bar.set_postfix(ce=f"{row['ce']:.3f}", active=f"{row['active']:.1f}", hits=f"{row['hits']:.3f}")
+    return gens.eval(), pd.DataFrame(history)
+
+
+# --------------------------------------------------------------------------- MC filters (paper 2, eq. 3)
+@torch.no_grad()
+def masked_logits(head: nn.Linear, g: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Logits of the frozen head on ``g * m``."""
+    return F.linear(g * masks, head.weight, head.bias)
+
+
+def mc_filters(masks: torch.Tensor | np.ndarray, g: torch.Tensor | np.ndarray) -> np.ndarray:
+    """MC(x) = {k : m_k > 0 and g_k > 0} (the authors' agreement code), as a boolean (N, K) array."""
+    return (np.asarray(masks) > 0) & (np.asarray(g) > 0)
+
+
+# --------------------------------------------------------------------------- global MC filters (eq. 1-2)
+@dataclass
+class GlobalFilters:
+    """Per class: the count histogram (C, K), the summed magnitudes g * m (C, K), how many images
+    contributed, and which samples did (a boolean over the rows given)."""
+
+    counts: np.ndarray
+    magnitudes: np.ndarray
+    n_images: np.ndarray
+    contributed: np.ndarray
+
+    def filters(self, frequency: float) -> np.ndarray:
+        """G_c = {k : count_k > f * max count of class c} (strict, as the authors): (C, K) bool.
+        A class with no contributing image has an empty set."""
+        return global_filters(self.counts, frequency)
+
+
+def global_filters(counts: np.ndarray, frequency: float) -> np.ndarray:
+    """G_c = {k : counts[c, k] > frequency * max_k counts[c, k]} (strict >)."""
+    if not 0.0 <= frequency <= 1.0:
+        raise ValueError(f"frequency: {frequency!r} must lie in [0, 1]")
+    counts = np.asarray(counts)
+    return (counts > frequency * counts.max(1, keepdims=True)) & (counts > 0)
+
+
+def accumulate_global_filters(masks: np.ndarray, g: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                              confidence: np.ndarray, masked_predictions: np.ndarray, n_classes: int,
+                              tau: float = 0.9) -> GlobalFilters:
+    """Eq. 1-2: an image of class c adds its binary mask (m > 0) to hist_c when it is predicted
+    correctly with probability >= tau and the masked model (generator c) still predicts c.
+
+    ``masks``: the mask of the generator of each image's PREDICTED class (N, K); for the images
+    that qualify, predicted = true class, so it is the generator of c."""
+    masks, g = np.asarray(masks), np.asarray(g)
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    ok = (predictions == labels) & (np.asarray(confidence) >= tau) & (np.asarray(masked_predictions) == labels)
+    k = masks.shape[1]
+    counts = np.zeros((n_classes, k), np.int64)
+    mags = np.zeros((n_classes, k), np.float64)
+    binary = masks > 0
+    np.add.at(counts, labels[ok], binary[ok].astype(np.int64))
+    np.add.at(mags, labels[ok], (g * masks)[ok].astype(np.float64))
+    n_images = np.bincount(labels[ok], minlength=n_classes)
+    return GlobalFilters(counts, mags, n_images, ok)
+
+
+# --------------------------------------------------------------------------- agreement (sec. 4.2)
+def agreement(mc: np.ndarray, class_filters: np.ndarray) -> dict[str, np.ndarray]:
+    """Agreement of each prediction's MC filters with the global filters of its predicted class:
+    recall = |MC & G| / |G|, precision = |MC & G| / |MC|, F1.  Rows pair up (N, K) with (N, K).
+
+    Where a denominator is 0 the score is 0, and F1 is 0 where precision + recall = 0 (the
+    authors' code gives NaN there, which silently drops the image from their means)."""
+    mc, gc = np.asarray(mc, bool), np.asarray(class_filters, bool)
+    inter = (mc & gc).sum(1).astype(np.float64)
+    n_g, n_mc = gc.sum(1), mc.sum(1)
+    recall = np.divide(inter, n_g, out=np.zeros_like(inter), where=n_g > 0)
+    precision = np.divide(inter, n_mc, out=np.zeros_like(inter), where=n_mc > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(inter), where=denom > 0)
+    return {"recall": recall, "precision": precision, "f1": f1}
+
+
+# --------------------------------------------------------------------------- detection (Table 1)
+def flag_predictions(score: np.ndarray, predictions: np.ndarray, confidence: np.ndarray, skip: float,
+                     class_means: np.ndarray | None = None, fixed_threshold: float | None = None) -> np.ndarray:
+    """Table 1's rule: predictions with max probability above ``skip`` are assumed correct (skip 0
+    skips none); the rest are flagged when their agreement ``score`` is below the predicted class's
+    mean training score (``class_means``), or below ``fixed_threshold`` (the "recall < 0.3" row)."""
+    if (class_means is None) == (fixed_threshold is None):
+        raise ValueError("flag_predictions: give exactly one of class_means and fixed_threshold")
+    score, predictions = np.asarray(score), np.asarray(predictions)
+    considered = ~(np.asarray(confidence) > skip) if skip > 0 else np.ones(len(score), bool)
+    bar = np.asarray(class_means)[predictions] if class_means is not None else fixed_threshold
+    return considered & (score < bar)
+
+
+def detection_counts(flagged: np.ndarray, correct: np.ndarray) -> dict:
+    """Errors detected (wrong predictions flagged), their share of all errors, and new errors
+    (correct predictions flagged), as in Table 1."""
+    flagged, wrong = np.asarray(flagged, bool), ~np.asarray(correct, bool)
+    n_err = int(wrong.sum())
+    det = int((flagged & wrong).sum())
+    return {"errors": n_err, "errors_detected": det, "errors_detected_fraction": det / n_err if n_err else float("nan"),
+            "new_errors": int((flagged & ~wrong).sum())}
+
+
+def errors_at_same_new_errors(error_score: np.ndarray, correct: np.ndarray, new_errors: int) -> int:
+    """How many errors a score (higher = more likely wrong, e.g. MSP's 1 - max p) flags when it is
+    allowed exactly ``new_errors`` flagged correct predictions: the threshold is the
+    (new_errors)-th highest score among correct predictions; ties at it are not flagged."""
+    s, correct = np.asarray(error_score, np.float64), np.asarray(correct, bool)
+    if new_errors <= 0:
+        thr = s[correct].max() if correct.any() else -np.inf
+        return int((s[~correct] > thr).sum())
+    sc = np.sort(s[correct])[::-1]
+    if new_errors >= len(sc):
+        return int((~correct).sum())
+    thr = sc[new_errors]  # the first correct prediction NOT flagged: flag strictly above it
+    return int((s[~correct] > thr).sum())
+
+
+def class_means(score: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean score per class (NaN for a class with no sample: nothing is flagged against it)."""
+    score, classes = np.asarray(score, np.float64), np.asarray(classes)
+    sums = np.bincount(classes, weights=score, minlength=n_classes)
+    n = np.bincount(classes, minlength=n_classes)
+    return np.divide(sums, n, out=np.full(n_classes, np.nan), where=n > 0)
+
+
+def out_of_fold_agreement(masks: np.ndarray, g: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                          confidence: np.ndarray, masked_predictions: np.ndarray, n_classes: int, tau: float,
+                          frequency: float, folds: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Agreement scores of the TRAINING images against global filters built without them: k-fold
+    (seeded); fold j's images are scored against the histograms of the other folds.  Returns the
+    scores (recall, precision, f1) of every row and its fold id."""
+    n = len(labels)
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    mc = mc_filters(masks, g)
+    out = {k: np.zeros(n) for k in ("recall", "precision", "f1")}
+    for j in range(folds):
+        rest, here = fold != j, fold == j
+        gf = accumulate_global_filters(masks[rest], g[rest], labels[rest], predictions[rest], confidence[rest],
+                                       masked_predictions[rest], n_classes, tau)
+        scores = agreement(mc[here], gf.filters(frequency)[predictions[here]])
+        for key in out:
+            out[key][here] = scores[key]
+    return out, fold
+
+
+# --------------------------------------------------------------------------- do the filters matter?
+@torch.no_grad()
+def disable_filters_check(head: nn.Linear, g: torch.Tensor, labels: np.ndarray, filters: np.ndarray,
+                          n_random: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Tariq et al.'s check: zero class c's global MC filters in ``g`` and measure class c's recall
+    and the accuracy on the other classes, against zeroing the same number of random filters
+    (``n_random`` seeded draws, averaged).  One row per class with a non-empty filter set."""
+    labels = np.asarray(labels)
+    base_pred = head(g).argmax(1).numpy()
+    rng = np.random.default_rng(seed)
+    k = g.shape[1]
+    rows = []
+    for c in range(filters.shape[0]):
+        own, other = labels == c, labels != c
+        sel = np.flatnonzero(filters[c])
+        if len(sel) == 0 or not own.any():
+            continue
+
+        def accuracies(drop):
+            keep = torch.ones(k)
+            keep[torch.as_tensor(drop, dtype=torch.long)] = 0
+            pred = head(g * keep).argmax(1).numpy()
+            return float((pred[own] == c).mean()), float((pred[other] == labels[other]).mean())
+
+        recall0, other0 = float((base_pred[own] == c).mean()), float((base_pred[other] == labels[other]).mean())
+        recall1, other1 = accuracies(sel)
+        rand = [accuracies(rng.choice(k, len(sel), replace=False)) for _ in range(n_random)]
+        rows.append({"class": c, "n_filters": len(sel), "own_recall": recall0, "own_recall_disabled": recall1,
+                     "own_recall_drop": recall0 - recall1, "other_accuracy": other0,
+                     "other_accuracy_disabled": other1, "other_accuracy_drop": other0 - other1,
+                     "random_own_recall_drop": recall0 - float(np.mean([r[0] for r in rand])),
+                     "random_other_accuracy_drop": other0 - float(np.mean([r[1] for r in rand]))})
+    return pd.DataFrame(rows, columns=DISABLE_COLUMNS)
+
+
+DISABLE_COLUMNS = ["class", "n_filters", "own_recall", "own_recall_disabled", "own_recall_drop", "other_accuracy",
+                   "other_accuracy_disabled", "other_accuracy_drop", "random_own_recall_drop",
+                   "random_other_accuracy_drop"]

@@ -1,0 +1,319 @@
+"""Paper 2's stages (Tariq & Zia): pooled features, CFE generators, global MC filters, agreement
+scores and the Table 1 analogue, each keyed by sample id like paper 1's stages (``pipeline``).
+
+Cached: the pooled features ``g`` of every sample and the trained generators.  Everything after
+them (masks, global filters, agreement, detection) takes seconds and is computed in memory.
+METHODS.md section 6 has the method; ``helpers.cfe`` the pieces.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import cfe
+from .experiment import Experiment, StageNotCached
+from .models import pooled_features, pooled_head
+from .pipeline import SPLIT_ORDER, _load_npz, _save_npz
+from .training import iterate_batches, logits_of
+
+#: Table 1's three settings (paper 2, sec. 4.2): score, skip threshold, frequency threshold, rule
+TABLE1 = {
+    "avg_recall": {"score": "recall", "skip": "cfe.skip", "frequency": "cfe.frequency", "rule": "class mean"},
+    "avg_f1": {"score": "f1", "skip": "cfe.skip", "frequency": "cfe.frequency", "rule": "class mean"},
+    "recall_lt_0.3": {"score": "recall", "skip": 0.0, "frequency": 0.0, "rule": "fixed"},
+}
+
+
+# --------------------------------------------------------------------------- pooled features g
+def pooled_params(exp: Experiment) -> dict:
+    return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "layer": pooled_head(exp.model)[0]}
+
+
+def pooled_table(exp: Experiment) -> dict:
+    """``g`` of every sample (cached): {"id", "split", "g" (N, K) float32}, in prediction-table order.
+    Checks that the head's linear layer on ``g`` gives the prediction table's logits."""
+
+    def compute():
+        ids, splits, gs, logits = [], [], [], []
+        for split in SPLIT_ORDER:
+            sd = exp.data[split]
+            for x, _ in iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"]):
+                g, z = pooled_features(exp.model, x.to(exp.device))
+                gs.append(g.cpu())
+                logits.append(z.cpu())
+            ids.append(sd.ids)
+            splits += [split] * len(sd)
+        g = torch.cat(gs)
+        _, linear = pooled_head(exp.model)
+        with torch.no_grad():
+            z = linear.cpu()(g) if exp.device.type == "cpu" else linear(g.to(exp.device)).cpu()
+        ref = torch.cat(logits)
+        if not torch.allclose(z, ref, atol=1e-3 * max(1.0, ref.abs().max().item()), rtol=1e-4):
+            raise RuntimeError("cfe: the head on the pooled features does not give the model's logits; "
+                               "models.LAYERS declares the wrong pooled layer or linear head for this model")
+        return {"id": np.concatenate(ids).astype(str), "split": np.array(splits), "g": g.numpy().astype(np.float32)}
+
+    z = exp.stage("pooled_features", pooled_params(exp), compute, _save_npz, _load_npz, "npz")
+    pred_ids = exp.predictions["id"].to_numpy().astype(str)
+    if not np.array_equal(z["id"].astype(str), pred_ids):
+        raise RuntimeError("cfe: pooled features and the prediction table disagree on sample ids (stale cache?)")
+    return z
+
+
+def frozen_head(exp: Experiment) -> torch.nn.Linear:
+    """A frozen CPU copy of the model's final linear layer (the CFE model's fixed head)."""
+    head = copy.deepcopy(pooled_head(exp.model)[1]).cpu().eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+# --------------------------------------------------------------------------- CFE generators
+def generator_config(exp: Experiment) -> cfe.GeneratorConfig:
+    return cfe.GeneratorConfig.from_profile(exp.cfg["cfe"])
+
+
+def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
+    """The C generators, trained on the cached ``g`` of the training split (cached): one batched
+    model, seeded.  Returns the generators (CPU, eval) and the per-epoch history."""
+    gcfg = generator_config(exp)
+    params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
+    n_classes = len(exp.data.classes)
+
+    def compute():
+        z = pooled_table(exp)
+        g = torch.from_numpy(z["g"][z["split"] == "train"])
+        gens, hist = cfe.train_generators(g, len(g), frozen_head(exp), range(n_classes), gcfg, seed=exp.seed,
+                                          progress=exp.progress)
+        return {"weight": gens.weight.detach(), "bias": gens.bias.detach(), "classes": gens.classes,
+                "history": hist.to_dict("records")}
+
+    obj = exp.stage("cfe_generators", params, compute, lambda o, p: torch.save(o, p),
+                    lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+    gens = cfe.CFEGenerators(obj["weight"].shape[1], obj["classes"])
+    with torch.no_grad():
+        gens.weight.copy_(obj["weight"])
+        gens.bias.copy_(obj["bias"])
+    return gens.eval(), pd.DataFrame(obj["history"])
+
+
+# --------------------------------------------------------------------------- filters and agreement
+@dataclass
+class CFEAnalysis:
+    """Everything after the generators, for one profile.
+
+    ``table``: one row per sample (prediction-table order): id, split, label, prediction, correct,
+    confidence (max softmax), masked_prediction (head on g * m of the predicted class's generator),
+    n_active (mask size), n_mc (|MC(x)|), and the agreement with the predicted class's global
+    filters: recall, precision, f1 (frequency threshold f) and recall_f0 (f = 0).  On TRAINING rows
+    the ``*_oof`` columns hold the out-of-fold scores (global filters built without the image's
+    fold); on val / test they equal the plain ones.  ``contributed``: the image built G_c.
+    """
+
+    table: pd.DataFrame
+    g: np.ndarray
+    masks: np.ndarray
+    filters: cfe.GlobalFilters
+    frequency: float
+    n_classes: int
+
+    @property
+    def class_filters(self) -> np.ndarray:
+        """G (C, K) at the profile's frequency threshold."""
+        return self.filters.filters(self.frequency)
+
+    def split(self, split: str) -> pd.DataFrame:
+        return self.table[self.table.split == split]
+
+
+def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnalysis:
+    """Masks of every prediction, global MC filters from the TRAINING split (the authors also scanned
+    their validation images; we keep validation for choosing and checking), agreement scores with
+    in-sample and out-of-fold global filters."""
+    cc = exp.cfg["cfe"]
+    gens = generators(exp)[0] if gens is None else gens
+    z = pooled_table(exp)
+    pred = exp.predictions
+    g = torch.from_numpy(z["g"])
+    prediction = pred["prediction"].to_numpy()
+    masks = gens.masks_for(g, prediction)
+    head = frozen_head(exp)
+    masked_pred = torch.cat([cfe.masked_logits(head, g[i:i + 8192], masks[i:i + 8192]).argmax(1)
+                             for i in range(0, len(g), 8192)]).numpy()
+    logits = logits_of(pred)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    confidence = (p / p.sum(1, keepdims=True)).max(1)
+    g, masks = g.numpy(), masks.numpy()
+    n_classes = len(exp.data.classes)
+    labels = pred["label"].to_numpy()
+    train = (pred["split"] == "train").to_numpy()
+
+    gf = cfe.accumulate_global_filters(masks[train], g[train], labels[train], prediction[train], confidence[train],
+                                       masked_pred[train], n_classes, cc["tau"])
+    mc = cfe.mc_filters(masks, g)
+    table = pred[["id", "split", "label", "prediction", "correct"]].copy()
+    table["confidence"] = confidence
+    table["masked_prediction"] = masked_pred
+    table["n_active"] = (masks > 0).sum(1)
+    table["n_mc"] = mc.sum(1)
+    contributed = np.zeros(len(table), bool)
+    contributed[np.flatnonzero(train)[gf.contributed]] = True
+    table["contributed"] = contributed
+    for freq, suffix in ((cc["frequency"], ""), (0.0, "_f0")):
+        scores = cfe.agreement(mc, gf.filters(freq)[prediction])
+        oof, _ = cfe.out_of_fold_agreement(masks[train], g[train], labels[train], prediction[train],
+                                           confidence[train], masked_pred[train], n_classes, cc["tau"], freq,
+                                           cc["folds"], exp.seed)
+        for key in ("recall", "precision", "f1"):
+            table[key + suffix] = scores[key]
+            col = scores[key].copy()
+            col[train] = oof[key]
+            table[f"{key}{suffix}_oof"] = col
+    return CFEAnalysis(table.reset_index(drop=True), g, masks, gf, cc["frequency"], n_classes)
+
+
+def error_scores(a: CFEAnalysis) -> pd.DataFrame:
+    """Beyond the paper: 1 - recall and 1 - F1 as continuous error scores (higher = more likely wrong):
+    id, split, cfe_recall, cfe_f1.  Training rows are out of fold (for a joint classifier)."""
+    t = a.table
+    return pd.DataFrame({"id": t["id"], "split": t["split"], "cfe_recall": 1.0 - t["recall_oof"],
+                         "cfe_f1": 1.0 - t["f1_oof"]})
+
+
+# --------------------------------------------------------------------------- Table 1 analogue
+def _setting_value(exp: Experiment, v):
+    return exp.cfg["cfe"][v.split(".")[1]] if isinstance(v, str) else float(v)
+
+
+def table1(exp: Experiment, a: CFEAnalysis, msp_score: np.ndarray | None = None, split: str = "test") -> pd.DataFrame:
+    """Paper 2, Table 1: per setting and per threshold source (the authors' in-sample class means,
+    or out-of-fold ones), the errors detected, their share and the new errors on ``split``; and
+    the errors MSP finds when it is allowed the same number of new errors."""
+    cc = exp.cfg["cfe"]
+    t = a.table
+    tr = t[t.split == "train"]
+    ev = t[t.split == split]
+    rows = []
+    for name, s in TABLE1.items():
+        freq = _setting_value(exp, s["frequency"])
+        suffix = "" if freq == cc["frequency"] else "_f0"
+        if freq not in (cc["frequency"], 0.0):
+            raise ValueError(f"table1: frequency {freq} is not computed")
+        score = f"{s['score']}{suffix}"
+        skip = _setting_value(exp, s["skip"])
+        sources = ["in-sample", "out-of-fold"] if s["rule"] == "class mean" else ["fixed"]
+        for source in sources:
+            if source == "fixed":
+                flags = cfe.flag_predictions(ev[score], ev.prediction, ev.confidence, skip,
+                                             fixed_threshold=cc["recall_threshold"])
+                bar = f"{s['score']} < {cc['recall_threshold']}"
+            else:
+                col = score if source == "in-sample" else score + "_oof"
+                built = tr[tr.contributed]
+                means = cfe.class_means(built[col], built.label, a.n_classes)
+                flags = cfe.flag_predictions(ev[score], ev.prediction, ev.confidence, skip, class_means=means)
+                bar = f"{s['score']} < class mean ({source})"
+            counts = cfe.detection_counts(flags, ev.correct)
+            row = {"setting": name, "thresholds": source, "skip": skip, "frequency": freq, "rule": bar, **counts}
+            if msp_score is not None:
+                row["msp_errors_detected_at_same_new_errors"] = cfe.errors_at_same_new_errors(
+                    msp_score, ev.correct.to_numpy(), counts["new_errors"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+#: which Table 1 thresholds the headline (metrics.json cfe.table1) uses: out of fold, like notebook 03
+HEADLINE_THRESHOLDS = ("out-of-fold", "fixed")
+
+
+def mask_statistics(exp: Experiment, gens: cfe.CFEGenerators, split: str = "train", chunk: int = 512) -> dict:
+    """How the generators behave on ``split``: mean active filters of a mask, and the fraction of
+    (image, target class) pairs that the masked model assigns to the target class (the paper:
+    about 26-30 of 512 filters and 99.8 % on training images), averaged over all C generators."""
+    z = pooled_table(exp)
+    g = torch.from_numpy(z["g"][z["split"] == split])
+    head = frozen_head(exp)
+    target = torch.as_tensor(gens.classes)
+    active, hits, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(g), chunk):
+            m = gens(g[i:i + chunk])                                  # (C, B, K)
+            zc = torch.nn.functional.linear(g[i:i + chunk][None] * m, head.weight, head.bias)
+            active += (m > 0).sum(2).float().sum().item()
+            hits += (zc.argmax(2) == target[:, None]).float().sum().item()
+            n += m.shape[0] * m.shape[1]
+    return {"mean_active_filters": active / n, "masked_agreement": hits / n, "split": split,
+            "n_filters": int(g.shape[1])}
+
+
+# --------------------------------------------------------------------------- both papers side by side
+def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
+    """Paper 1's LCR of every sample when its label matrix is already cached for this profile (it costs
+    over an hour of CPU at CIFAR-10 scale), else None."""
+    from .pipeline import lcr_table
+
+    try:
+        with exp.cached_only():
+            return lcr_table(exp)
+    except StageNotCached:
+        return None
+
+
+def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Both papers' detectors on the same predictions: conductance (paper 1), LCR (where cached),
+    the CFE scores, MSP, and a joint NN (out of fold, as in notebook 03) on [LCR, conductance
+    score, CFE recall].  Returns (scores by id, the names of the columns that are scores)."""
+    from .joint import fit_unified, unified_score
+    from .pipeline import baseline_table, conductance_detector, conductance_oof, with_predictions
+
+    df = error_scores(a)
+    df = df.merge(conductance_detector(exp)["scores"][["id", "conductance"]], on="id", validate="one_to_one")
+    df = df.merge(conductance_oof(exp)[["id", "conductance_oof"]], on="id", how="left", validate="one_to_one")
+    held = df.split != "train"
+    df.loc[held, "conductance_oof"] = df.loc[held, "conductance"]
+    df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
+    names = ["conductance", "cfe_recall", "cfe_f1", "msp"]
+    feats = ["conductance_oof", "cfe_recall"]
+    lcr = lcr_if_cached(exp) if include_lcr else None
+    if lcr is not None:
+        df = df.merge(lcr[["id", "lcr"]], on="id", validate="one_to_one")
+        names.insert(1, "lcr")
+        feats.insert(0, "lcr")
+    full = with_predictions(exp, df)
+    tr = full[full.split == "train"]
+    est = fit_unified("nn", tr[feats].to_numpy(), (~tr.correct).to_numpy().astype(int), seed=exp.seed)
+    df["joint_nn_cfe"] = unified_score(est, df[feats].to_numpy())
+    names.append("joint_nn_cfe")
+    df.attrs["joint_features"] = feats
+    return df, names
+
+
+# --------------------------------------------------------------------------- pictures of MC filters
+def example(exp: Experiment, a: CFEAnalysis, sample_id: str) -> dict:
+    """One prediction for :func:`plots.mc_overlays`: the image (de-normalised), the sum of its MC
+    filters' activation maps at the pooled layer, and a title with label, prediction and scores."""
+    row = a.table[a.table.id == sample_id].iloc[0]
+    sd = exp.data[row.split]
+    pos = int(np.flatnonzero(sd.ids.astype(str) == sample_id)[0])
+    x, _ = sd.dataset[pos]
+    layer, _ = pooled_head(exp.model)
+    seen = {}
+    hook = exp.model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
+    try:
+        with torch.no_grad():
+            exp.model(x[None].to(exp.device))
+    finally:
+        hook.remove()
+    maps = seen["a"][0].float().cpu().numpy()
+    mc = cfe.mc_filters(a.masks[row.name][None], a.g[row.name][None])[0]
+    ds = sd.dataset
+    image = np.clip((x.numpy() * ds.std.numpy() + ds.mean.numpy()).transpose(1, 2, 0), 0, 1)
+    names = exp.data.classes
+    return {"image": image, "maps": maps[mc].sum(0) if mc.any() else np.zeros(maps.shape[1:]),
+            "title": f"{'correct' if row.correct else 'WRONG'}: {names[row.label]} -> {names[row.prediction]} "
+                     f"(p {row.confidence:.2f})",
+            "overlay_title": f"{int(mc.sum())} MC filters; recall {row.recall:.2f}, F1 {row.f1:.2f}"}
