@@ -6,9 +6,11 @@ numbers are compared within a tolerance, never as text: each notebook's last (``
 cell calls :func:`check` on the metrics it wrote, prints one stable line, and fails (an
 exception, so nbval fails) when a headline number moved by more than its tolerance.
 
-Tolerances (absolute), measured in README "Regression tolerance": the largest move seen across
-thread counts and CPU instruction sets on the default profile, with margin.  A flipped prediction
-moves an accuracy by 1/450 on the default profile's test split, a recall of errors by about 1/50.
+Tolerances (absolute) come from measurement (README, "Regression tolerance"): the largest move
+seen on the default profile between 1 and 2 threads and between AVX2 and SSE4.1 kernels, times
+about 1.5-2.  A flipped prediction moves an accuracy by 1/450 on the default profile's test
+split and a recall of errors by 1/52; recalls at a threshold chosen on validation move most,
+because the threshold itself moves.
 """
 from __future__ import annotations
 
@@ -22,16 +24,17 @@ from .profiles import REPO_ROOT
 #: (pattern on the dotted metrics key, absolute tolerance); the first matching pattern wins.
 #: Keys that match no pattern are not headline numbers and are not compared.
 TOLERANCES: list[tuple[str, float]] = [
-    ("model.accuracy.*", 0.02),
-    ("detectors.*.auroc", 0.03),
-    ("detectors.*.correct_recall", 0.06),
-    ("detectors.*.wrong_recall", 0.08),
-    ("lcr.sprt.auroc", 0.03),
-    ("relay.*.accuracy", 0.03),
-    ("cfe.generators.mean_active_filters", 1.0),
-    ("cfe.generators.masked_agreement", 0.05),
-    ("cfe.table1.*.errors_detected_fraction", 0.08),
-    ("cfe.disable.*", 0.08),
+    # measured largest move (README, "Regression tolerance"): 1 vs 2 threads, AVX2 vs SSE4.1 kernels
+    ("model.accuracy.*", 0.02),                           # 0.005
+    ("detectors.*.auroc", 0.04),                          # 0.022
+    ("detectors.*.correct_recall", 0.12),                 # 0.075 (a shifted equal-recall threshold)
+    ("detectors.*.wrong_recall", 0.15),                   # 0.083 (4 of the 52 test errors)
+    ("lcr.sprt.auroc", 0.03),                             # 0.006
+    ("relay.*.accuracy", 0.04),                           # 0.020
+    ("cfe.generators.mean_active_filters", 1.0),          # 0.017
+    ("cfe.generators.masked_agreement", 0.05),            # 0.001
+    ("cfe.table1.*.errors_detected_fraction", 0.12),      # 0.062
+    ("cfe.disable.*", 0.06),                              # 0.027
 ]
 
 

@@ -179,10 +179,44 @@ def comparison_table(figures_root: str | Path = REPO_ROOT / "figures",
     return "\n".join(lines)
 
 
+#: Paper 2, Table 1 (VGG16 on CUB-200, 1,769 errors of 5,794 test images): errors detected, share, new errors
+PAPER2_TABLE1 = {"avg_recall": ("average recall, skip 0.9, frequency 0.15", 541, 0.31, 256),
+                 "avg_f1": ("average F1, skip 0.9, frequency 0.15", 680, 0.38, 370),
+                 "recall_lt_0.3": ("recall < 0.3, skip 0, frequency 0", 653, 0.37, 369)}
+
+
+def table1_comparison(figures_root: str | Path = REPO_ROOT / "figures",
+                      profiles=("cifar10", "cifar10-pretrained", "digits")) -> str:
+    """Paper 2 Table 1 beside this companion's committed runs: errors detected (share of all test
+    errors) / new errors, and what MSP catches at the same number of new errors."""
+    root = Path(figures_root)
+    runs = {p: json.loads((root / p / "metrics.json").read_text()) if (root / p / "metrics.json").is_file() else {}
+            for p in profiles}
+    head = ("| Table 1 setting | paper (VGG16, CUB-200): errors detected / new errors | "
+            + " | ".join(f"`{p}`: errors detected / new errors (MSP at the same new errors)" for p in profiles) + " |")
+    lines = [head, "|" + "---|" * (2 + len(profiles))]
+    for key, (label, det, frac, new) in PAPER2_TABLE1.items():
+        row = [label, f"{det} ({frac:.0%}) / {new}"]
+        for p in profiles:
+            r = runs[p].get("cfe", {}).get("table1", {}).get(key)
+            row.append("not run yet" if r is None else
+                       f"{r['errors_detected']} ({r['errors_detected_fraction']:.0%}) / {r['new_errors']} "
+                       f"(MSP {r['msp_errors_detected_at_same_new_errors']})")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("| CFE 1 - recall as a score: val / test AUROC | not reported | " + " | ".join(
+        "not run yet" if "cfe_recall" not in runs[p].get("detectors", {}) else
+        f"{runs[p]['detectors']['cfe_recall']['val']['auroc']:.3f} / {runs[p]['detectors']['cfe_recall']['test']['auroc']:.3f}"
+        f" (MSP {runs[p]['detectors']['msp']['val']['auroc']:.3f} / {runs[p]['detectors']['msp']['test']['auroc']:.3f})"
+        for p in profiles) + " |")
+    return "\n".join(lines)
+
+
 def readme_block(figures_root: str | Path = REPO_ROOT / "figures", default_profile: str = "digits") -> str:
     """The README's generated block: the paper comparison, then the default profile's headline table."""
     root = Path(figures_root)
-    parts = [comparison_table(root)]
+    parts = [comparison_table(root), "", "Paper 2, Table 1 (misclassification detection with CFE filters; "
+             "the paper's numbers are VGG16 on CUB-200, a different model and dataset; ours are test-split counts "
+             "with out-of-fold class means, see notebook 04):", "", table1_comparison(root)]
     f = root / default_profile / "metrics.json"
     if f.is_file():
         m = json.loads(f.read_text())
