@@ -317,3 +317,250 @@ def example(exp: Experiment, a: CFEAnalysis, sample_id: str) -> dict:
             "title": f"{'correct' if row.correct else 'WRONG'}: {names[row.label]} -> {names[row.prediction]} "
                      f"(p {row.confidence:.2f})",
             "overlay_title": f"{int(mc.sum())} MC filters; recall {row.recall:.2f}, F1 {row.f1:.2f}"}
+
+
+# --------------------------------------------------------------------------- debugging (sec. 4.3-4.4)
+def debug_config(exp: Experiment) -> "DebugConfig":
+    from .debugging import DebugConfig
+
+    return DebugConfig.from_profile(exp.cfg["debugging"], exp.cfg["training"])
+
+
+def debug_grid(exp: Experiment) -> list[tuple[float, float]]:
+    """The (l1, l2) cells of the profile, checked before any work: pairs of numbers >= 0."""
+    cells = []
+    for cell in exp.cfg["debugging"]["grid"]:
+        if (not isinstance(cell, (list, tuple)) or len(cell) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cell)):
+            raise ValueError(f"debugging.grid: {cell!r} is not valid; each cell is [l1, l2] with numbers >= 0, "
+                             "e.g. [[0, 0], [0.001, 0.00002]]")
+        cells.append((float(cell[0]), float(cell[1])))
+    if not any(c != (0.0, 0.0) for c in cells):
+        raise ValueError(f"debugging.grid: {exp.cfg['debugging']['grid']!r} has no cell with l1 or l2 > 0")
+    return cells
+
+
+def debug_masks(exp: Experiment) -> np.ndarray:
+    """M (C, K): the global MC filters of each class at the debugging frequency threshold (0 by
+    default: any filter counted at least once), from the training split (notebook 04's stage)."""
+    a = analysis(exp)
+    return a.filters.filters(exp.cfg["debugging"]["frequency"])
+
+
+def _split_tensors(exp: Experiment, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    sd = exp.data[split]
+    if hasattr(sd.dataset, "tensors"):
+        x, y = sd.dataset.tensors()
+        return x, torch.as_tensor(np.asarray(y), dtype=torch.long)
+    xs = [x for x, _ in iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"])]
+    return torch.cat(xs), torch.as_tensor(np.asarray(sd.labels), dtype=torch.long)
+
+
+class _DebugData:
+    """The splits as tensors and, when the run is cacheable, the frozen prefix of every split
+    (computed once per experiment, in memory)."""
+
+    def __init__(self, exp: Experiment):
+        from .debugging import Forward, suffix_cacheable, trainable_names
+
+        cfg = debug_config(exp)
+        model = exp.model
+        self.tensors = {s: _split_tensors(exp, s) for s in SPLIT_ORDER}
+        self.cacheable = suffix_cacheable(model, trainable_names(model, cfg.trainable), cfg.augmentation)
+        self.prefix = None
+        if self.cacheable:
+            fwd = Forward(model)
+            self.prefix = {s: fwd.prefix(x.to(exp.device)).cpu() for s, (x, _) in self.tensors.items()}
+
+
+def _debug_data(exp: Experiment) -> _DebugData:
+    if getattr(exp, "_debug_data", None) is None:
+        exp._debug_data = _DebugData(exp)
+    return exp._debug_data
+
+
+def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
+    """One fine-tune (cached): the debugging loss with (l1, l2), or the control with (0, 0); the
+    best-validation epoch's logits on every split, its history, and what an epoch cost."""
+    from .debugging import Forward, fine_tune
+
+    cfg = debug_config(exp)
+    masks = debug_masks(exp)
+    params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "cfg": cfg.__dict__, "l1": l1,
+              "l2": l2, "seed": int(seed), "masks": np.packbits(masks).tobytes().hex()}
+
+    def compute():
+        d = _debug_data(exp)
+        (x_tr, y_tr), (x_va, y_va) = d.tensors["train"], d.tensors["val"]
+        prefix = (d.prefix["train"], d.prefix["val"]) if d.cacheable else None
+        res = fine_tune(copy.deepcopy(exp.model).cpu(), x_tr, y_tr, x_va, y_va, torch.from_numpy(masks), cfg, l1, l2, seed,
+                        cache_prefix=d.cacheable, prefix_inputs=prefix, progress=exp.progress)
+        model = copy.deepcopy(exp.model).cpu().eval()
+        model.load_state_dict(res.state_dict)
+        fwd = Forward(model)
+        logits = {}
+        with torch.no_grad():
+            for s in SPLIT_ORDER:
+                inp = d.prefix[s] if d.cacheable else d.tensors[s][0]
+                step = fwd.suffix if d.cacheable else fwd.full
+                logits[s] = torch.cat([step(inp[i:i + 1000])[0] for i in range(0, len(inp), 1000)]).numpy()
+        return {"state_dict": res.state_dict, "history": res.history.to_dict("records"), "best_epoch": res.best_epoch,
+                "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits}
+
+    return exp.stage("debug_run", params, compute, lambda o, p: torch.save(o, p),
+                     lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+
+
+def run_accuracies(exp: Experiment, run: dict) -> dict:
+    return {s: float((run["logits"][s].argmax(1) == exp.data[s].labels).mean()) for s in SPLIT_ORDER}
+
+
+def debugging_grid(exp: Experiment) -> tuple[pd.DataFrame, tuple[float, float]]:
+    """Table 2 analogue: train / val / test accuracy of every (l1, l2) cell at seed ``exp.seed``; the
+    chosen cell = the best validation accuracy among cells with l1 or l2 > 0 (first on a tie)."""
+    rows = []
+    for l1, l2 in debug_grid(exp):
+        run = debug_run(exp, l1, l2, exp.seed)
+        acc = run_accuracies(exp, run)
+        rows.append({"l1": l1, "l2": l2, "best_epoch": run["best_epoch"], "train_accuracy": acc["train"],
+                     "val_accuracy": acc["val"], "test_accuracy": acc["test"]})
+    grid = pd.DataFrame(rows)
+    cand = grid[(grid.l1 > 0) | (grid.l2 > 0)]
+    best = cand.loc[cand.val_accuracy.idxmax()]
+    grid["chosen"] = (grid.l1 == best.l1) & (grid.l2 == best.l2)
+    return grid, (float(best.l1), float(best.l2))
+
+
+def debugging_seeds(exp: Experiment, chosen: tuple[float, float]) -> tuple[pd.DataFrame, dict, dict]:
+    """The chosen cell and the control over ``debugging.seeds`` paired seeds: a row per (arm, seed)
+    with train / val / test accuracy; the paired statistics of test accuracy; the runs' test
+    correctness per arm (seeds x images)."""
+    from .debugging import paired_statistics
+
+    dc = exp.cfg["debugging"]
+    seeds = [exp.seed + i for i in range(dc["seeds"])]
+    y_test = exp.data["test"].labels
+    rows, correct = [], {"debugged": [], "control": []}
+    for arm, (l1, l2) in (("debugged", chosen), ("control", (0.0, 0.0))):
+        for s in seeds:
+            run = debug_run(exp, l1, l2, s)
+            acc = run_accuracies(exp, run)
+            rows.append({"arm": arm, "l1": l1, "l2": l2, "seed": s, "best_epoch": run["best_epoch"],
+                         "train_accuracy": acc["train"], "val_accuracy": acc["val"], "test_accuracy": acc["test"]})
+            correct[arm].append(run["logits"]["test"].argmax(1) == y_test)
+    stats = paired_statistics(np.array(correct["debugged"]), np.array(correct["control"]), dc["n_bootstrap"], exp.seed)
+    return pd.DataFrame(rows), stats, {k: np.array(v) for k, v in correct.items()}
+
+
+def debugged_model(exp: Experiment, l1: float, l2: float, seed: int) -> torch.nn.Module:
+    """The fine-tuned model of one run (eval mode, on the experiment's device)."""
+    model = copy.deepcopy(exp.model).cpu()
+    model.load_state_dict(debug_run(exp, l1, l2, seed)["state_dict"])
+    return model.to(exp.device).eval()
+
+
+def class_recall_table(exp: Experiment, runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
+    """Table 3 analogue: per-class test recall of each arm (``runs``: arm -> list of test logits, one
+    per seed; recall averaged over seeds), and debugged - control."""
+    y = exp.data["test"].labels
+    out = pd.DataFrame({"class": exp.data.classes, "n": np.bincount(y, minlength=len(exp.data.classes))})
+    for arm, logits in runs.items():
+        rec = np.mean([[(lg.argmax(1)[y == c] == c).mean() if (y == c).any() else np.nan
+                        for c in range(len(exp.data.classes))] for lg in logits], 0)
+        out[f"recall {arm}"] = rec
+    if {"recall debugged", "recall control"} <= set(out.columns):
+        out["debugged - control"] = out["recall debugged"] - out["recall control"]
+    return out
+
+
+def gradcam_examples(exp: Experiment, debugged: torch.nn.Module, debugged_test_logits: np.ndarray) -> list[dict]:
+    """Figure 2 analogue: test images picked by rule, with captum's LayerGradCam (last conv layer, the
+    predicted class) of the original and the debugged model: the correct prediction whose
+    true-class confidence rose most, an error that was fixed (the most confident fix), a new error
+    (the most confident one).  Kinds with no image are left out."""
+    import warnings
+
+    with warnings.catch_warnings():  # captum imports tqdm.auto, which warns without ipywidgets
+        warnings.simplefilter("ignore")
+        from captum.attr import LayerGradCam
+
+    t = exp.split_table("test")
+    y = t.label.to_numpy()
+    p0 = torch.softmax(torch.from_numpy(logits_of(t)), 1).numpy()
+    p1 = torch.softmax(torch.from_numpy(debugged_test_logits), 1).numpy()
+    pred0, pred1 = p0.argmax(1), p1.argmax(1)
+    rows = np.arange(len(y))
+    picks = []
+    both = (pred0 == y) & (pred1 == y)
+    if both.any():
+        rise = p1[rows, y] - p0[rows, y]
+        picks.append(("confidence raised", int(rows[both][np.argmax(rise[both])])))
+    fixed = (pred0 != y) & (pred1 == y)
+    if fixed.any():
+        picks.append(("error fixed", int(rows[fixed][np.argmax(p1[fixed, y[fixed]])])))
+    new = (pred0 == y) & (pred1 != y)
+    if new.any():
+        picks.append(("new error", int(rows[new][np.argmax(p1[new].max(1))])))
+    sd = exp.data["test"]
+    names = exp.data.classes
+    out = []
+    for kind, i in picks:
+        x, _ = sd.dataset[i]
+        x = x[None].to(exp.device)
+        cams = []
+        for model, pred in ((exp.model, pred0[i]), (debugged, pred1[i])):
+            gc = LayerGradCam(model, model.get_submodule(model.last_conv_layer))
+            cams.append(gc.attribute(x, target=int(pred), relu_attributions=True)[0, 0].detach().cpu().numpy())
+        ds = sd.dataset
+        image = np.clip((x[0].cpu().numpy() * ds.std.numpy() + ds.mean.numpy()).transpose(1, 2, 0), 0, 1)
+        out.append({"image": image, "cams": cams,
+                    "titles": [f"{kind}: true {names[y[i]]}", f"original: {names[pred0[i]]} ({p0[i, pred0[i]]:.2f})",
+                               f"debugged: {names[pred1[i]]} ({p1[i, pred1[i]]:.2f})"]})
+    return out
+
+
+def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
+    """Beyond the paper: do the debugged model's own MC filters agree more with the class masks M that
+    it was trained towards?  New CFE generators are trained for the debugged model (on its pooled
+    features, its head; the profile's CFE settings) and its test predictions' MC filters are
+    compared with M of the predicted class, against the original model's (cached)."""
+    from .debugging import Forward
+
+    run = debug_run(exp, l1, l2, seed)
+    params = {"run": {"model": exp.model_params, "l1": l1, "l2": l2, "seed": int(seed),
+                      "cfg": debug_config(exp).__dict__}, "cfe": generator_config(exp).__dict__}
+    masks = debug_masks(exp)
+
+    def compute():
+        model = debugged_model(exp, l1, l2, seed).cpu()
+        d = _debug_data(exp)
+        fwd = Forward(model)
+        with torch.no_grad():
+            g = {s: torch.cat([(fwd.suffix(d.prefix[s][i:i + 1000]) if d.cacheable
+                                else fwd.full(d.tensors[s][0][i:i + 1000]))[1] for i in range(0, len(d.tensors[s][1]), 1000)])
+                 for s in ("train", "test")}
+        head = copy.deepcopy(model.get_submodule(model.gap_linear_head[1])).eval()
+        gens, _ = cfe.train_generators(g["train"], len(g["train"]), head, range(len(exp.data.classes)),
+                                       generator_config(exp), seed=exp.seed, progress=exp.progress)
+        pred = run["logits"]["test"].argmax(1)
+        m = gens.masks_for(g["test"], pred)
+        sc = cfe.agreement(cfe.mc_filters(m.numpy(), g["test"].numpy()), masks[pred])
+        return {"recall": sc["recall"], "precision": sc["precision"], "n_mc": cfe.mc_filters(m.numpy(), g["test"].numpy()).sum(1)}
+
+    debugged = exp.stage("debug_agreement", params, compute, _save_npz, _load_npz, "npz")
+    a = analysis(exp)
+    t = a.split("test")
+    mc = cfe.mc_filters(a.masks[t.index], a.g[t.index])
+    orig = cfe.agreement(mc, masks[t.prediction.to_numpy()])
+    return {"original": {"recall": float(orig["recall"].mean()), "precision": float(orig["precision"].mean()),
+                         "mc_filters": float(mc.sum(1).mean())},
+            "debugged": {"recall": float(debugged["recall"].mean()), "precision": float(debugged["precision"].mean()),
+                         "mc_filters": float(debugged["n_mc"].mean())}}
+
+
+def msp_auroc(y_wrong: np.ndarray, logits: np.ndarray) -> float:
+    """AUROC of MSP (1 - max softmax) at detecting the wrong predictions of ``logits``."""
+    from . import metrics
+
+    p = torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)), 1).numpy()
+    return metrics.auroc(y_wrong, 1.0 - p.max(1))

@@ -223,3 +223,43 @@ def filter_heatmap(counts: np.ndarray, selected: np.ndarray, class_names, freque
            ylabel="class", title="Global MC filters per class")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- paper 2: debugging
+def debugging_curves(histories: dict):
+    """Per epoch, for each run (e.g. debugged vs control): cross-entropy, the MC and non-MC filter
+    sums of the loss (per batch), and validation accuracy."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    for label, h in histories.items():
+        for ax, col in zip(axes, ("ce", "mc", "non_mc", "val_acc")):
+            ax.plot(h["epoch"], h[col], marker="o", ms=3, label=label)
+    for ax, title in zip(axes, ("Cross-entropy", "sum f * M[y] (MC filters)", "sum f * (1 - M[y]) (others)",
+                                "Validation accuracy")):
+        ax.set(xlabel="epoch", title=title)
+    axes[-1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def gradcam_pairs(examples: list[dict]):
+    """Each example: the image, and the Grad-CAM of the original and of the debugged model over it.
+    ``examples``: dicts with image (H, W, C in [0, 1]), cams (two (h, w) maps), titles (three)."""
+    import torch
+    import torch.nn.functional as F
+
+    fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.6 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples):
+        img = ex["image"]
+        gray = img.shape[-1] == 1
+        show = img[..., 0] if gray else img
+        row[0].imshow(show, cmap="gray" if gray else None)
+        for ax, cam in zip(row[1:], ex["cams"]):
+            heat = F.interpolate(torch.as_tensor(cam, dtype=torch.float32)[None, None], size=img.shape[:2],
+                                 mode="bilinear", align_corners=False)[0, 0].numpy()
+            ax.imshow(show, cmap="gray" if gray else None)
+            ax.imshow(heat, cmap="jet", alpha=0.5)
+        for ax, title in zip(row, ex["titles"]):
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

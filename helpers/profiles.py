@@ -126,6 +126,18 @@ SCHEMA: dict[str, Any] = {
         "folds": (int, False, {"min": 2}),
         "disable_draws": (int, False, {"min": 1}),
     },
+    "debugging": {  # paper 2, eq. 4-8, sec. 4.3-4.4 (METHODS.md section 7)
+        "grid": (list, False, None),
+        "seeds": (int, False, {"min": 1, "max": 100}),
+        "frequency": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "lr": (_NUM, False, {"min": 0.0, "max": 10.0}),
+        "momentum": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        "batch_size": (int, False, {"min": 1}),
+        "epochs": (int, False, {"min": 1, "max": 1000}),
+        "trainable": ((str, list), False, None),
+        "augmentation": ((str, _OPT), False, ("none", "crop_flip", "crop")),
+        "n_bootstrap": (int, False, {"min": 10}),
+    },
 }
 
 #: Defaults filled in for optional keys a profile leaves out.
@@ -160,6 +172,11 @@ DEFAULTS: dict[str, Any] = {
     # batch 16, 10 epochs; tau 0.9, frequency 0.15, skip 0.9; the fixed rule recall < 0.3
     "cfe": {"sparsity": 2.0, "loss_scale": 0.001, "lr": 0.001, "momentum": 0.9, "batch_size": 16, "epochs": 10,
             "tau": 0.9, "frequency": 0.15, "skip": 0.9, "recall_threshold": 0.3, "folds": 5, "disable_draws": 5},
+    # the authors' values (METHODS.md 7): SGD 1e-4 / 0.9, batch 16, 20 epochs, last conv layer + head,
+    # class masks with frequency threshold 0; the grid holds the control (0, 0) and their two cells
+    "debugging": {"grid": [[0.0, 0.0], [1e-3, 2e-5], [4e-4, 2e-5], [1e-2, 2e-5], [1e-3, 2e-4], [1e-2, 2e-4]],
+                  "seeds": 3, "frequency": 0.0, "lr": 1e-4, "momentum": 0.9, "batch_size": 16, "epochs": 20,
+                  "trainable": "last_conv", "augmentation": None, "n_bootstrap": 2000},
 }
 
 

@@ -48,6 +48,9 @@ SECTIONS = [
     ("Counterfactual filters (notebook 04; paper 2, sections 3, 4.2)",
      ["cfe_global_filters", "cfe_disable", "cfe_table1", "detectors_cfe"],
      ["cfe_generator_training", "cfe_mask_sizes", "cfe_examples", "cfe_global_filters", "roc_cfe"]),
+    ("Model debugging (notebook 05; paper 2, sections 4.3, 4.4)",
+     ["debugging_grid", "debugging_seeds", "debugging_class_recall", "debugging_beyond"],
+     ["debugging_curves", "debugging_gradcam"]),
 ]
 
 
@@ -69,7 +72,7 @@ def headline_table(metrics: dict) -> str:
 
 #: the cached stages in pipeline order (helpers.experiment / helpers.pipeline)
 STAGE_ORDER = ["model", "model (committed checkpoint)", "predictions", "conductance", "conductance_detector", "lcr_screen", "lcr_preds",
-               "conductance_oof", "pooled_features", "cfe_generators"]
+               "conductance_oof", "pooled_features", "cfe_generators", "debug_run", "debug_agreement"]
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,263 @@
+"""Model debugging by retraining with counterfactual filters: paper 2, eq. 4-8 and sections 4.3-4.4.
+METHODS.md section 7 has the formulas and the authors' code's choices.
+
+The loss, as the authors' code computes it (the printed eq. 4 and 8 double-negate the MC term,
+which would PENALISE the class's own filters; the code does what the text intends):
+
+    L = CE_mean - l1 * sum_{batch,k} f * M[y] + l2 * sum_{batch,k} f * (1 - M[y])
+
+``f = ThresholdedReLU_0.5(sigmoid(g))`` from the pooled last-conv features ``g`` (before any
+dropout): ``sigmoid(g)`` for an active filter (``g > 0``), 0 for an inactive one.  ``M[y]`` is
+the global MC filter set of the TRUE class (built with frequency threshold 0 by default).
+
+Fine-tuning trains only some modules (default: the model's last conv layer, as declared in
+``models.LAYERS``, and the final linear layer).  Every run keeps the epoch with the best real
+validation accuracy; the control is the same run with ``l1 = l2 = 0`` (same seed, same data
+order).  With augmentation off, the frozen layers below the first trainable one give the same
+output every epoch: that input is computed once and only the trainable suffix runs (exact:
+tested against the full forward).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .cfe import thresholded_relu
+from .models import pooled_head
+from .training import augment
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fine-tuning settings; the defaults are the authors' (METHODS.md 7)."""
+
+    l1: float = 1e-3
+    l2: float = 2e-5
+    lr: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 16
+    epochs: int = 20
+    trainable: str | tuple = "last_conv"
+    augmentation: str = "none"
+
+    @classmethod
+    def from_profile(cls, cfg: dict, training: dict, **kw) -> "DebugConfig":
+        aug = cfg.get("augmentation") or training.get("augmentation", "none")
+        trainable = cfg.get("trainable", "last_conv")
+        return cls(**{**{k: cfg[k] for k in ("lr", "momentum", "batch_size", "epochs") if k in cfg},
+                      "trainable": tuple(trainable) if isinstance(trainable, list) else trainable,
+                      "augmentation": aug, **kw})
+
+
+def filter_activations(g: torch.Tensor) -> torch.Tensor:
+    """f = ThresholdedReLU_0.5(sigmoid(g)): the approximate binary activation of each filter."""
+    return thresholded_relu(torch.sigmoid(g))
+
+
+def debugging_loss(logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor, class_masks: torch.Tensor,
+                   l1: float, l2: float) -> tuple[torch.Tensor, dict]:
+    """The authors' debugging loss on one batch (CE a batch mean; the filter terms batch sums).
+    ``class_masks`` (C, K) in {0, 1}: the global MC filters of each class.  Returns the total and
+    its terms (ce, mc = sum f * M[y], non_mc = sum f * (1 - M[y]))."""
+    f = filter_activations(g)
+    m = class_masks[y]
+    ce = F.cross_entropy(logits, y)
+    mc = (f * m).sum()
+    non_mc = (f * (1.0 - m)).sum()
+    total = ce - l1 * mc + l2 * non_mc
+    return total, {"ce": ce.item(), "mc": mc.item(), "non_mc": non_mc.item(), "total": total.item()}
+
+
+# --------------------------------------------------------------------------- which layers train
+def trainable_names(model: nn.Module, spec) -> list[str]:
+    """Module names that fine-tuning trains: ``"last_conv"`` = the model's last conv layer
+    (``models.LAYERS``) and its final linear layer; ``"all"``; or a list of module names."""
+    layer, _ = pooled_head(model)
+    linear = model.gap_linear_head[1]
+    if spec == "last_conv":
+        return [layer, linear]
+    if spec == "all":
+        return [""]
+    names = [spec] if isinstance(spec, str) else list(spec)
+    known = dict(model.named_modules())
+    bad = [n for n in names if n not in known]
+    if bad:
+        top = [n for n in known if n and "." not in n]
+        raise ValueError(f"debugging.trainable: {bad} are not modules of the model; valid: 'last_conv', 'all' or "
+                         f"module names such as {', '.join(top)}")
+    return names
+
+
+def set_trainable(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """Freeze everything but the parameters of the named modules; return the trainable ones."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for n in names:
+        for p in model.get_submodule(n).parameters():
+            if not p.requires_grad:
+                p.requires_grad_(True)
+                params.append(p)
+    return params
+
+
+def suffix_cacheable(model: nn.Module, names: list[str], augmentation: str) -> bool:
+    """The frozen prefix can be computed once when nothing before the pooled layer trains and the
+    inputs do not change from epoch to epoch (no augmentation)."""
+    layer, _ = pooled_head(model)
+    return augmentation == "none" and set(names) <= {layer, model.gap_linear_head[1]}
+
+
+class Forward:
+    """The model's forward returning (logits, g), either from images (full forward) or from the
+    cached input of the pooled layer (the trainable suffix only)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.layer_name, self.linear = pooled_head(model)
+        self.layer = model.get_submodule(self.layer_name)
+
+    def full(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = {}
+        hook = self.layer.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
+        try:
+            logits = self.model(x)
+        finally:
+            hook.remove()
+        return logits, seen["a"].mean((2, 3))
+
+    def suffix(self, a_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.layer(a_in).mean((2, 3))
+        return self.linear(g), g
+
+    @torch.no_grad()
+    def prefix(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """The input of the pooled layer for every image (frozen layers, eval mode)."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            seen = {}
+            hook = self.layer.register_forward_pre_hook(lambda m, inp: seen.__setitem__("a", inp[0]))
+            try:
+                self.model(x[i:i + batch_size])
+            finally:
+                hook.remove()
+            out.append(seen["a"].detach().clone())
+        return torch.cat(out)
+
+
+@dataclass
+class FineTuneResult:
+    state_dict: dict
+    history: pd.DataFrame
+    best_epoch: int
+    cached_prefix: bool
+    seconds_per_epoch: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def _accuracy(fwd: Callable, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    correct = 0
+    for i in range(0, len(inputs), batch_size):
+        correct += (fwd(inputs[i:i + batch_size])[0].argmax(1) == labels[i:i + batch_size]).sum().item()
+    return correct / max(len(inputs), 1)
+
+
+def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+              y_val: torch.Tensor, class_masks: torch.Tensor, cfg: DebugConfig, l1: float, l2: float,
+              seed: int = 0, cache_prefix: bool | None = None, progress: bool = False,
+              on_step: Callable | None = None, prefix_inputs: tuple | None = None) -> FineTuneResult:
+    """Fine-tune a copy of ``model`` with the debugging loss (``l1 = l2 = 0``: the CE-only control).
+
+    BatchNorm layers keep their running statistics (the model stays in eval mode: with batch 16
+    their batch statistics would be noise; the ResNet20 and the small CNN have no dropout).  Data
+    order: a ``torch.Generator`` seeded with ``seed``, the same for the debugged run and its
+    control.  Returns the state of the epoch with the best validation accuracy (the earliest on a
+    tie) and the per-epoch history (loss terms, running train accuracy, validation accuracy)."""
+    import time
+
+    model = copy.deepcopy(model).eval()
+    names = trainable_names(model, cfg.trainable)
+    params = set_trainable(model, names)
+    fwd = Forward(model)
+    cache = suffix_cacheable(model, names, cfg.augmentation) if cache_prefix is None else cache_prefix
+    if cache and not suffix_cacheable(model, names, cfg.augmentation):
+        raise ValueError("fine_tune: cache_prefix=True needs augmentation 'none' and only the last conv layer "
+                         "and the head trainable")
+    if cache:
+        inputs_tr, inputs_va = prefix_inputs if prefix_inputs is not None else (fwd.prefix(x_train), fwd.prefix(x_val))
+        step_fwd = fwd.suffix
+    else:
+        inputs_tr, inputs_va, step_fwd = x_train, x_val, fwd.full
+    masks = class_masks.float()
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    gen = torch.Generator().manual_seed(int(seed))
+    aug_gen = torch.Generator().manual_seed(int(seed) + 1)
+    n = len(y_train)
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    history = []
+    seconds = []
+    bar = tqdm(range(cfg.epochs), desc=f"fine-tune l1={l1:g} l2={l2:g}", disable=not progress, mininterval=5.0)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=gen)
+        sums, correct, n_batches = {}, 0, 0
+        for s in range(0, n, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            xb = inputs_tr[idx]
+            if not cache:
+                xb = augment(xb, cfg.augmentation, aug_gen)
+            logits, g = step_fwd(xb)
+            loss, terms = debugging_loss(logits, y_train[idx], g, masks, l1, l2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_step is not None:
+                on_step(model)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            correct += (logits.argmax(1) == y_train[idx]).sum().item()
+            n_batches += 1
+        seconds.append(time.perf_counter() - t0)
+        val_acc = _accuracy(step_fwd, inputs_va, y_val)
+        row = {"epoch": epoch + 1, **{k: v / n_batches for k, v in sums.items()},
+               "train_acc_running": correct / n, "val_acc": val_acc}
+        history.append(row)
+        if val_acc > best[0]:
+            best = (val_acc, epoch + 1, copy.deepcopy(model.state_dict()))
+        bar.set_postfix(val_acc=f"{val_acc:.4f}")
+    return FineTuneResult(best[2], pd.DataFrame(history), best[1], cache,
+                          float(np.mean(seconds)) if seconds else 0.0)
+
+
+# --------------------------------------------------------------------------- is the gain real?
+def paired_statistics(correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap: int = 2000,
+                      seed: int = 0) -> dict:
+    """Debugged (a) against control (b), paired by seed (rows) and test image (columns): the mean
+    difference of test accuracy, a bootstrap 95 % interval over test images (the same resampled
+    images for every seed and both arms), and a paired t-test over seeds (NaN with one seed)."""
+    from scipy import stats
+
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"paired_statistics: need two (seeds, images) arrays of one shape, got {a.shape}, {b.shape}")
+    diff_per_image = (a - b).mean(0)                  # mean over seeds, per test image
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    boots = np.array([diff_per_image[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
+    per_seed = a.mean(1) - b.mean(1)
+    if len(per_seed) > 1 and np.std(per_seed) > 0:
+        p = float(stats.ttest_rel(a.mean(1), b.mean(1)).pvalue)
+    else:
+        p = float("nan") if len(per_seed) < 2 else (0.0 if per_seed[0] != 0 else 1.0)
+    return {"mean": float(per_seed.mean()), "ci_low": float(np.quantile(boots, 0.025)),
+            "ci_high": float(np.quantile(boots, 0.975)), "p_value": p, "per_seed": per_seed.tolist(),
+            "n_seeds": int(a.shape[0])}
