@@ -15,7 +15,7 @@ import torch
 
 from helpers.utils import atomic_write_json
 
-from . import bench_conductance, bench_lcr, bench_lcr_matrix
+from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -29,7 +29,7 @@ def main(argv=None):
     results = {"machine": {"cpu_count": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                            "torch": torch.__version__, "python": platform.python_version(), "quick": a.quick}}
-    for mod in (bench_conductance, bench_lcr, bench_lcr_matrix):
+    for mod in (bench_conductance, bench_lcr, bench_lcr_matrix, bench_cfe, bench_debugging):
         results.update(mod.run(quick=a.quick))
     results["machine"]["total_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(a.out, results)

@@ -19,6 +19,7 @@ tested against the full forward).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from .cfe import thresholded_relu
 from .models import pooled_head
 from .training import augment
+from .utils import torch_threads
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ def _accuracy(fwd: Callable, inputs: torch.Tensor, labels: torch.Tensor, batch_s
 def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
               y_val: torch.Tensor, class_masks: torch.Tensor, cfg: DebugConfig, l1: float, l2: float,
               seed: int = 0, cache_prefix: bool | None = None, progress: bool = False,
-              on_step: Callable | None = None, prefix_inputs: tuple | None = None) -> FineTuneResult:
+              on_step: Callable | None = None, prefix_inputs: tuple | None = None,
+              threads: int | None = 1) -> FineTuneResult:
     """Fine-tune a copy of ``model`` with the debugging loss (``l1 = l2 = 0``: the CE-only control).
 
     BatchNorm layers keep their running statistics (the model stays in eval mode: with batch 16
@@ -182,6 +185,14 @@ def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_
     order: a ``torch.Generator`` seeded with ``seed``, the same for the debugged run and its
     control.  Returns the state of the epoch with the best validation accuracy (the earliest on a
     tie) and the per-epoch history (loss terms, running train accuracy, validation accuracy)."""
+    ctx = torch_threads(threads) if threads else contextlib.nullcontext()
+    with ctx:
+        return _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, seed, cache_prefix,
+                          progress, on_step, prefix_inputs)
+
+
+def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, seed, cache_prefix, progress,
+               on_step, prefix_inputs) -> FineTuneResult:
     import time
 
     model = copy.deepcopy(model).eval()

@@ -89,3 +89,16 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads, then restore the count.  Loops of many tiny ops
+    (batch-16 training of small layers) run fastest on one thread; with two threads on a busy
+    2-core machine each op waits for a descheduled worker (``make bench``, cfe: 8-14x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
