@@ -57,8 +57,8 @@ def pooled_table(exp: Experiment) -> dict:
                                "models.LAYERS declares the wrong pooled layer or linear head for this model")
         return {"id": np.concatenate(ids).astype(str), "split": np.array(splits), "g": g.numpy().astype(np.float32)}
 
+    pred_ids = exp.predictions["id"].to_numpy().astype(str)  # upstream first: each stage times only itself
     z = exp.stage("pooled_features", pooled_params(exp), compute, _save_npz, _load_npz, "npz")
-    pred_ids = exp.predictions["id"].to_numpy().astype(str)
     if not np.array_equal(z["id"].astype(str), pred_ids):
         raise RuntimeError("cfe: pooled features and the prediction table disagree on sample ids (stale cache?)")
     return z
@@ -83,9 +83,9 @@ def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
     gcfg = generator_config(exp)
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
     n_classes = len(exp.data.classes)
+    z = pooled_table(exp)  # upstream outside compute(): each stage's logged cost is its own
 
     def compute():
-        z = pooled_table(exp)
         g = torch.from_numpy(z["g"][z["split"] == "train"])
         gens, hist = cfe.train_generators(g, len(g), frozen_head(exp), range(n_classes), gcfg, seed=exp.seed,
                                           progress=exp.progress)
@@ -386,6 +386,7 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
 
     cfg = debug_config(exp)
     masks = debug_masks(exp)
+    exp.predictions  # upstream outside compute(): each stage's logged cost is its own
     params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "cfg": cfg.__dict__, "l1": l1,
               "l2": l2, "seed": int(seed), "masks": np.packbits(masks).tobytes().hex()}
 
