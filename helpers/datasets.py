@@ -144,6 +144,12 @@ class DataBundle:
         return pd.concat(frames, ignore_index=True)
 
 
+def denormalize(dataset, x) -> np.ndarray:
+    """A normalised image tensor (C, H, W) of ``dataset`` as an (H, W, C) array in [0, 1] for imshow."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.clip((x * dataset.std.numpy() + dataset.mean.numpy()).transpose(1, 2, 0), 0, 1)
+
+
 # --------------------------------------------------------------------------- helpers
 def data_search_dirs(cfg: dict) -> list[Path]:
     """Where data is looked for, in order: profile ``data_dir``, $COMPANION_DATA_DIR, ./data, ../shared/data."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .cfe import thresholded_relu
-from .models import pooled_head
+from .models import pooled_forward, pooled_head
 from .training import augment
 from .utils import torch_threads
 
@@ -128,13 +128,7 @@ class Forward:
         self.layer = model.get_submodule(self.layer_name)
 
     def full(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seen = {}
-        hook = self.layer.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
-        try:
-            logits = self.model(x)
-        finally:
-            hook.remove()
-        return logits, seen["a"].mean((2, 3))
+        return pooled_forward(self.model, x)
 
     def suffix(self, a_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.layer(a_in).mean((2, 3))

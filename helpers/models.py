@@ -265,10 +265,9 @@ def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
     return layer, lin
 
 
-@torch.no_grad()
-def pooled_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(g, logits)`` of a batch: ``g`` = the global average pool of the pooled layer's output (the
-    vector the head's linear layer sees; dropout is the identity in eval mode)."""
+def pooled_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, g)`` of a batch, differentiable: ``g`` = the global average pool of the pooled
+    layer's output (the vector the head's linear layer sees; dropout is the identity in eval mode)."""
     layer, _ = pooled_head(model)
     seen = {}
     hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
@@ -276,4 +275,11 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
         logits = model(x)
     finally:
         hook.remove()
-    return seen["a"].float().mean((2, 3)), logits.float()
+    return logits, seen["a"].mean((2, 3))
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, logits)`` of a batch, without gradients, as float32 (paper 2's cached features)."""
+    logits, g = pooled_forward(model, x)
+    return g.float(), logits.float()

@@ -16,6 +16,7 @@ import torch
 
 from . import cfe
 from .experiment import Experiment, StageNotCached
+from .datasets import denormalize
 from .models import pooled_features, pooled_head
 from .pipeline import SPLIT_ORDER, _load_npz, _save_npz
 from .training import iterate_batches, logits_of
@@ -310,8 +311,7 @@ def example(exp: Experiment, a: CFEAnalysis, sample_id: str) -> dict:
         hook.remove()
     maps = seen["a"][0].float().cpu().numpy()
     mc = cfe.mc_filters(a.masks[row.name][None], a.g[row.name][None])[0]
-    ds = sd.dataset
-    image = np.clip((x.numpy() * ds.std.numpy() + ds.mean.numpy()).transpose(1, 2, 0), 0, 1)
+    image = denormalize(sd.dataset, x)
     names = exp.data.classes
     return {"image": image, "maps": maps[mc].sum(0) if mc.any() else np.zeros(maps.shape[1:]),
             "title": f"{'correct' if row.correct else 'WRONG'}: {names[row.label]} -> {names[row.prediction]} "
@@ -512,8 +512,7 @@ def gradcam_examples(exp: Experiment, debugged: torch.nn.Module, debugged_test_l
         for model, pred in ((exp.model, pred0[i]), (debugged, pred1[i])):
             gc = LayerGradCam(model, model.get_submodule(model.last_conv_layer))
             cams.append(gc.attribute(x, target=int(pred), relu_attributions=True)[0, 0].detach().cpu().numpy())
-        ds = sd.dataset
-        image = np.clip((x[0].cpu().numpy() * ds.std.numpy() + ds.mean.numpy()).transpose(1, 2, 0), 0, 1)
+        image = denormalize(sd.dataset, x[0])
         out.append({"image": image, "cams": cams,
                     "titles": [f"{kind}: true {names[y[i]]}", f"original: {names[pred0[i]]} ({p0[i, pred0[i]]:.2f})",
                                f"debugged: {names[pred1[i]]} ({p1[i, pred1[i]]:.2f})"]})

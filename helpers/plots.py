@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .datasets import denormalize
+
 PALETTE = {"correct": "#4C72B0", "wrong": "#C44E52"}
 
 
@@ -24,7 +26,6 @@ def sample_grid(data, split: str = "train", per_class: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9))
     ds = sd.dataset
-    mean, std = ds.mean.numpy(), ds.std.numpy()
     for ci, name in enumerate(classes):
         pos = np.flatnonzero(sd.labels == ci)
         pick = rng.choice(pos, size=min(per_class, len(pos)), replace=False) if len(pos) else []
@@ -32,8 +33,7 @@ def sample_grid(data, split: str = "train", per_class: int = 6, seed: int = 0):
             ax = axes[ci, j]
             ax.axis("off")
             if j < len(pick):
-                x = ds[int(pick[j])][0].numpy() * std + mean
-                x = np.clip(x.transpose(1, 2, 0), 0, 1)
+                x = denormalize(ds, ds[int(pick[j])][0])
                 ax.imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray" if x.shape[-1] == 1 else None)
         axes[ci, 0].set_title(str(name), fontsize=8, loc="left", x=-0.1, y=0.2, rotation=0, ha="right")
     fig.suptitle(f"{split} samples", y=1.0)
