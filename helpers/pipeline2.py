@@ -8,6 +8,7 @@ METHODS.md section 6 has the method; ``helpers.cfe`` the pieces.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,8 +332,9 @@ def debug_grid(exp: Experiment) -> list[tuple[float, float]]:
     cells = []
     for cell in exp.cfg["debugging"]["grid"]:
         if (not isinstance(cell, (list, tuple)) or len(cell) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cell)):
-            raise ValueError(f"debugging.grid: {cell!r} is not valid; each cell is [l1, l2] with numbers >= 0, "
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+                           for v in cell)):
+            raise ValueError(f"debugging.grid: {cell!r} is not valid; each cell is [l1, l2] with finite numbers >= 0, "
                              "e.g. [[0, 0], [0.001, 0.00002]]")
         cells.append((float(cell[0]), float(cell[1])))
     if not any(c != (0.0, 0.0) for c in cells):
