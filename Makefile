@@ -1,23 +1,25 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
 #   make test      set up, then run the unit tests and the nbval regression of the notebooks
+#   make lab       set up, then open JupyterLab on notebooks/ with the project's kernel (LAB_ARGS="--no-browser --port 8890")
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= digits
 STAMP   := $(VENV)/.installed
+LAB_ARGS ?=
 
 # Our venv's kernelspec first, whatever "python3" kernels the user has elsewhere.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYTHONHASHSEED := 0
 
-.PHONY: setup figures test bench clean-artifacts
+.PHONY: setup figures test lab bench clean-artifacts
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[notebooks,test]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (companion)" > /dev/null
 	touch $(STAMP)
 
@@ -27,6 +29,10 @@ figures: $(STAMP)
 test: $(STAMP)
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax \
 		--nbval-kernel-name python3 -p no:cacheprovider
+
+# The venv's JupyterLab; JUPYTER_PATH (above) puts the venv's "python3" kernel ("Python 3 (companion)") first.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(LAB_ARGS)
 
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all

@@ -46,6 +46,13 @@ def output_root() -> Path:
     return Path(os.environ.get("COMPANION_OUTPUT_DIR") or REPO_ROOT / "figures")
 
 
+def default_output_dir(name: str, overrides: dict | None = None) -> Path:
+    """figures/<profile>/, or figures/<profile>-<hash of the overrides>/ for a run with overrides, so
+    that an override run (from the runner, papermill's CLI or Jupyter) never writes over the
+    profile's committed results; under $COMPANION_OUTPUT_DIR when set."""
+    return output_root() / (f"{name}-{params_hash(overrides, length=8)}" if overrides else name)
+
+
 def sidecar_of(path: Path) -> Path:
     """The JSON sidecar of a cached stage file: params, versions, device and cost."""
     return path.with_suffix(path.suffix + ".json")
@@ -62,7 +69,8 @@ class Experiment:
     """Settings, cached stages and outputs of one profile.
 
     ``Experiment("digits")`` or ``Experiment("params/my.yaml", {"training.epochs": 1})``.
-    ``output_dir`` defaults to figures/<name>/ (or $COMPANION_OUTPUT_DIR/<name>/); ``artifacts_dir`` to artifacts/<name>/
+    ``output_dir`` defaults to figures/<name>/ (or $COMPANION_OUTPUT_DIR/<name>/; with overrides,
+    <name>-<hash of the overrides>/: :func:`default_output_dir`); ``artifacts_dir`` to artifacts/<name>/
     (or $COMPANION_ARTIFACTS/<name>/).
     """
 
@@ -72,7 +80,7 @@ class Experiment:
         self.name = self.cfg["name"]
         self.device = get_device(self.cfg["device"])
         self.seed = self.cfg["seed"]
-        self.output_dir = Path(output_dir) if output_dir else output_root() / self.name
+        self.output_dir = Path(output_dir) if output_dir else default_output_dir(self.name, overrides)
         self.artifacts_dir = cache_root() / self.name
         self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
         self.timings: dict[str, float] = {}

@@ -7,19 +7,25 @@
 The default profile's executed notebooks replace the committed ones in notebooks/
 (so they carry the outputs nbval compares); any other profile's go to
 figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<profile>/.
+
+The console shows only the progress lines: the kernels are started with transport encryption
+(CurveZMQ keys provisioned by the kernel manager; IPC sockets where pyzmq lacks CurveZMQ), so
+ipykernel has no plain-TCP warning to print, and a finished kernel is shut down without the
+interrupt that could land in its last reply ("KeyboardInterrupt caught in kernel").
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from .experiment import output_root
-from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
+from .experiment import default_output_dir, output_root
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile
 from .utils import atomic_write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -42,6 +48,42 @@ def _parse_set(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         out[k] = yaml.safe_load(v)
     return out
+
+
+def kernel_config():
+    """Kernel manager settings for the batch runs: a kernel that declares CurveZMQ support (ipykernel's
+    kernelspec does) gets manager-provisioned keys, so its TCP traffic is encrypted and it does not print
+    ``Kernel is running over TCP without encryption``; without CurveZMQ in pyzmq, local IPC sockets
+    (POSIX) instead of TCP."""
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    c = Config()
+    if zmq.has("curve") and "transport_encryption" in KernelManager.class_trait_names():  # jupyter_client >= 8.10
+        c.KernelManager.transport_encryption = "auto"
+    elif os.name == "posix":
+        c.KernelManager.transport = "ipc"
+    return c
+
+
+def kernel_manager_class():
+    """jupyter_client's AsyncKernelManager, except that shutting a kernel down does not interrupt it first.
+
+    papermill shuts the kernel down only once the notebook has finished (its last request, kernel_info,
+    answered), so there is nothing to interrupt; the SIGINT jupyter_client sends anyway can reach the kernel
+    while it still finishes that request, and it then logs ``KeyboardInterrupt caught in kernel`` to the
+    console.  The graceful shutdown request follows as usual (and a kernel that ignores it is killed).
+    Interrupts at other times (a cell's timeout) are unchanged."""
+    from jupyter_client import AsyncKernelManager
+
+    class BatchKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return BatchKernelManager
 
 
 def _strip_run_metadata(path: Path) -> None:
@@ -72,7 +114,7 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     name = cfg["name"]
     default_run = profile == DEFAULT_PROFILE and not overrides and not output_dir
     if overrides and not output_dir:  # never mix an override run into the profile's own results
-        output_dir = str(REPO_ROOT / "figures" / f"{name}-{params_hash(overrides, length=8)}")
+        output_dir = str(default_output_dir(name, overrides))
     if output_dir:
         output_dir = str(Path(output_dir).resolve())  # the notebooks run with notebooks/ as working directory
     fig_dir = Path(output_dir) if output_dir else output_root() / name  # where the notebooks put figures
@@ -84,11 +126,13 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     if not only and stages.is_file():
         stages.unlink()
     timings = {}
+    config, manager = kernel_config(), kernel_manager_class()
     for nb in notebooks(only):
         t0 = time.perf_counter()
         print(f"[{name}] {nb.name} ...", flush=True)
         pm.execute_notebook(str(nb), str(out_nb_dir / nb.name), parameters=params, kernel_name=kernel,
-                            cwd=str(NOTEBOOK_DIR), progress_bar=False)
+                            cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
+                            kernel_manager_class=manager)
         _strip_run_metadata(out_nb_dir / nb.name)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)

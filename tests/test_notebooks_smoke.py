@@ -12,7 +12,8 @@ TINY_CIFAR = {"training.epochs": 1, "training.batch_size": 64, "split.limit_trai
               "split.limit_test": 150, "conductance.detector.epochs": 3, "joint.folds": 2,
               "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.01], "lcr.grid_mutants": 2,
               "lcr.n_mutants": 4, "metrics.n_bootstrap": 50,
-              "checkpoint": None, "lcr.compile": False, "cfe.epochs": 2}  # train the tiny model; no compilation for 4 mutants
+              "checkpoint": None, "lcr.compile": False, "cfe.epochs": 2,
+              "debugging.epochs": 1, "debugging.seeds": 2, "debugging.grid": [[0, 0], [1e-3, 2e-5]]}  # train the tiny model; no compilation for 4 mutants
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
@@ -31,6 +32,9 @@ def test_notebook_sequence_cifar10_tiny(tmp_path):
         assert set(m["detectors"][name]) == {"val", "test"}, name
     assert set(m["cfe"]["table1"]) == {"avg_recall", "avg_f1", "recall_lt_0.3"}
     assert 0 < m["cfe"]["generators"]["mean_active_filters"] <= 64
+    d = m["debugging"]  # notebook 05, with crop+flip augmentation: the full-forward path
+    assert d["debugged"]["n_seeds"] == d["control"]["n_seeds"] == 2 and len(d["grid"]) == 2
+    assert d["difference"]["ci_low"] <= d["difference"]["mean"] <= d["difference"]["ci_high"]
     assert "airplane" in (out / "splits.md").read_text()
-    assert (out / "report.md").is_file() and (out / "notebooks" / "04_cfe_filters.ipynb").is_file()
+    assert (out / "report.md").is_file() and (out / "notebooks" / "05_model_debugging.ipynb").is_file()
     assert "Counterfactual filters" in (out / "report.md").read_text()
