@@ -261,8 +261,8 @@ def paired_statistics(correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap:
     per_seed = a.mean(1) - b.mean(1)
     if len(per_seed) > 1 and np.std(per_seed) > 0:
         p = float(stats.ttest_rel(a.mean(1), b.mean(1)).pvalue)
-    else:
-        p = float("nan") if len(per_seed) < 2 else (0.0 if per_seed[0] != 0 else 1.0)
+    else:  # one seed, or the same difference in every seed: the t-test is undefined (no difference: 1)
+        p = 1.0 if len(per_seed) > 1 and per_seed[0] == 0 else float("nan")
     return {"mean": float(per_seed.mean()), "ci_low": float(np.quantile(boots, 0.025)),
             "ci_high": float(np.quantile(boots, 0.975)), "p_value": p, "per_seed": per_seed.tolist(),
             "n_seeds": int(a.shape[0])}

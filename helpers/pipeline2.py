@@ -522,16 +522,18 @@ def gradcam_examples(exp: Experiment, debugged: torch.nn.Module, debugged_test_l
 
 
 def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
-    """Beyond the paper: do the debugged model's own MC filters agree more with the class masks M that
-    it was trained towards?  New CFE generators are trained for the debugged model (on its pooled
-    features, its head; the profile's CFE settings) and its test predictions' MC filters are
-    compared with M of the predicted class, against the original model's (cached)."""
+    """Beyond the paper: do a fine-tuned model's own MC filters agree more with the class masks M
+    that the debugged model was trained towards?  New CFE generators are trained for the fine-tuned
+    model (on its pooled features, its head; the profile's CFE settings) and its test predictions'
+    MC filters are compared with M of the predicted class, beside the original model's (cached).
+    Run it for the debugged cell and for the control (0, 0): fine-tuning alone moves them too."""
     from .debugging import Forward
 
     run = debug_run(exp, l1, l2, seed)
-    params = {"run": {"model": exp.model_params, "l1": l1, "l2": l2, "seed": int(seed),
-                      "cfg": debug_config(exp).__dict__}, "cfe": generator_config(exp).__dict__}
     masks = debug_masks(exp)
+    params = {"run": {"model": exp.model_params, "l1": l1, "l2": l2, "seed": int(seed),
+                      "cfg": debug_config(exp).__dict__}, "cfe": generator_config(exp).__dict__,
+              "masks": np.packbits(masks).tobytes().hex()}
 
     def compute():
         model = debugged_model(exp, l1, l2, seed).cpu()
@@ -556,8 +558,8 @@ def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict
     orig = cfe.agreement(mc, masks[t.prediction.to_numpy()])
     return {"original": {"recall": float(orig["recall"].mean()), "precision": float(orig["precision"].mean()),
                          "mc_filters": float(mc.sum(1).mean())},
-            "debugged": {"recall": float(debugged["recall"].mean()), "precision": float(debugged["precision"].mean()),
-                         "mc_filters": float(debugged["n_mc"].mean())}}
+            "fine-tuned": {"recall": float(debugged["recall"].mean()), "precision": float(debugged["precision"].mean()),
+                           "mc_filters": float(debugged["n_mc"].mean())}}
 
 
 def msp_auroc(y_wrong: np.ndarray, logits: np.ndarray) -> float:

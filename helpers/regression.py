@@ -8,7 +8,8 @@ exception, so nbval fails) when a headline number moved by more than its toleran
 
 Tolerances (absolute) come from measurement (README, "Regression tolerance"): the largest move
 seen on the default profile between 1 and 2 threads and between AVX2 and SSE4.1 kernels, times
-about 1.5-2.  A flipped prediction moves an accuracy by 1/450 on the default profile's test
+about 1.5-2 for the detectors, with a floor of a few flipped predictions where almost nothing
+moved (CFE statistics, debugging accuracies).  A flipped prediction moves an accuracy by 1/450 on the default profile's test
 split and a recall of errors by 1/52; recalls at a threshold chosen on validation move most,
 because the threshold itself moves.
 """
@@ -31,13 +32,13 @@ TOLERANCES: list[tuple[str, float]] = [
     ("detectors.*.wrong_recall", 0.15),                   # 0.083 (4 of the 52 test errors)
     ("lcr.sprt.auroc", 0.03),                             # 0.006
     ("relay.*.accuracy", 0.04),                           # 0.020
-    ("cfe.generators.mean_active_filters", 1.0),          # 0.017
-    ("cfe.generators.masked_agreement", 0.05),            # 0.001
+    ("cfe.generators.mean_active_filters", 0.1),          # 0.017
+    ("cfe.generators.masked_agreement", 0.01),            # 0.001
     ("cfe.table1.*.errors_detected_fraction", 0.12),      # 0.062
     ("cfe.disable.*", 0.06),                              # 0.027
-    ("debugging.*.test_accuracy", 0.02),                  # the original model (see model.accuracy)
-    ("debugging.*.test_accuracy_mean", 0.02),
-    ("debugging.difference.mean", 0.02),
+    ("debugging.*.test_accuracy", 0.01),                  # 0.002 (one test digit is 0.0022)
+    ("debugging.*.test_accuracy_mean", 0.01),             # 0.002
+    ("debugging.difference.mean", 0.01),                  # 0.004
 ]
 
 
