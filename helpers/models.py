@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16")
+MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "squeezenet1_1")
 
 #: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
 RESNET20_URL = (
@@ -209,6 +209,59 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None):
     return model
 
 
+# ----------------------------------------------------------------------------- SqueezeNet 1.1
+class SqueezeNetGAP(nn.Module):
+    """torchvision's SqueezeNet 1.1 features with paper 2's head shape: global average pooling of the
+    last fire module (``features.12``, 512 filters, 13x13 at 224x224) and one linear layer, so exact
+    conductance and the CFE head both apply (torchvision's own head is a 1x1 conv before the pool)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        import torchvision
+
+        self.features = torchvision.models.squeezenet1_1(weights=None).features
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def _load_squeezenet_features(model: SqueezeNetGAP, weights: str, search_dirs) -> None:
+    """``pretrained``: torchvision's ImageNet weights (torchvision's normalisation) when online; a
+    path (or ``squeezenet1_1-imagenet-caffe.pth`` in a search dir): a state dict of the features
+    (``features.*`` keys; the shared file expects Caffe normalisation, see its README)."""
+    if weights == "pretrained":
+        try:
+            import torchvision
+
+            tv = torchvision.models.squeezenet1_1(weights=torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1)
+            model.features.load_state_dict(tv.features.state_dict())
+            return
+        except Exception as exc:  # offline: look for the local file below
+            reason = f"{type(exc).__name__}: {exc}"
+        cands = [Path(d) / "squeezenet1_1-imagenet-caffe.pth" for d in search_dirs]
+    else:
+        reason = None
+        cands = [Path(weights).expanduser()] + [Path(d) / Path(weights).name for d in search_dirs]
+    path = next((c for c in cands if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            "weights: could not find SqueezeNet 1.1 features; looked at:\n  " + "\n  ".join(map(str, cands))
+            + (f"\n(torchvision download failed: {reason})" if reason else "")
+            + "\nGive a path such as ../shared/weights/squeezenet1_1-imagenet-caffe.pth (Caffe normalisation, "
+              "see its README) or go online for `pretrained`.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    if not feats:
+        raise ValueError(f"weights: {path} has no 'features.*' keys; it is not a SqueezeNet 1.1 state dict")
+    model.features.load_state_dict(feats)
+    if weights == "pretrained":
+        warnings.warn(f"weights='pretrained': torchvision is offline, using {path}, which expects Caffe "
+                      "normalisation (mean [0.485, 0.458, 0.408], std [1/255] * 3), not torchvision's",
+                      stacklevel=3)
+
+
 # ----------------------------------------------------------------------------- registry
 #: name -> (last conv layer, gap+linear head or None).  The one place layer names live.
 LAYERS = {
@@ -218,6 +271,8 @@ LAYERS = {
     "inception_v3": ("Mixed_7c", ("Mixed_7c", "fc")),
     # VGG16: the last conv block (conv5_3 + ReLU) is followed by max-pool and a 3-layer MLP
     "vgg16": ("features.29", None),
+    # SqueezeNet 1.1: the last fire module (fire9, 512 filters) -> global average pool -> linear
+    "squeezenet1_1": ("features.12", ("features.12", "linear")),
 }
 
 
@@ -237,6 +292,10 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str 
         model = ResNet20(num_classes, in_channels)
         if weights not in (None, "none"):
             load_resnet20_checkpoint(model, _resolve_resnet20_weights(weights, search_dirs))
+    elif name == "squeezenet1_1":
+        model = SqueezeNetGAP(num_classes)
+        if weights not in (None, "none"):
+            _load_squeezenet_features(model, weights, search_dirs)
     else:
         model = _torchvision_model(name, num_classes, weights)
     model.last_conv_layer, model.gap_linear_head = LAYERS[name]

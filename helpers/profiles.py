@@ -39,7 +39,7 @@ SCHEMA: dict[str, Any] = {
     "dataset": (str, True, ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
-    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16")),
+    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16", "squeezenet1_1")),
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
     "if_no_checkpoint": (str, False, ("error", "train")),

@@ -64,3 +64,29 @@ def test_torchvision_models_heads_layers_and_offline_notice():
     stepped = layer_conductance(inc, "Mixed_7c", x, method="riemann")
     # random-init InceptionV3 gives conductances near 1e6: compare relative to the largest (float32)
     assert (exact - stepped).abs().max() <= 1e-5 * exact.abs().max()
+
+
+def test_squeezenet_gap_head_and_layers():
+    """SqueezeNet 1.1 with paper 2's head: GAP of fire9 (512 filters) + linear, declared in LAYERS."""
+    from helpers.models import build_model, pooled_features, pooled_head
+
+    model = build_model("squeezenet1_1", 5).eval()
+    assert model.last_conv_layer == "features.12" and model.gap_linear_head == ("features.12", "linear")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    g, logits = pooled_features(model, x)
+    assert g.shape == (2, 512) and logits.shape == (2, 5)
+    torch.testing.assert_close(pooled_head(model)[1](g), logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "squeezenet1_1-imagenet-caffe.pth").is_file(), reason="../shared/weights absent")
+def test_squeezenet_loads_the_shared_features(tmp_path):
+    """The shared Caffe-converted features load into every fire module; a wrong path names itself."""
+    from helpers.models import build_model
+
+    path = SHARED_WEIGHTS / "squeezenet1_1-imagenet-caffe.pth"
+    model = build_model("squeezenet1_1", 3, weights=str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for k, v in state.items():
+        torch.testing.assert_close(model.get_parameter(k), v)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_model("squeezenet1_1", 3, weights=str(tmp_path / "nowhere.pth"))
