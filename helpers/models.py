@@ -324,17 +324,22 @@ def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
     return layer, lin
 
 
-def pooled_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, g)`` of a batch, differentiable: ``g`` = the global average pool of the pooled
-    layer's output (the vector the head's linear layer sees; dropout is the identity in eval mode)."""
-    layer, _ = pooled_head(model)
+def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, output of the module named layer)`` of one forward pass (a forward hook)."""
     seen = {}
     hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
     try:
         logits = model(x)
     finally:
         hook.remove()
-    return logits, seen["a"].mean((2, 3))
+    return logits, seen["a"]
+
+
+def pooled_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, g)`` of a batch, differentiable: ``g`` = the global average pool of the pooled
+    layer's output (the vector the head's linear layer sees; dropout is the identity in eval mode)."""
+    logits, a = layer_output(model, pooled_head(model)[0], x)
+    return logits, a.mean((2, 3))
 
 
 @torch.no_grad()

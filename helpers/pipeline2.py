@@ -18,7 +18,7 @@ import torch
 from . import cfe
 from .experiment import Experiment, StageNotCached
 from .datasets import denormalize
-from .models import pooled_features, pooled_head
+from .models import layer_output, pooled_features, pooled_head
 from .pipeline import SPLIT_ORDER, _load_npz, _save_npz
 from .training import iterate_batches, logits_of
 
@@ -302,15 +302,8 @@ def example(exp: Experiment, a: CFEAnalysis, sample_id: str) -> dict:
     sd = exp.data[row.split]
     pos = int(np.flatnonzero(sd.ids.astype(str) == sample_id)[0])
     x, _ = sd.dataset[pos]
-    layer, _ = pooled_head(exp.model)
-    seen = {}
-    hook = exp.model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
-    try:
-        with torch.no_grad():
-            exp.model(x[None].to(exp.device))
-    finally:
-        hook.remove()
-    maps = seen["a"][0].float().cpu().numpy()
+    with torch.no_grad():
+        maps = layer_output(exp.model, pooled_head(exp.model)[0], x[None].to(exp.device))[1][0].float().cpu().numpy()
     mc = cfe.mc_filters(a.masks[row.name][None], a.g[row.name][None])[0]
     image = denormalize(sd.dataset, x)
     names = exp.data.classes
