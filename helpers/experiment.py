@@ -85,6 +85,9 @@ class Experiment:
         self.progress = (os.environ.get("TQDM_DISABLE", "0") in ("", "0")) if progress is None else progress
         self.timings: dict[str, float] = {}
         self._cache_only = False
+        #: results derived in memory from cached stages, kept for this experiment's lifetime (e.g. the
+        #: CFE analysis that notebook 05 needs for every fine-tune's class masks)
+        self.memory: dict[str, Any] = {}
         if self.cfg["threads"]:  # float sums depend on the thread count: fix it where the profile asks
             torch.set_num_threads(self.cfg["threads"])
         if self.device.type == "cpu":  # free on a CPU; on CUDA it would cost speed and need cuBLAS settings

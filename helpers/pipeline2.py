@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from . import cfe
+from .baselines import baseline_scores
 from .experiment import Experiment, StageNotCached
 from .datasets import denormalize
 from .models import layer_output, pooled_features, pooled_head
@@ -135,9 +136,13 @@ class CFEAnalysis:
 def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnalysis:
     """Masks of every prediction, global MC filters from the TRAINING split (the authors also scanned
     their validation images; we keep validation for choosing and checking), agreement scores with
-    in-sample and out-of-fold global filters."""
+    in-sample and out-of-fold global filters.  With the cached generators (``gens=None``) the result
+    is kept in ``exp.memory``: notebook 05 needs it for every fine-tune's class masks."""
+    if gens is None:
+        if "cfe_analysis" not in exp.memory:
+            exp.memory["cfe_analysis"] = analysis(exp, generators(exp)[0])
+        return exp.memory["cfe_analysis"]
     cc = exp.cfg["cfe"]
-    gens = generators(exp)[0] if gens is None else gens
     z = pooled_table(exp)
     pred = exp.predictions
     g = torch.from_numpy(z["g"])
@@ -146,9 +151,7 @@ def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnaly
     head = frozen_head(exp)
     masked_pred = torch.cat([cfe.masked_logits(head, g[i:i + 8192], masks[i:i + 8192]).argmax(1)
                              for i in range(0, len(g), 8192)]).numpy()
-    logits = logits_of(pred)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    confidence = (p / p.sum(1, keepdims=True)).max(1)
+    confidence = 1.0 - baseline_scores(logits_of(pred))["msp"]   # max softmax probability
     g, masks = g.numpy(), masks.numpy()
     n_classes = len(exp.data.classes)
     labels = pred["label"].to_numpy()
@@ -244,7 +247,7 @@ def mask_statistics(exp: Experiment, gens: cfe.CFEGenerators, split: str = "trai
     with torch.no_grad():
         for i in range(0, len(g), chunk):
             m = gens(g[i:i + chunk])                                  # (C, B, K)
-            zc = torch.nn.functional.linear(g[i:i + chunk][None] * m, head.weight, head.bias)
+            zc = cfe.masked_logits(head, g[i:i + chunk][None], m)
             active += (m > 0).sum(2).float().sum().item()
             hits += (zc.argmax(2) == target[:, None]).float().sum().item()
             n += m.shape[0] * m.shape[1]
@@ -369,9 +372,9 @@ class _DebugData:
 
 
 def _debug_data(exp: Experiment) -> _DebugData:
-    if getattr(exp, "_debug_data", None) is None:
-        exp._debug_data = _DebugData(exp)
-    return exp._debug_data
+    if "debug_data" not in exp.memory:
+        exp.memory["debug_data"] = _DebugData(exp)
+    return exp.memory["debug_data"]
 
 
 def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
@@ -559,5 +562,4 @@ def msp_auroc(y_wrong: np.ndarray, logits: np.ndarray) -> float:
     """AUROC of MSP (1 - max softmax) at detecting the wrong predictions of ``logits``."""
     from . import metrics
 
-    p = torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)), 1).numpy()
-    return metrics.auroc(y_wrong, 1.0 - p.max(1))
+    return metrics.auroc(y_wrong, baseline_scores(logits)["msp"])
