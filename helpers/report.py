@@ -154,14 +154,20 @@ def write_report(output_dir: str | Path) -> Path:
     return path
 
 
+#: the committed runs the README compares with the papers
+COMPARED_PROFILES = ("cifar10", "cifar10-pretrained", "digits")
+
+
+def committed_runs(figures_root: str | Path, profiles) -> dict[str, dict]:
+    """Each profile's figures/<profile>/metrics.json ({} where a profile has not been run)."""
+    files = {p: Path(figures_root) / p / "metrics.json" for p in profiles}
+    return {p: json.loads(f.read_text()) if f.is_file() else {} for p, f in files.items()}
+
+
 def comparison_table(figures_root: str | Path = REPO_ROOT / "figures",
-                     profiles=("cifar10", "cifar10-pretrained", "digits")) -> str:
+                     profiles=COMPARED_PROFILES) -> str:
     """Paper 1 Table 4 beside this companion's committed runs (val AUROC; test correct / wrong recall)."""
-    root = Path(figures_root)
-    runs = {}
-    for p in profiles:
-        f = root / p / "metrics.json"
-        runs[p] = json.loads(f.read_text()) if f.is_file() else None
+    runs = committed_runs(figures_root, profiles)
     head = "| setting | paper CIFAR-10: val AUROC | paper: test correct / wrong recall | " + " | ".join(
         f"`{p}`: val AUROC [95% CI] | `{p}`: test correct / wrong recall" for p in profiles) + " |"
     lines = [head, "|" + "---|" * (3 + 2 * len(profiles))]
@@ -171,7 +177,7 @@ def comparison_table(figures_root: str | Path = REPO_ROOT / "figures",
         row = [SETTINGS[key]]
         row += [f"{paper[key][0]:.3f}", f"{paper[key][3]:.3f} / {paper[key][4]:.3f}"] if key in paper else ["-", "-"]
         for p in profiles:
-            d = (runs[p] or {}).get("detectors", {}).get(key)
+            d = runs[p].get("detectors", {}).get(key)
             if d is None:
                 row += ["not run yet", "not run yet"]
             else:
@@ -189,12 +195,10 @@ PAPER2_TABLE1 = {"avg_recall": ("average recall, skip 0.9, frequency 0.15", 541,
 
 
 def table1_comparison(figures_root: str | Path = REPO_ROOT / "figures",
-                      profiles=("cifar10", "cifar10-pretrained", "digits")) -> str:
+                      profiles=COMPARED_PROFILES) -> str:
     """Paper 2 Table 1 beside this companion's committed runs: errors detected (share of all test
     errors) / new errors, and what MSP catches at the same number of new errors."""
-    root = Path(figures_root)
-    runs = {p: json.loads((root / p / "metrics.json").read_text()) if (root / p / "metrics.json").is_file() else {}
-            for p in profiles}
+    runs = committed_runs(figures_root, profiles)
     head = ("| Table 1 setting | paper (VGG16, CUB-200): errors detected / new errors | "
             + " | ".join(f"`{p}`: errors detected / new errors (MSP at the same new errors)" for p in profiles) + " |")
     lines = [head, "|" + "---|" * (2 + len(profiles))]
@@ -215,16 +219,15 @@ def table1_comparison(figures_root: str | Path = REPO_ROOT / "figures",
 
 
 def debugging_comparison(figures_root: str | Path = REPO_ROOT / "figures",
-                         profiles=("cifar10", "cifar10-pretrained", "digits")) -> str:
+                         profiles=COMPARED_PROFILES) -> str:
     """Paper 2, section 4.3 beside the committed runs: test accuracy of the original, the control and
     the debugged model (mean +- std over seeds), the paired difference with its 95 % interval."""
-    root = Path(figures_root)
+    runs = committed_runs(figures_root, profiles)
     lines = ["| run | original test accuracy | control (CE only) | debugged | debugged - control [95% CI], p | chosen (l1, l2) |",
              "|---|---|---|---|---|---|",
              "| paper (VGG16, CUB-200, one run each) | 69.48 % | 70.2 % | 70.64 % | +0.44 pt, no interval | (1e-3, 2e-5) |"]
     for p in profiles:
-        f = root / p / "metrics.json"
-        d = json.loads(f.read_text()).get("debugging") if f.is_file() else None
+        d = runs[p].get("debugging")
         if not d or "difference" not in d:
             lines.append(f"| `{p}` | not run yet | | | | |")
             continue
