@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -156,7 +156,6 @@ class FineTuneResult:
     best_epoch: int
     cached_prefix: bool
     seconds_per_epoch: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from .baselines import baseline_scores
 from .experiment import Experiment, StageNotCached
 from .datasets import denormalize
 from .models import layer_output, pooled_features, pooled_head
-from .pipeline import SPLIT_ORDER, _load_npz, _save_npz
+from .pipeline import SPLIT_ORDER, _load_npz, _save_npz, split_inputs
 from .training import iterate_batches, logits_of
 
 #: Table 1's three settings (paper 2, sec. 4.2): score, skip threshold, frequency threshold, rule
@@ -346,12 +346,11 @@ def debug_masks(exp: Experiment) -> np.ndarray:
 
 
 def _split_tensors(exp: Experiment, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    sd = exp.data[split]
-    if hasattr(sd.dataset, "tensors"):
-        x, y = sd.dataset.tensors()
-        return x, torch.as_tensor(np.asarray(y), dtype=torch.long)
-    xs = [x for x, _ in iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"])]
-    return torch.cat(xs), torch.as_tensor(np.asarray(sd.labels), dtype=torch.long)
+    """A split's inputs (in id order, all in memory) and labels as tensors."""
+    x = split_inputs(exp, split)
+    if not isinstance(x, torch.Tensor):  # a DataLoader over image files
+        x = torch.cat([xb for xb, _ in x])
+    return x, torch.as_tensor(np.asarray(exp.data[split].labels), dtype=torch.long)
 
 
 class _DebugData:
