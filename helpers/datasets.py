@@ -91,6 +91,16 @@ class FileImages(Dataset):
     def __len__(self):
         return len(self.paths)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all images as one normalised float32 tensor (see :meth:`tensors`)."""
+        return len(self) * self.mean.shape[0] * self.image_size ** 2 * 4
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images decoded once into one normalised float tensor, and the labels (for splits that
+        are read many times, e.g. by every LCR mutant; :func:`pipeline.split_inputs` checks the size)."""
+        return torch.stack([self[i][0] for i in range(len(self))]) if len(self) else torch.zeros(0), self.labels
+
     def __getitem__(self, i):
         from PIL import Image
 
@@ -138,9 +148,20 @@ class DataBundle:
         return DataLoader(self[split].dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
                           num_workers=num_workers)
 
+    def model_bundle(self) -> "DataBundle":
+        """The data the model is trained and selected on: these splits, or, when the analysis splits
+        are carved from held-out photos (``split.analysis_from_test``), the model's own train / val."""
+        ms = self.extra.get("model_splits")
+        if not ms:
+            return self
+        return DataBundle(self.name, self.classes, dict(ms), self.source, self.in_channels, self.image_size,
+                          self.fingerprint)
+
     def manifest(self) -> pd.DataFrame:
-        """One row per sample: id, split, label (the saved split manifest)."""
-        frames = [pd.DataFrame({"id": s.ids, "split": name, "label": s.labels}) for name, s in self.splits.items()]
+        """One row per sample: id, split, label (the saved split manifest; the model's own training
+        photos, when separate, as splits ``model_train`` and ``model_val``)."""
+        named = list(self.splits.items()) + [(f"model_{k}", v) for k, v in self.extra.get("model_splits", {}).items()]
+        frames = [pd.DataFrame({"id": s.ids, "split": name, "label": s.labels}) for name, s in named]
         return pd.concat(frames, ignore_index=True)
 
 
@@ -363,8 +384,9 @@ def _list_class_dir(d: Path) -> dict[str, list[Path]]:
             for c in sorted(d.iterdir()) if c.is_dir()}
 
 
-def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str) -> DataBundle:
-    """files: split -> list of (path, label)."""
+def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, model_files: dict | None = None) -> DataBundle:
+    """files: split -> list of (path, label).  ``model_files`` (train, val): the model's own training
+    photos when the analysis splits are carved from the test photos (``split.analysis_from_test``)."""
     ids = {s: np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in files[s]]) for s in SPLITS}
     lab = {s: np.array([l for _, l in files[s]], dtype=np.int64) for s in SPLITS}
     mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
@@ -375,8 +397,18 @@ def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str) -> D
     def make_ds(s, sel):
         return FileImages([files[s][i][0] for i in sel], lab[s][sel], mean, std, cfg["image_size"])
 
-    fp = params_hash(name, {s: list(ids[s]) for s in SPLITS})
-    return _make_bundle(cfg, name, classes, ids, lab, make_ds, source, fp, len(mean))
+    fp_parts = {s: list(ids[s]) for s in SPLITS}
+    model_splits = {}
+    for s, items in (model_files or {}).items():
+        m_ids = np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in items])
+        m_lab = np.array([l for _, l in items], dtype=np.int64)
+        model_splits[s] = SplitData(m_ids, m_lab, FileImages([p for p, _ in items], m_lab, mean, std, cfg["image_size"]))
+        fp_parts[f"model_{s}"] = list(m_ids)
+    fp = params_hash(name, fp_parts) if model_files else params_hash(name, {s: list(ids[s]) for s in SPLITS})
+    bundle = _make_bundle(cfg, name, classes, ids, lab, make_ds, source, fp, len(mean))
+    if model_splits:
+        bundle.extra["model_splits"] = model_splits
+    return bundle
 
 
 def _seeded_fraction(items: list, fraction: float, seed: int, salt: str):
@@ -452,6 +484,13 @@ def load_cub200_bundle(cfg: dict) -> DataBundle:
         items["train" if is_train[k].strip() == "1" else "test"].append(
             (root / "images" / paths[k].strip(), int(labels[k]) - 1))
     train, val = _seeded_fraction(items["train"], cfg["split"]["val_fraction"] or 0.1, cfg["seed"], "val")
+    pool = cfg["split"]["analysis_from_test"]
+    if pool:  # the model trains on the official train photos; every analysis split is unseen test photos
+        test = items["test"]
+        pos = _stratified_three_way(np.array([l for _, l in test]), pool[1], pool[2], cfg["seed"])
+        files = {s: [test[i] for i in p] for s, p in zip(SPLITS, pos)}
+        return _files_bundle(cfg, "cub200", classes, files, root, f"CUB-200-2011 at {root} (analysis splits "
+                             "from the official test photos)", model_files={"train": train, "val": val})
     return _files_bundle(cfg, "cub200", classes, {"train": train, "val": val, "test": items["test"]}, root,
                          f"CUB-200-2011 at {root}")
 

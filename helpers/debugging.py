@@ -85,6 +85,16 @@ def trainable_names(model: nn.Module, spec) -> list[str]:
     layer, _ = pooled_head(model)
     linear = model.gap_linear_head[1]
     if spec == "last_conv":
+        if not any(True for _ in model.get_submodule(layer).parameters()):
+            # the pooled layer is a ReLU / max-pool (paper 2's VGG16: features.30): its conv is the
+            # last nn.Conv2d before it in module order (block5_conv3, the layer the authors train)
+            before = []
+            for n, m in model.named_modules():
+                if n == layer:
+                    break
+                if isinstance(m, nn.Conv2d):
+                    before.append(n)
+            layer = before[-1]
         return [layer, linear]
     if spec == "all":
         return [""]

@@ -27,8 +27,8 @@ import torch
 from . import __version__
 from .datasets import DataBundle, cache_root, data_search_dirs, load_data
 from .models import build_model
-from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash
-from .training import prediction_table, train_model
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash, stable_section
+from .training import prediction_table, train_head, train_model
 from .utils import atomic_path, atomic_write_json, atomic_write_text, file_sha256, get_device, json_default, seed_everything
 
 
@@ -153,7 +153,7 @@ class Experiment:
         data = load_data(self.cfg)
         self.timings["data"] = time.perf_counter() - t0
         c = self.cfg
-        self._data_key = params_hash(c["dataset"], c["split"], c["seed"], c["image_size"], c["normalize"],
+        self._data_key = params_hash(c["dataset"], stable_section(c, "split"), c["seed"], c["image_size"], c["normalize"],
                                     data.fingerprint)
         manifest = self.artifacts_dir / f"splits-{self._data_key}.csv"
         if not manifest.is_file():
@@ -173,7 +173,8 @@ class Experiment:
         """What the model (and so every later stage) depends on: the cache key's core.  Computed once
         per experiment: it hashes the weight / checkpoint files, and every stage's key includes it."""
         c = self.cfg
-        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "training": c["training"],
+        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"],
+                  "training": stable_section(c, "training"),
                   "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
         for key in ("weights", "checkpoint"):  # a file's content, not just its name, decides the model
             path = self._path_of(c.get(key))
@@ -188,9 +189,12 @@ class Experiment:
         p = Path(value).expanduser()
         return p if p.is_absolute() else REPO_ROOT / p
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, weights="profile") -> torch.nn.Module:
+        """The profile's model with its initial weights (``weights=None``: random, e.g. before a
+        checkpoint is loaded over them, so a committed checkpoint needs no pretrained file)."""
         c = self.cfg
-        return build_model(c["model"], len(self.data.classes), self.data.in_channels, c["weights"],
+        return build_model(c["model"], len(self.data.classes), self.data.in_channels,
+                           c["weights"] if weights == "profile" else weights,
                            search_dirs=[d.parent / "weights" for d in data_search_dirs(c)] + data_search_dirs(c))
 
     def _load_checkpoint(self) -> tuple[torch.nn.Module, list] | None:
@@ -209,7 +213,7 @@ class Experiment:
             warnings.warn(f"checkpoint: {path.name} was trained on data {saw} ({obj.get('data_source')}), "
                           f"this profile's data is {self.data_key} ({self.data.source}); its numbers are "
                           f"not those of the committed run", stacklevel=2)
-        model = self.build_model()
+        model = self.build_model(weights=None)
         model.load_state_dict(obj["state_dict"])
         record = path.with_suffix(".json")  # the human-readable twin, else the record inside the file
         info = json.loads(record.read_text()) if record.is_file() else obj
@@ -225,6 +229,7 @@ class Experiment:
         split manifest's key) and its accuracies; plus a human-readable JSON twin."""
         path = Path(path)
         acc = self.predictions.groupby("split")["correct"].mean().round(6).to_dict()
+        acc.update({k: round(v, 6) for k, v in self.model_split_accuracy().items()})
         info = {"profile": self.name, "model": self.cfg["model"], "weights": self.cfg["weights"],
                 "training": self.cfg["training"], "seed": self.seed, "data_key": self.data_key,
                 "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
@@ -250,14 +255,60 @@ class Experiment:
 
         def compute():
             model = self.build_model()
-            history = train_model(model, self.data, self.cfg["training"], self.seed, self.device, self.progress)
+            history = []
+            if self.cfg["training"]["head_epochs"]:
+                g, y = self.head_features()
+                history += train_head(model, g, y, self.cfg["training"], self.seed)
+            history += train_model(model, self.data.model_bundle(), self.cfg["training"], self.seed, self.device,
+                                   self.progress)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
 
         obj = self.stage("model", self.model_params, compute, lambda o, p: torch.save(o, p),
                          lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
-        model = self.build_model()
+        model = self.build_model(weights=None)
         model.load_state_dict(obj["state_dict"])
         return model.to(self.device).eval(), obj["history"]
+
+    def head_features(self) -> tuple[dict, dict]:
+        """Pooled features ``g`` of the train and val images under the initial (pretrained, frozen)
+        weights, and their labels: the input of :func:`training.train_head` (cached)."""
+        from .models import pooled_features
+        from .training import iterate_batches
+
+        c = self.cfg
+        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"],
+                  **{k: v for k, v in self.model_params.items() if k == "weights_file"}}
+
+        def compute():
+            model = self.build_model().to(self.device).eval()
+            out = {}
+            for split in ("train", "val"):
+                out[split] = torch.cat([pooled_features(model, x.to(self.device))[0].cpu() for x, _ in
+                                        iterate_batches(data[split].dataset, c["training"]["eval_batch_size"])])
+            return out
+
+        data = self.data.model_bundle()
+        g = self.stage("head_features", params, compute, lambda o, p: torch.save(o, p),
+                       lambda p: torch.load(p, map_location="cpu", weights_only=True), "pt")
+        return g, {s: torch.as_tensor(data[s].labels) for s in ("train", "val")}
+
+    def model_split_accuracy(self) -> dict:
+        """Accuracy on the model's own train and val photos when they are not the analysis splits
+        (``split.analysis_from_test``), else {} (the prediction table has them).  Cached."""
+        ms = self.data.extra.get("model_splits")
+        if not ms:
+            return {}
+        params = {"model": self.model_params, "checkpoint": self.cfg.get("checkpoint")}
+
+        def compute():
+            from .training import predict_logits
+
+            return {f"model_{s}": float((predict_logits(self.model, sd.dataset, self.device,
+                                                        self.cfg["training"]["eval_batch_size"]).argmax(1)
+                                         == sd.labels).mean()) for s, sd in ms.items()}
+
+        return self.stage("model_accuracy", params, compute, lambda o, p: atomic_write_json(p, o),
+                          lambda p: json.loads(Path(p).read_text()), "json")
 
     @property
     def model(self) -> torch.nn.Module:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "squeezenet1_1")
+MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
 
 #: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
 RESNET20_URL = (
@@ -209,6 +209,22 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None):
     return model
 
 
+class VGG16GAP(nn.Module):
+    """Paper 2's VGG16 (METHODS.md section 6; the authors' Keras model): ``vgg16.features`` (13 conv
+    layers, ending with the 5th max-pool: 512x7x7 at 224x224) -> global average pool -> dropout 0.5
+    -> one linear layer.  torchvision's MLP head is not used, so ``g`` (the pooled vector) and the
+    CFE head of paper 2 exist, and conductance of ``features.30`` is exact."""
+
+    def __init__(self, num_classes: int, weights: str | None = None):
+        super().__init__()
+        self.features = _torchvision_model("vgg16", num_classes, weights).features
+        self.dropout = nn.Dropout(0.5)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.linear(self.dropout(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)))
+
+
 # ----------------------------------------------------------------------------- SqueezeNet 1.1
 class SqueezeNetGAP(nn.Module):
     """torchvision's SqueezeNet 1.1 features with paper 2's head shape: global average pooling of the
@@ -271,6 +287,8 @@ LAYERS = {
     "inception_v3": ("Mixed_7c", ("Mixed_7c", "fc")),
     # VGG16: the last conv block (conv5_3 + ReLU) is followed by max-pool and a 3-layer MLP
     "vgg16": ("features.29", None),
+    # paper 2's VGG16: features (conv5_3 + ReLU + the 5th max-pool, 512x7x7) -> GAP -> dropout -> linear
+    "vgg16_gap": ("features.30", ("features.30", "linear")),
     # SqueezeNet 1.1: the last fire module (fire9, 512 filters) -> global average pool -> linear
     "squeezenet1_1": ("features.12", ("features.12", "linear")),
 }
@@ -296,6 +314,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str 
         model = SqueezeNetGAP(num_classes)
         if weights not in (None, "none"):
             _load_squeezenet_features(model, weights, search_dirs)
+    elif name == "vgg16_gap":
+        model = VGG16GAP(num_classes, weights)
     else:
         model = _torchvision_model(name, num_classes, weights)
     model.last_conv_layer, model.gap_linear_head = LAYERS[name]

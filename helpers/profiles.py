@@ -39,7 +39,7 @@ SCHEMA: dict[str, Any] = {
     "dataset": (str, True, ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
-    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16", "squeezenet1_1")),
+    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")),
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
     "if_no_checkpoint": (str, False, ("error", "train")),
@@ -62,6 +62,8 @@ SCHEMA: dict[str, Any] = {
         "limit_train": ((int, _OPT), False, {"min": 10}),
         "limit_val": ((int, _OPT), False, {"min": 10}),
         "limit_test": ((int, _OPT), False, {"min": 10}),
+        # [train, val, test] fractions: carve the analysis splits from the official test photos (cub200)
+        "analysis_from_test": ((list, _OPT), False, None),
     },
     "training": {
         "epochs": (int, True, {"min": 0, "max": 1000}),
@@ -74,6 +76,11 @@ SCHEMA: dict[str, Any] = {
         "augmentation": (str, False, ("none", "crop_flip", "crop")),
         "amp": (bool, False, None),
         "eval_batch_size": (int, False, {"min": 1}),
+        # transfer learning: first the linear head on frozen pooled features, then ``epochs`` of
+        # fine-tuning the ``trainable`` modules (training.train_head / train_model)
+        "head_epochs": (int, False, {"min": 0, "max": 10000}),
+        "head_lr": (_NUM, False, {"min": 0.0, "max": 10.0}),
+        "trainable": ((str, list), False, None),
     },
     "conductance": {
         "layer": ((str, _OPT), False, None),
@@ -154,10 +161,10 @@ DEFAULTS: dict[str, Any] = {
     "split": {
         "val_fraction": None, "test_fraction": None, "val_from_test": None, "n_classes": None,
         "train_per_class": None, "val_per_class": None,
-        "limit_train": None, "limit_val": None, "limit_test": None,
+        "limit_train": None, "limit_val": None, "limit_test": None, "analysis_from_test": None,
     },
     "training": {"momentum": 0.9, "weight_decay": 0.0, "schedule": "none", "augmentation": "none",
-                 "amp": True, "eval_batch_size": 512},
+                 "amp": True, "eval_batch_size": 512, "head_epochs": 0, "head_lr": 0.01, "trainable": "all"},
     "conductance": {"layer": None, "n_steps": 10, "method": "auto", "reduction": "sum",
                     "classes": [0, 1, 2], "top_k": 5,
                     "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5}},
@@ -178,6 +185,18 @@ DEFAULTS: dict[str, Any] = {
                   "seeds": 3, "frequency": 0.0, "lr": 1e-4, "momentum": 0.9, "batch_size": 16, "epochs": 20,
                   "trainable": "last_conv", "augmentation": None, "n_bootstrap": 2000},
 }
+
+
+#: keys added after caches and checkpoints existed, with their defaults: cache keys leave a key out
+#: while it keeps its default (:func:`stable_section`), so those caches and records stay valid
+TRANSFER_DEFAULTS = {k: DEFAULTS["training"][k] for k in ("head_epochs", "head_lr", "trainable")}
+LATE_DEFAULTS = {"training": TRANSFER_DEFAULTS, "split": {"analysis_from_test": None}}
+
+
+def stable_section(cfg: dict, section: str) -> dict:
+    """``cfg[section]`` without the keys of :data:`LATE_DEFAULTS` that keep their default value."""
+    late = LATE_DEFAULTS.get(section, {})
+    return {k: v for k, v in cfg[section].items() if k not in late or v != late[k]}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -282,6 +301,15 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
         raw = _merge(raw, ov)
     _validate(raw, SCHEMA, "", source)
     cfg = _merge(DEFAULTS, raw)
+    pool = cfg["split"]["analysis_from_test"]
+    if pool is not None:
+        if cfg["dataset"] != "cub200":
+            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} needs an official train/test split; "
+                               f"valid for dataset 'cub200', not {cfg['dataset']!r}")
+        if (len(pool) != 3 or not all(isinstance(v, _NUM) and not isinstance(v, bool) and 0 < v < 1 for v in pool)
+                or abs(sum(pool) - 1) > 1e-6):
+            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} is not valid; valid: three fractions "
+                               "in (0, 1) for train, val and test that sum to 1, e.g. [0.5, 0.25, 0.25], or null")
     norm = cfg["normalize"]
     if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
         raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")

@@ -154,8 +154,11 @@ def write_report(output_dir: str | Path) -> Path:
     return path
 
 
-#: the committed runs the README compares with the papers
-COMPARED_PROFILES = ("cifar10", "cifar10-pretrained", "digits")
+#: the committed runs the README compares with the papers: paper 1's CIFAR-10 table, paper 1's ImageNet
+#: tables (the real-photo, pretrained-model setting closest to cub100), paper 2's CUB tables
+PAPER1_CIFAR_PROFILES = ("cifar10", "cifar10-pretrained", "digits")
+PAPER1_IMAGENET_PROFILES = ("cub100",)
+COMPARED_PROFILES = ("cub100", "cifar10", "cifar10-pretrained", "digits")
 
 
 def committed_runs(figures_root: str | Path, profiles) -> dict[str, dict]:
@@ -165,17 +168,19 @@ def committed_runs(figures_root: str | Path, profiles) -> dict[str, dict]:
 
 
 def comparison_table(figures_root: str | Path = REPO_ROOT / "figures",
-                     profiles=COMPARED_PROFILES) -> str:
-    """Paper 1 Table 4 beside this companion's committed runs (val AUROC; test correct / wrong recall)."""
+                     profiles=PAPER1_CIFAR_PROFILES, anchors=("CIFAR-10 / ResNet20 (Table 4)",)) -> str:
+    """Paper 1's tables (``anchors``: Table 4, CIFAR-10, by default) beside this companion's committed
+    runs (val AUROC; test correct / wrong recall)."""
     runs = committed_runs(figures_root, profiles)
-    head = "| setting | paper CIFAR-10: val AUROC | paper: test correct / wrong recall | " + " | ".join(
-        f"`{p}`: val AUROC [95% CI] | `{p}`: test correct / wrong recall" for p in profiles) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(profiles))]
-    paper = PAPER["CIFAR-10 / ResNet20 (Table 4)"]
+    head = "| setting | " + " | ".join(f"paper {a}: val AUROC | paper: test correct / wrong recall" for a in anchors) \
+        + " | " + " | ".join(f"`{p}`: val AUROC [95% CI] | `{p}`: test correct / wrong recall" for p in profiles) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(anchors) + 2 * len(profiles))]
     for key in ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp", "msp",
                 "doctor_alpha"):
         row = [SETTINGS[key]]
-        row += [f"{paper[key][0]:.3f}", f"{paper[key][3]:.3f} / {paper[key][4]:.3f}"] if key in paper else ["-", "-"]
+        for a in anchors:
+            paper = PAPER[a]
+            row += [f"{paper[key][0]:.3f}", f"{paper[key][3]:.3f} / {paper[key][4]:.3f}"] if key in paper else ["-", "-"]
         for p in profiles:
             d = runs[p].get("detectors", {}).get(key)
             if d is None:
@@ -243,7 +248,12 @@ def debugging_comparison(figures_root: str | Path = REPO_ROOT / "figures",
 def readme_block(figures_root: str | Path = REPO_ROOT / "figures", default_profile: str = "digits") -> str:
     """The README's generated block: the paper comparison, then the default profile's headline table."""
     root = Path(figures_root)
-    parts = [comparison_table(root), "", "Paper 2, Table 1 (misclassification detection with CFE filters; "
+    parts = [comparison_table(root), "", "Paper 1 on real photos with a pretrained model: its ImageNet tables "
+             "(InceptionV3 fine-tuned on 50 / 100 ImageNet classes) beside `cub100` (SqueezeNet 1.1 on 100 bird "
+             "species, 2,903 test photos): a different model, dataset and scale, the nearest setting we can run:", "",
+             comparison_table(root, PAPER1_IMAGENET_PROFILES, ("ImageNet-50 / InceptionV3 (Table 5)",
+                                                               "ImageNet-100 / InceptionV3 (Table 6)")), "",
+             "Paper 2, Table 1 (misclassification detection with CFE filters; "
              "the paper's numbers are VGG16 on CUB-200, a different model and dataset; ours are test-split counts "
              "with out-of-fold class means, see notebook 04):", "", table1_comparison(root), "",
              "Paper 2, model debugging (section 4.3; the paper's numbers are VGG16 on CUB-200; ours are test "

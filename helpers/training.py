@@ -31,13 +31,15 @@ def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: 
         yield from loader
 
 
-def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Batched random crop of the zero-padded image (pad 4) and, for ``crop_flip``, horizontal flip.
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int | None = None) -> torch.Tensor:
+    """Batched random crop of the zero-padded image and, for ``crop_flip``, horizontal flip.
 
-    Zero padding is applied in the normalised space (the dataset mean colour)."""
+    ``pad`` defaults to an eighth of the image side (4 at 32x32, the usual CIFAR setting; 28 at
+    224x224).  Zero padding is applied in the normalised space (the dataset mean colour)."""
     if kind == "none":
         return x
     b, c, h, w = x.shape
+    pad = max(1, round(h / 8)) if pad is None else pad
     xp = F.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -50,11 +52,72 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 4
     return out.contiguous()
 
 
-def _optimizer(model, tcfg):
+def _optimizer(params, tcfg, lr=None):
+    params = [p for p in params if p.requires_grad]
+    lr = tcfg["lr"] if lr is None else lr
     if tcfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+        return torch.optim.SGD(params, lr=lr, momentum=tcfg["momentum"],
                                weight_decay=tcfg["weight_decay"], nesterov=tcfg["momentum"] > 0)
-    return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adam(params, lr=lr, weight_decay=tcfg["weight_decay"])
+
+
+def freeze_all_but(model: nn.Module, trainable) -> list[str]:
+    """``training.trainable``: ``"all"`` or a list of module names (their parameters train, the rest
+    are frozen).  Returns the names; an unknown name raises before any training."""
+    if trainable in (None, "all"):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return [""]
+    names = [trainable] if isinstance(trainable, str) else list(trainable)
+    known = dict(model.named_modules())
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"training.trainable: {bad} are not modules of the model; valid: 'all' or module "
+                         f"names such as {', '.join(n for n in known if n and n.count('.') <= 1)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        for p in known[n].parameters():
+            p.requires_grad_(True)
+    return names
+
+
+def train_head(model: nn.Module, g: dict, y: dict, tcfg: dict, seed: int) -> list[dict]:
+    """Transfer learning, step 1: train only the final linear layer on the frozen pooled features
+    ``g`` (``models.pooled_features`` of the train and val images, computed once), for
+    ``training.head_epochs`` epochs of Adam at ``training.head_lr`` (batches of ``batch_size``, the
+    profile's weight decay); the weights of the epoch
+    with the best validation accuracy (the earliest on a tie) are kept.  Seconds on a CPU, because
+    the convolutional part never runs."""
+    from .models import pooled_head
+
+    _, linear = pooled_head(model)
+    gen = seed_everything(seed)
+    opt = torch.optim.Adam(linear.parameters(), lr=tcfg["head_lr"], weight_decay=tcfg["weight_decay"])
+    n = len(y["train"])
+    best, best_acc, history = None, -1.0, []
+    for epoch in range(tcfg["head_epochs"]):
+        linear.train()
+        order = torch.randperm(n, generator=gen)
+        tot = 0.0
+        for i in range(0, n, tcfg["batch_size"]):
+            idx = order[i:i + tcfg["batch_size"]]
+            loss = F.cross_entropy(linear(g["train"][idx]), y["train"][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(idx)
+        with torch.no_grad():
+            train_acc = (linear(g["train"]).argmax(1) == y["train"]).float().mean().item()
+            val_acc = (linear(g["val"]).argmax(1) == y["val"]).float().mean().item()
+        history.append({"epoch": epoch + 1, "phase": "head", "loss": tot / n, "train_acc": train_acc,
+                        "val_acc": val_acc})
+        if val_acc > best_acc:
+            best_acc, best = val_acc, {k: v.detach().clone() for k, v in linear.state_dict().items()}
+    if best is not None:
+        linear.load_state_dict(best)
+    linear.eval()
+    return history
 
 
 def _scheduler(opt, tcfg, steps_per_epoch):
@@ -92,7 +155,8 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
         model = model.to(memory_format=torch.channels_last)
     train_ds = data["train"].dataset
     steps = math.ceil(len(train_ds) / tcfg["batch_size"])
-    opt = _optimizer(model, tcfg)
+    freeze_all_but(model, tcfg.get("trainable", "all"))
+    opt = _optimizer(model.parameters(), tcfg)
     sched = _scheduler(opt, tcfg, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = []
@@ -119,9 +183,11 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
             n += len(y)
         val_logits = predict_logits(model, data["val"].dataset, device, tcfg.get("eval_batch_size", 512))
         val_acc = float((val_logits.argmax(1) == data["val"].labels).mean())
-        history.append({"epoch": epoch + 1, "loss": tot / max(n, 1), "train_acc_running": correct / max(n, 1),
+        history.append({"epoch": epoch + 1, "phase": "train", "loss": tot / max(n, 1), "train_acc_running": correct / max(n, 1),
                         "val_acc": val_acc, "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_acc=f"{val_acc:.3f}")
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
     return history
 

@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from helpers.experiment import Experiment
 from helpers.lcr import predict
 from helpers.pipeline import split_inputs
-from helpers.profiles import REPO_ROOT, load_profile
+from helpers.profiles import REPO_ROOT, load_profile, stable_section
 from helpers.utils import file_sha256
 
 from .conftest import SHARED_DATA
@@ -21,7 +22,7 @@ def test_cifar10_profile_reuses_the_committed_checkpoint():
     assert REPO_ROOT / cfg["checkpoint"] == CK and cfg["if_no_checkpoint"] == "train"
     info = json.loads(CK.with_suffix(".json").read_text())
     assert file_sha256(CK) == info["sha256"]
-    assert info["profile"] == "cifar10" and info["training"] == cfg["training"] and info["seed"] == cfg["seed"]
+    assert info["profile"] == "cifar10" and info["training"] == stable_section(cfg, "training") and info["seed"] == cfg["seed"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
@@ -34,3 +35,33 @@ def test_committed_checkpoint_reproduces_its_recorded_accuracy(one_thread):
     preds = predict(model, split_inputs(exp, "test"), batch_size=1000)
     acc = float((preds == exp.data["test"].labels).mean())
     assert acc == pytest.approx(info["accuracy"]["test"], abs=4e-4)  # at most 2 float-rounding ties of 5,000
+
+
+CUB = REPO_ROOT / "checkpoints" / "cub100-squeezenet1_1.pt"
+
+
+def test_cub100_profile_reuses_the_committed_checkpoint():
+    cfg = load_profile("cub100")
+    assert REPO_ROOT / cfg["checkpoint"] == CUB and cfg["if_no_checkpoint"] == "train"
+    info = json.loads(CUB.with_suffix(".json").read_text())
+    assert file_sha256(CUB) == info["sha256"]
+    assert info["profile"] == "cub100" and info["training"] == cfg["training"] and info["seed"] == cfg["seed"]
+    assert info["model"] == "squeezenet1_1" and info["normalize"] == cfg["normalize"]
+    acc = info["accuracy"]  # the model's own photos, then the analysis splits (unseen official test photos)
+    assert acc["model_train"] > acc["model_val"] > 0.5 and abs(acc["test"] - acc["val"]) < 0.1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cub100" / "images.txt").is_file(), reason="../shared/data/cub100 absent")
+def test_cub100_checkpoint_reproduces_its_recorded_val_accuracy(monkeypatch):
+    info = json.loads(CUB.with_suffix(".json").read_text())
+    # the checkpoint alone makes the model: the pretrained features file is not needed
+    monkeypatch.setattr("helpers.models._load_squeezenet_features",
+                        lambda *a, **k: pytest.fail("loaded pretrained weights under a checkpoint"))
+    exp = Experiment("cub100")
+    assert exp.data_key == info["data_key"] and len(exp.data.classes) == 100
+    model = exp.model
+    assert "model" not in exp.timings
+    val = exp.data.model_bundle()["val"]  # the model's own 300 validation photos
+    preds = predict(model, torch.stack([val.dataset[i][0] for i in range(len(val))]), batch_size=100)
+    acc = float((preds == val.labels).mean())
+    assert acc == pytest.approx(info["accuracy"]["model_val"], abs=2 / 300 + 1e-9)  # at most 2 rounding ties

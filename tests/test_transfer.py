@@ -1,0 +1,284 @@
+"""Transfer learning (paper 2's training recipe) on tiny data, CPU only, offline.
+
+Covers: the ``cub200-vgg16`` profile end to end on a synthetic CUB_200_2011 tree with random
+weights (model ``vgg16_gap``, head phase then fine-tuning, cached model); ``train_head`` (best
+validation epoch kept, only the linear layer trained); ``freeze_all_but`` / ``train_model`` with a
+``training.trainable`` list; the transfer keys in the model's cache key; the default crop pad of
+``augment``; ``pipeline.split_inputs`` on image files; validation of the new profile keys.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import debugging
+from helpers.datasets import load_data
+from helpers.experiment import Experiment
+from helpers.models import VGG16GAP, build_model
+from helpers.profiles import ProfileError, load_profile, params_hash
+from helpers.training import augment, freeze_all_but, train_head, train_model
+
+N_CLASSES, PER_CLASS, N_TEST = 3, 8, 2  # per class: the last N_TEST images are flagged test
+VGG_TINY = {"weights": None, "image_size": 32, "training.head_epochs": 2, "training.epochs": 1,
+            "training.batch_size": 8, "training.eval_batch_size": 16, "split.val_fraction": 0.2}
+
+
+def _write_birds(folder, n, colour, seed):
+    """n 40x40 RGB PNGs of one noisy colour (classes differ by colour: a learnable task)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    names = []
+    for i in range(n):
+        arr = np.clip(np.array(colour) + rng.integers(-40, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"bird_{i:02d}.png")
+        names.append(f"bird_{i:02d}.png")
+    return names
+
+
+@pytest.fixture(scope="module")
+def cub_tree(tmp_path_factory):
+    """A tiny CUB_200_2011 tree (3 classes x 8 images, the official text files); returns (the
+    folder holding CUB_200_2011, {id: "train" or "test"} as train_test_split.txt flags them)."""
+    parent = tmp_path_factory.mktemp("cub")
+    root = parent / "CUB_200_2011"
+    images, labels, flags, classes, official = [], [], [], [], {}
+    k = 0
+    for c, colour in enumerate([(220, 40, 40), (40, 200, 40), (40, 40, 220)], start=1):
+        folder = f"{c:03d}.Bird_{c}"
+        classes.append(f"{c} {folder}")
+        for j, name in enumerate(_write_birds(root / "images" / folder, PER_CLASS, colour, seed=c)):
+            k += 1
+            is_train = j < PER_CLASS - N_TEST
+            images.append(f"{k} {folder}/{name}")
+            labels.append(f"{k} {c}")
+            flags.append(f"{k} {int(is_train)}")
+            official[f"images/{folder}/{name}"] = "train" if is_train else "test"
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
+                        ("train_test_split.txt", flags), ("classes.txt", classes)):
+        (root / name).write_text("\n".join(lines) + "\n")
+    return parent, official
+
+
+def _vgg_overrides(cub_tree):
+    return {"data_dir": str(cub_tree[0]), **VGG_TINY}
+
+
+def test_cub200_vgg16_runs_offline_on_a_tiny_tree(cub_tree, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
+    model = exp.model
+    assert isinstance(model, VGG16GAP)
+    assert model.last_conv_layer == "features.30" and model.gap_linear_head == ("features.30", "linear")
+    assert model.linear.out_features == N_CLASSES
+    assert exp.history["phase"].tolist() == ["head", "head", "train"]
+    assert {"head_features", "model"} <= set(exp.timings)
+    g, y = exp.head_features()
+    assert g["train"].shape == (len(exp.data["train"]), 512) and len(y["val"]) == len(exp.data["val"])
+
+    # every image of the tree once, official test images in test, official train ones in train or val
+    table = exp.predictions
+    _, official = cub_tree
+    assert sorted(table["id"]) == sorted(official)
+    got = dict(zip(table["id"], table["split"]))
+    assert all(got[i] == "test" for i, s in official.items() if s == "test")
+    assert all(got[i] in ("train", "val") for i, s in official.items() if s == "train")
+    n_train_official = N_CLASSES * (PER_CLASS - N_TEST)
+    assert (table["split"] == "val").sum() == round(0.2 * n_train_official)
+
+    # paper 2 fine-tunes conv5_3 (features.28; features.30 is its ReLU's max-pool) and the head
+    assert debugging.trainable_names(model, "last_conv") == ["features.28", "linear"]
+
+    again = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
+    assert again.history["phase"].tolist() == ["head", "head", "train"]
+    assert "model" not in again.timings and "head_features" not in again.timings
+    for (k, a), b in zip(model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@pytest.fixture(scope="module")
+def vgg_weights_file(tmp_path_factory):
+    """A seeded random VGG16 state dict (features only) standing in for pretrained weights."""
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("weights") / "vgg16-random.pth"
+    torch.save({f"features.{k}": v for k, v in VGG16GAP(N_CLASSES).features.state_dict().items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("weights", ["file", pytest.param(None, marks=pytest.mark.xfail(
+    strict=True, reason="bug: with random init, head_features() and _model_and_history each call "
+    "build_model() and draw different weights, so the head is trained on another network's features"))])
+def test_head_only_model_is_its_trained_head_on_the_cached_features(weights, cub_tree, vgg_weights_file,
+                                                                     tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    w = str(vgg_weights_file) if weights == "file" else None
+    exp = Experiment("cub200-vgg16", {**_vgg_overrides(cub_tree), "weights": w, "training.epochs": 0,
+                                      "training.head_epochs": 4, "training.head_lr": 0.05}, progress=False)
+    history = exp.history
+    assert history["phase"].tolist() == ["head"] * 4
+    if w:  # the file's convolutions, untouched (no fine-tuning)
+        assert torch.equal(exp.model.features[28].weight, torch.load(w)["features.28.weight"])
+    # the trained model sees the very features the head was trained on (the cached ones)
+    g, _ = exp.head_features()
+    with torch.no_grad():
+        expect = exp.model.linear(g["val"]).numpy()
+    logits = exp.split_table("val").filter(like="logit_").to_numpy()
+    np.testing.assert_allclose(logits, expect, rtol=1e-4, atol=1e-5)
+    best = history.loc[history["val_acc"].idxmax()]
+    assert best["val_acc"] == 1.0  # the colours are learnable from the frozen features
+    # and it carries the best head epoch: its accuracies are that epoch's
+    acc = exp.predictions.groupby("split")["correct"].mean()
+    assert acc["train"] == pytest.approx(best["train_acc"]) and acc["val"] == pytest.approx(best["val_acc"])
+
+
+def _features(n, seed, noise, dim=32):
+    """Three Gaussian clusters at 3 * e_0, 3 * e_1, 3 * e_2 in R^dim, labels 0, 1, 2, 0, ..."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    centres = torch.zeros(3, dim)
+    centres[range(3), range(3)] = 3.0
+    return centres[y] + noise * torch.randn(n, dim, generator=gen), y
+
+
+def _head_data(noise):
+    (gt, yt), (gv, yv) = _features(24, 0, noise), _features(30, 1, noise)
+    return {"train": gt, "val": gv}, {"train": yt, "val": yv}
+
+
+def _val_acc(model, g, y):
+    with torch.no_grad():
+        return (model.linear(g["val"]).argmax(1) == y["val"]).float().mean().item()
+
+
+def test_train_head_learns_separable_features_and_trains_only_the_linear_layer(one_thread):
+    model = build_model("small_cnn", 3, 1)
+    before = copy.deepcopy(model.state_dict())
+    g, y = _head_data(noise=0.5)
+    tcfg = {"head_epochs": 8, "head_lr": 0.05, "batch_size": 8, "weight_decay": 0.0}
+    history = train_head(model, g, y, tcfg, seed=0)
+    assert [h["phase"] for h in history] == ["head"] * 8
+    assert max(h["val_acc"] for h in history) >= 0.95
+    assert _val_acc(model, g, y) == max(h["val_acc"] for h in history)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"linear.weight", "linear.bias"}
+
+
+def test_train_head_keeps_the_earliest_best_validation_epoch(one_thread):
+    g, y = _head_data(noise=1.0)
+    tcfg = {"head_epochs": 12, "head_lr": 1.0, "batch_size": 8, "weight_decay": 0.0}
+    init = build_model("small_cnn", 3, 1)
+    model = copy.deepcopy(init)
+    accs = [h["val_acc"] for h in train_head(model, g, y, tcfg, seed=0)]
+    assert accs[-1] < max(accs)  # the setting makes the last epoch worse than the best one
+    assert _val_acc(model, g, y) == max(accs)
+    # same seed, stopped at the earliest best epoch: the very same weights
+    best_epoch = accs.index(max(accs)) + 1
+    short = copy.deepcopy(init)
+    train_head(short, g, y, {**tcfg, "head_epochs": best_epoch}, seed=0)
+    assert torch.equal(short.linear.weight, model.linear.weight)
+    assert torch.equal(short.linear.bias, model.linear.bias)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = load_profile("digits", {"training.epochs": 1, "training.trainable": ["linear"]})
+    return cfg, load_data(cfg)
+
+
+def test_train_model_with_trainable_list_trains_only_those_modules(digits, one_thread):
+    cfg, data = digits
+    model = build_model("small_cnn", len(data.classes), data.in_channels)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    history = train_model(model, data, cfg["training"], cfg["seed"], torch.device("cpu"), progress=False)
+    assert len(history) == 1 and history[0]["phase"] == "train"
+    changed = {k for k, p in model.named_parameters() if not torch.equal(before[k], p)}
+    assert changed == {"linear.weight", "linear.bias"}
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again after training
+
+
+@pytest.mark.xfail(strict=True, reason="train_model puts the whole model in train mode: the BatchNorm "
+                   "running statistics of frozen modules still move (debugging.py keeps eval mode)")
+def test_train_model_with_trainable_list_keeps_frozen_batchnorm_statistics(digits, one_thread):
+    cfg, data = digits
+    model = build_model("small_cnn", len(data.classes), data.in_channels)
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    train_model(model, data, cfg["training"], cfg["seed"], torch.device("cpu"), progress=False)
+    assert all(torch.equal(before[k], b) for k, b in model.named_buffers())
+
+
+def test_freeze_all_but_names_the_key_and_the_bad_module(digits):
+    cfg, data = digits
+    model = build_model("small_cnn", len(data.classes), data.in_channels)
+    assert freeze_all_but(model, ["block.0", "linear"]) == ["block.0", "linear"]
+    assert {k for k, p in model.named_parameters() if p.requires_grad} == {"block.0.weight", "linear.weight",
+                                                                           "linear.bias"}
+    assert freeze_all_but(model, "all") == [""] and all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match=r"training\.trainable.*'no_such_layer'"):
+        freeze_all_but(model, ["linear", "no_such_layer"])
+    with pytest.raises(ValueError, match="training.trainable"):  # raised before any training step
+        train_model(model, data, {**cfg["training"], "trainable": ["nope"]}, 0, torch.device("cpu"),
+                    progress=False)
+
+
+def test_transfer_keys_enter_the_model_cache_key_only_when_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    base = Experiment("digits").model_params
+    assert not {"head_epochs", "head_lr", "trainable"} & set(base["training"])
+    # the defaults, given explicitly, are still the old key
+    assert Experiment("digits", {"training.trainable": "all", "training.head_epochs": 0}).model_params == base
+    head = Experiment("digits", {"training.head_epochs": 3}).model_params
+    assert head["training"]["head_epochs"] == 3 and head["data"] == base["data"]
+    assert params_hash(head) != params_hash(base)
+    listed = Experiment("digits", {"training.trainable": ["linear"]}).model_params
+    assert listed["training"]["trainable"] == ["linear"] and params_hash(listed) != params_hash(base)
+
+
+@pytest.mark.parametrize("size", [16, 32, 224])
+def test_augment_default_pad_is_an_eighth_of_the_side(size):
+    """A constant image of ones: zero rows/columns are padding, and the band is at most size/8 wide."""
+    pad = size // 8
+    x = torch.ones(200, 1, size, size)
+    out = augment(x, "crop_flip", torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert (out[:, :, pad:size - pad, pad:size - pad] == 1).all()  # never padding farther than pad in
+    zero_rows = (out == 0).all(dim=3).sum(dim=2).flatten()  # per image: rows entirely padding
+    zero_cols = (out == 0).all(dim=2).sum(dim=2).flatten()
+    assert zero_rows.max() == pad and zero_cols.max() == pad  # reached, never exceeded
+    assert ((out == 0) | (out == 1)).all()
+
+
+def test_split_inputs_decodes_image_files_once(cub_tree, tmp_path, monkeypatch):
+    from helpers import pipeline
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
+    ds = exp.data["test"].dataset
+    x = pipeline.split_inputs(exp, "test")
+    assert isinstance(x, torch.Tensor) and x.shape == (N_CLASSES * N_TEST, 3, 32, 32)
+    assert torch.equal(x, torch.stack([ds[i][0] for i in range(len(ds))]))
+    assert pipeline.split_inputs(exp, "test") is x  # memoised in exp.memory
+    monkeypatch.setattr("helpers.pipeline.IN_MEMORY_BYTES", 0)
+    loader = pipeline.split_inputs(exp, "test")
+    assert isinstance(loader, torch.utils.data.DataLoader)
+    assert torch.equal(torch.cat([b for b, _ in loader]), x)
+
+
+@pytest.mark.parametrize("key, value", [("training.trainable", 5), ("training.head_epochs", -1),
+                                        ("training.head_lr", "fast")])
+def test_invalid_transfer_keys_are_named(key, value):
+    with pytest.raises(ProfileError, match=key.replace(".", r"\.")):
+        load_profile("digits", {key: value})
+
+
+def test_paper2_profiles_load_and_validate():
+    vgg = load_profile("cub200-vgg16")
+    assert vgg["model"] == "vgg16_gap" and vgg["dataset"] == "cub200"
+    assert vgg["training"]["head_epochs"] > 0 and vgg["training"]["trainable"] == "all"
+    cub = load_profile("cub100")
+    assert cub["model"] == "squeezenet1_1" and cub["dataset"] == "cub200"
+    np.testing.assert_allclose(cub["normalize"]["std"], [1 / 255] * 3, rtol=1e-5)  # Caffe: x*255 - mean
+    np.testing.assert_allclose(np.array(cub["normalize"]["mean"]) * 255, [123.68, 116.779, 103.939], atol=0.01)
+    assert cub["training"]["head_epochs"] > 0
