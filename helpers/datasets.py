@@ -487,7 +487,11 @@ def load_cub200_bundle(cfg: dict) -> DataBundle:
     pool = cfg["split"]["analysis_from_test"]
     if pool:  # the model trains on the official train photos; every analysis split is unseen test photos
         test = items["test"]
-        pos = _stratified_three_way(np.array([l for _, l in test]), pool[1], pool[2], cfg["seed"])
+        try:
+            pos = _stratified_three_way(np.array([l for _, l in test]), pool[1], pool[2], cfg["seed"])
+        except ValueError as exc:  # scikit-learn: a split smaller than the number of classes
+            raise ValueError(f"split.analysis_from_test = {pool}: {len(test)} test photos of {len(classes)} classes "
+                             f"cannot be split stratified this way ({exc}); use larger fractions or more data") from exc
         files = {s: [test[i] for i in p] for s, p in zip(SPLITS, pos)}
         return _files_bundle(cfg, "cub200", classes, files, root, f"CUB-200-2011 at {root} (analysis splits "
                              "from the official test photos)", model_files={"train": train, "val": val})

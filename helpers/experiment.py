@@ -254,6 +254,7 @@ class Experiment:
             return model.to(self.device).eval(), history
 
         def compute():
+            seed_everything(self.seed)  # the same initial weights as head_features' model, even random ones
             model = self.build_model()
             history = []
             if self.cfg["training"]["head_epochs"]:
@@ -276,10 +277,11 @@ class Experiment:
         from .training import iterate_batches
 
         c = self.cfg
-        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"],
+        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "seed": self.seed,
                   **{k: v for k, v in self.model_params.items() if k == "weights_file"}}
 
         def compute():
+            seed_everything(self.seed)  # the model that is then trained draws the same initial weights
             model = self.build_model().to(self.device).eval()
             out = {}
             for split in ("train", "val"):

@@ -163,6 +163,9 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
     bar = tqdm(range(tcfg["epochs"]), desc="train", disable=not progress)
     for epoch in bar:
         model.train()
+        for m in model.modules():  # frozen BatchNorm layers keep their running statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
         t0, tot, correct, n = time.perf_counter(), 0.0, 0, 0
         for x, y in iterate_batches(train_ds, tcfg["batch_size"], shuffle=True, generator=gen):
             x = augment(x, tcfg["augmentation"], gen).to(device, non_blocking=True)

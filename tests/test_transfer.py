@@ -42,7 +42,10 @@ def _write_birds(folder, n, colour, seed):
 def cub_tree(tmp_path_factory):
     """A tiny CUB_200_2011 tree (3 classes x 8 images, the official text files); returns (the
     folder holding CUB_200_2011, {id: "train" or "test"} as train_test_split.txt flags them)."""
-    parent = tmp_path_factory.mktemp("cub")
+    return _write_tree(tmp_path_factory.mktemp("cub"), PER_CLASS, N_TEST)
+
+
+def _write_tree(parent, PER_CLASS, N_TEST):
     root = parent / "CUB_200_2011"
     images, labels, flags, classes, official = [], [], [], [], {}
     k = 0
@@ -107,9 +110,7 @@ def vgg_weights_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("weights", ["file", pytest.param(None, marks=pytest.mark.xfail(
-    strict=True, reason="bug: with random init, head_features() and _model_and_history each call "
-    "build_model() and draw different weights, so the head is trained on another network's features"))])
+@pytest.mark.parametrize("weights", ["file", None])  # None: random init, drawn alike for the head's features
 def test_head_only_model_is_its_trained_head_on_the_cached_features(weights, cub_tree, vgg_weights_file,
                                                                      tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
@@ -199,8 +200,6 @@ def test_train_model_with_trainable_list_trains_only_those_modules(digits, one_t
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again after training
 
 
-@pytest.mark.xfail(strict=True, reason="train_model puts the whole model in train mode: the BatchNorm "
-                   "running statistics of frozen modules still move (debugging.py keeps eval mode)")
 def test_train_model_with_trainable_list_keeps_frozen_batchnorm_statistics(digits, one_thread):
     cfg, data = digits
     model = build_model("small_cnn", len(data.classes), data.in_channels)
@@ -282,3 +281,65 @@ def test_paper2_profiles_load_and_validate():
     np.testing.assert_allclose(cub["normalize"]["std"], [1 / 255] * 3, rtol=1e-5)  # Caffe: x*255 - mean
     np.testing.assert_allclose(np.array(cub["normalize"]["mean"]) * 255, [123.68, 116.779, 103.939], atol=0.01)
     assert cub["training"]["head_epochs"] > 0
+
+
+@pytest.fixture(scope="module")
+def cub_tree_big_test(tmp_path_factory):
+    """3 classes x 14 images, 8 of them flagged test: enough to split the test photos three ways."""
+    return _write_tree(tmp_path_factory.mktemp("cub_big"), 14, 8)
+
+
+def test_analysis_splits_from_held_out_test_photos(cub_tree_big_test, tmp_path, monkeypatch):
+    """``split.analysis_from_test``: the model trains on the official train photos only; the
+    train / val / test of every later stage are the official test photos, split stratified."""
+    cub_tree = cub_tree_big_test
+    cfg = load_profile("cub200-vgg16", {**_vgg_overrides(cub_tree), "split.analysis_from_test": [0.5, 0.25, 0.25]})
+    data = load_data(cfg)
+    _, official = cub_tree
+    analysis = [i for s in ("train", "val", "test") for i in data[s].ids]
+    assert sorted(analysis) == sorted(i for i, s in official.items() if s == "test")  # each test photo once
+    own = data.model_bundle()
+    assert sorted([*own["train"].ids, *own["val"].ids]) == sorted(i for i, s in official.items() if s == "train")
+    assert set(own["train"].ids).isdisjoint(own["val"].ids)
+    for s in ("train", "val", "test"):  # stratified: every class in every analysis split
+        assert set(data[s].labels) == set(range(N_CLASSES))
+    manifest = data.manifest()
+    assert set(manifest["split"]) == {"train", "val", "test", "model_train", "model_val"}
+    assert load_data(cfg).fingerprint == data.fingerprint != load_data(load_profile(
+        "cub200-vgg16", _vgg_overrides(cub_tree))).fingerprint
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment(cfg, progress=False)
+    own_acc = exp.model_split_accuracy()
+    assert set(own_acc) == {"model_train", "model_val"}
+    trained = exp.history[exp.history.phase == "train"]
+    assert own_acc["model_val"] == pytest.approx(trained.val_acc.iloc[-1])  # selected on its own val photos
+
+
+@pytest.mark.parametrize("pool, dataset", [([0.5, 0.5], "cub200"), ([0.5, 0.25, 0.3], "cub200"),
+                                           ([0.5, 0.25, 0.25], "digits")])
+def test_analysis_from_test_is_validated(pool, dataset):
+    with pytest.raises(ProfileError, match="analysis_from_test"):
+        load_profile("digits", {"dataset": dataset, "split.analysis_from_test": pool})
+
+
+def test_analysis_split_too_small_for_the_classes_is_named(cub_tree):
+    cfg = load_profile("cub200-vgg16", {**_vgg_overrides(cub_tree), "split.analysis_from_test": [0.5, 0.25, 0.25]})
+    with pytest.raises(ValueError, match="split.analysis_from_test.*6 test photos.*3 classes"):
+        load_data(cfg)
+
+
+def test_cub100_without_its_data_or_weights_says_where_it_looked(cub_tree_big_test, tmp_path, monkeypatch):
+    from helpers.datasets import DataNotFoundError
+
+    monkeypatch.setattr("helpers.datasets.REPO_ROOT", tmp_path / "repo")  # no ../shared beside it
+    monkeypatch.delenv("COMPANION_DATA_DIR", raising=False)
+    with pytest.raises(DataNotFoundError, match="cub200") as e:
+        load_data(load_profile("cub100", {"data_dir": str(tmp_path / "nowhere")}))
+    assert "nowhere" in str(e.value) and "train_test_split.txt" in str(e.value)
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("cub100", {"data_dir": str(cub_tree_big_test[0]), "checkpoint": None, "image_size": 32,
+                                "weights": str(tmp_path / "no-such-weights.pth")}, progress=False)
+    with pytest.raises(FileNotFoundError, match="(?s)SqueezeNet 1.1 features.*no-such-weights"):
+        exp.model
