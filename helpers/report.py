@@ -120,6 +120,10 @@ def build_report(output_dir: str | Path) -> str:
              "wrote; regenerate with `make figures PROFILE=<profile>`.", ""]
     if acc:
         parts += ["Model accuracy: " + ", ".join(f"{s} {acc[s]:.3f}" for s in ("train", "val", "test") if s in acc), ""]
+    own = m.get("model", {}).get("model_split_accuracy", {})
+    if own:  # split.analysis_from_test: the splits above are held-out photos
+        parts += ["On the model's own training photos (not in the splits above): " + ", ".join(
+            f"{k.removeprefix('model_')} {v:.3f}" for k, v in own.items()), ""]
     if m.get("detectors"):
         parts += ["## Headline: every error detector on the same predictions", "",
                   "Thresholds at equal correct/wrong recall on validation, applied to test.", "",
