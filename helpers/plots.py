@@ -42,13 +42,28 @@ def sample_grid(data, split: str = "train", per_class: int = 6, seed: int = 0):
 
 
 def training_curves(history: pd.DataFrame):
-    """Loss and accuracy by epoch."""
+    """Loss and accuracy by epoch; with transfer learning (a ``phase`` column) the head epochs on
+    frozen features come first, then the fine-tuning epochs, on one axis split by a dotted line."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     if len(history):
-        a.plot(history["epoch"], history["loss"], marker="o")
-        b.plot(history["epoch"], history["train_acc_running"], marker="o", label="train (running, augmented)")
-        b.plot(history["epoch"], history["val_acc"], marker="o", label="validation")
-        b.legend()
+        h = history.reset_index(drop=True)
+        x = np.arange(1, len(h) + 1)
+        phases = h["phase"] if "phase" in h else pd.Series(["train"] * len(h))
+        head = (phases == "head").to_numpy()
+        for mask, tag in ((head, "head on frozen features: "), (~head, "")):
+            if not mask.any():
+                continue
+            a.plot(x[mask], h["loss"][mask], marker="o", label=tag.rstrip(": ") or "training")
+            train_col = "train_acc" if tag else "train_acc_running"
+            if train_col in h:
+                b.plot(x[mask], h[train_col][mask], marker="o",
+                       label=tag + ("train" if tag else "train (running, augmented)"))
+            b.plot(x[mask], h["val_acc"][mask], marker="o", label=tag + "validation")
+        if head.any() and (~head).any():
+            for ax in (a, b):
+                ax.axvline(head.sum() + 0.5, ls=":", c="grey")
+            a.legend(["head", "fine-tuning"], fontsize=8)
+        b.legend(fontsize=8)
     else:
         for ax in (a, b):
             ax.text(0.5, 0.5, "no training: loaded checkpoint", ha="center", va="center", transform=ax.transAxes)
