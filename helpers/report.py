@@ -254,7 +254,8 @@ def readme_block(figures_root: str | Path = REPO_ROOT / "figures", default_profi
     root = Path(figures_root)
     parts = [comparison_table(root), "", "Paper 1 on real photos with a pretrained model: its ImageNet tables "
              "(InceptionV3 fine-tuned on 50 / 100 ImageNet classes) beside `cub100` (SqueezeNet 1.1 on 100 bird "
-             "species, 2,903 test photos): a different model, dataset and scale, the nearest setting we can run:", "",
+             "species; 726 validation and 726 test photos the model never saw): a different model, dataset and scale, "
+             "the nearest setting we can run:", "",
              comparison_table(root, PAPER1_IMAGENET_PROFILES, ("ImageNet-50 / InceptionV3 (Table 5)",
                                                                "ImageNet-100 / InceptionV3 (Table 6)")), "",
              "Paper 2, Table 1 (misclassification detection with CFE filters; "
