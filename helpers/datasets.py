@@ -387,8 +387,13 @@ def _list_class_dir(d: Path) -> dict[str, list[Path]]:
 def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, model_files: dict | None = None) -> DataBundle:
     """files: split -> list of (path, label).  ``model_files`` (train, val): the model's own training
     photos when the analysis splits are carved from the test photos (``split.analysis_from_test``)."""
-    ids = {s: np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in files[s]]) for s in SPLITS}
-    lab = {s: np.array([l for _, l in files[s]], dtype=np.int64) for s in SPLITS}
+    def ids_labels(items):
+        return (np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in items]),
+                np.array([l for _, l in items], dtype=np.int64))
+
+    ids, lab = {}, {}
+    for s in SPLITS:
+        ids[s], lab[s] = ids_labels(files[s])
     mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
     for s in SPLITS:
         if len(ids[s]) == 0:
@@ -400,11 +405,10 @@ def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, mode
     fp_parts = {s: list(ids[s]) for s in SPLITS}
     model_splits = {}
     for s, items in (model_files or {}).items():
-        m_ids = np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in items])
-        m_lab = np.array([l for _, l in items], dtype=np.int64)
+        m_ids, m_lab = ids_labels(items)
         model_splits[s] = SplitData(m_ids, m_lab, FileImages([p for p, _ in items], m_lab, mean, std, cfg["image_size"]))
         fp_parts[f"model_{s}"] = list(m_ids)
-    fp = params_hash(name, fp_parts) if model_files else params_hash(name, {s: list(ids[s]) for s in SPLITS})
+    fp = params_hash(name, fp_parts)
     bundle = _make_bundle(cfg, name, classes, ids, lab, make_ds, source, fp, len(mean))
     if model_splits:
         bundle.extra["model_splits"] = model_splits

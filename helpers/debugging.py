@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .cfe import thresholded_relu
 from .models import pooled_forward, pooled_head
-from .training import augment
+from .training import augment, module_names, set_trainable  # noqa: F401 (set_trainable: re-exported)
 from .utils import torch_threads
 
 
@@ -98,27 +98,7 @@ def trainable_names(model: nn.Module, spec) -> list[str]:
         return [layer, linear]
     if spec == "all":
         return [""]
-    names = [spec] if isinstance(spec, str) else list(spec)
-    known = dict(model.named_modules())
-    bad = [n for n in names if n not in known]
-    if bad:
-        top = [n for n in known if n and "." not in n]
-        raise ValueError(f"debugging.trainable: {bad} are not modules of the model; valid: 'last_conv', 'all' or "
-                         f"module names such as {', '.join(top)}")
-    return names
-
-
-def set_trainable(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
-    """Freeze everything but the parameters of the named modules; return the trainable ones."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = []
-    for n in names:
-        for p in model.get_submodule(n).parameters():
-            if not p.requires_grad:
-                p.requires_grad_(True)
-                params.append(p)
-    return params
+    return module_names(model, spec, "debugging.trainable", special="'last_conv', 'all'")
 
 
 def suffix_cacheable(model: nn.Module, names: list[str], augmentation: str) -> bool:

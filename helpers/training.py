@@ -61,24 +61,37 @@ def _optimizer(params, tcfg, lr=None):
     return torch.optim.Adam(params, lr=lr, weight_decay=tcfg["weight_decay"])
 
 
-def freeze_all_but(model: nn.Module, trainable) -> list[str]:
-    """``training.trainable``: ``"all"`` or a list of module names (their parameters train, the rest
-    are frozen).  Returns the names; an unknown name raises before any training."""
-    if trainable in (None, "all"):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return [""]
-    names = [trainable] if isinstance(trainable, str) else list(trainable)
+def module_names(model: nn.Module, spec, key: str, special: str = "'all'") -> list[str]:
+    """``spec`` (a module name or a list of them) as a list, every name checked against the model's
+    modules before any training: an unknown one raises naming ``key``, the name and valid ones."""
+    names = [spec] if isinstance(spec, str) else list(spec)
     known = dict(model.named_modules())
     bad = [n for n in names if n not in known]
     if bad:
-        raise ValueError(f"training.trainable: {bad} are not modules of the model; valid: 'all' or module "
-                         f"names such as {', '.join(n for n in known if n and n.count('.') <= 1)}")
+        raise ValueError(f"{key}: {bad} are not modules of the model; valid: {special} or module names such as "
+                         f"{', '.join(n for n in known if n and n.count('.') <= 1)}")
+    return names
+
+
+def set_trainable(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """Freeze everything but the parameters of the named modules (``""``: the whole model); return
+    the trainable ones."""
     for p in model.parameters():
         p.requires_grad_(False)
+    params = []
     for n in names:
-        for p in known[n].parameters():
-            p.requires_grad_(True)
+        for p in model.get_submodule(n).parameters():
+            if not p.requires_grad:
+                p.requires_grad_(True)
+                params.append(p)
+    return params
+
+
+def freeze_all_but(model: nn.Module, trainable) -> list[str]:
+    """``training.trainable``: ``"all"`` or a list of module names (their parameters train, the rest
+    are frozen).  Returns the names; an unknown name raises before any training."""
+    names = [""] if trainable in (None, "all") else module_names(model, trainable, "training.trainable")
+    set_trainable(model, names)
     return names
 
 
