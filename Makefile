@@ -2,6 +2,11 @@
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
 #   make test      set up, then run the unit tests and the nbval regression of the notebooks
 #   make lab       set up, then open JupyterLab on notebooks/ with the project's kernel (LAB_ARGS="--no-browser --port 8890")
+# For developers:
+#   make reference       the run in figures/$(PROFILE)/ becomes the committed regression reference
+#                        (tests/reference/$(PROFILE)/), when a change is meant to move the numbers
+#   make kernel-matrix   $(PROFILE) from an empty cache under every CPU instruction set and 1 / 2 threads,
+#                        each compared with the reference (not part of make test; about 6 min for digits)
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -13,7 +18,7 @@ LAB_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYTHONHASHSEED := 0
 
-.PHONY: setup figures test lab bench clean-artifacts
+.PHONY: setup figures test lab bench reference kernel-matrix clean-artifacts
 
 setup: $(STAMP)
 
@@ -36,6 +41,12 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all
+
+reference: $(STAMP)
+	$(PY) -m helpers.regression update $(PROFILE)
+
+kernel-matrix: $(STAMP)
+	$(PY) -m helpers.kernel_matrix --profile $(PROFILE)
 
 clean-artifacts:
 	rm -rf artifacts

@@ -1,44 +1,87 @@
-"""Regression of a run's headline numbers against the committed run, with stated tolerances.
+"""Regression of a run's headline numbers against a committed reference, each within a tolerance that
+follows the number's own uncertainty.
 
-Float results of MKL / oneDNN kernels differ between CPU families and thread counts in the last
-bits; training and early stopping amplify that into a few flipped predictions.  So the committed
-numbers are compared within a tolerance, never as text: each notebook's last (``NBVAL_CHECK_OUTPUT``)
-cell calls :func:`check` on the metrics it wrote, prints one stable line, and fails (an
-exception, so nbval fails) when a headline number moved by more than its tolerance.
+**The reference** of a profile is ``tests/reference/<profile>/metrics.json``: a copy of the metrics of
+the run the repository's figures, notebooks and README show.  No run writes it: ``make figures`` (or
+Jupyter, or papermill) regenerates ``figures/<profile>/`` and the notebooks, never the reference, so a
+run is always compared with the committed numbers and never with itself.  A developer whose change is
+meant to move the numbers refreshes it explicitly (``make reference``: :func:`write_reference`), and the
+diff of the reference shows what moved.
 
-Tolerances (absolute) come from measurement (README, "Regression tolerance"): the largest move
-seen on the default profile between 1 and 2 threads and between AVX2 and SSE4.1 kernels, times
-about 1.5-2 for the detectors, with a floor of a few flipped predictions where almost nothing
-moved (CFE statistics, debugging accuracies).  A flipped prediction moves an accuracy by 1/450 on the default profile's test
-split and a recall of errors by 1/52; recalls at a threshold chosen on validation move most,
-because the threshold itself moves.
+**The check.**  Each notebook's one ``NBVAL_CHECK_OUTPUT`` cell calls :func:`check` on the metrics it
+wrote; it prints one line that does not depend on the numbers and fails (an exception, so nbval fails)
+when a headline number moved by more than its tolerance or is missing.
+
+**The tolerances** (:data:`RULES`, :func:`tolerance_of`) are computed from the reference itself:
+``max(floor, K x SE)``, where SE is the standard error of the number as an estimate from a finite
+sample, and the floor is the largest move measured across CPU kernels and thread counts
+(``python -m helpers.kernel_matrix``; README, "Regression").  Across CPUs floats differ in the last
+bits, and training amplifies that into a few flipped predictions: a move within one standard error is
+one a reader could not tell from a reseed of the same experiment; a real regression (a broken score,
+a changed method) moves a number by several.  The standard errors:
+
+- an accuracy or a recall: binomial, ``sqrt(p (1 - p) / n)`` over the n predictions (or the n errors,
+  the n correct predictions, the n kept ones) it is a share of;
+- an AUROC: from its stored 95 % bootstrap interval (``(high - low) / 3.92``), else Hanley & McNeil's
+  (1982) formula from the numbers of errors and correct predictions;
+- a paired difference: from its stored bootstrap interval;
+- numbers with no sampling model (CFE mask statistics, the filter-disabling check): the floor alone.
+
+A recall at a threshold chosen on validation is not compared for a score whose reference AUROC interval
+includes 0.5 (on either split): the ROC of a score no better than chance is flat, so its equal-recall
+threshold, and every recall at it, jumps when a few predictions flip (a move of 0.25 seen on an
+AVX-512 CPU).  The AUROC of such a score is still compared.
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import math
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .profiles import REPO_ROOT
+from .report import REFERENCE_DIR  # where the committed references live: tests/reference/<profile>/metrics.json
+from .utils import atomic_write_json
 
-#: (pattern on the dotted metrics key, absolute tolerance); the first matching pattern wins.
-#: Keys that match no pattern are not headline numbers and are not compared.
-TOLERANCES: list[tuple[str, float]] = [
-    # measured largest move (README, "Regression tolerance"): 1 vs 2 threads, AVX2 vs SSE4.1 kernels
-    ("model.accuracy.*", 0.02),                           # 0.005
-    ("detectors.*.auroc", 0.04),                          # 0.022
-    ("detectors.*.correct_recall", 0.12),                 # 0.075 (a shifted equal-recall threshold)
-    ("detectors.*.wrong_recall", 0.15),                   # 0.083 (4 of the 52 test errors)
-    ("lcr.sprt.auroc", 0.03),                             # 0.006
-    ("relay.*.accuracy", 0.04),                           # 0.020
-    ("cfe.generators.mean_active_filters", 0.1),          # 0.017
-    ("cfe.generators.masked_agreement", 0.01),            # 0.001
-    ("cfe.table1.*.errors_detected_fraction", 0.12),      # 0.062
-    ("cfe.disable.*", 0.06),                              # 0.027
-    ("debugging.*.test_accuracy", 0.01),                  # 0.002 (one test digit is 0.0022)
-    ("debugging.*.test_accuracy_mean", 0.01),             # 0.002
-    ("debugging.difference.mean", 0.01),                  # 0.004
+#: tolerance = max(floor, K x standard error)
+K = 1.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    value: float | None  # None: the number is reported but deliberately not compared (see ``basis``)
+    basis: str            # how the value was derived, for the messages and the kernel-matrix table
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str   # on the dotted metrics key
+    kind: str      # how the standard error is derived (see _standard_error)
+    floor: float   # the measured cross-CPU spread, with margin (README, "Regression")
+
+
+#: The headline numbers and their rules; the first matching pattern wins.  Keys that match no pattern
+#: are not headline numbers and are not compared.  Floors: the largest move measured by
+#: ``python -m helpers.kernel_matrix`` on the default profile (SSE4.2 / AVX2 / AVX-512 kernels, 1 and 2
+#: threads; README, "Regression"), rounded up with a margin.
+RULES: list[Rule] = [
+    Rule("model.accuracy.*", "accuracy", 0.005),
+    Rule("detectors.*.auroc", "auroc", 0.01),
+    Rule("detectors.*.correct_recall", "recall", 0.02),
+    Rule("detectors.*.wrong_recall", "recall", 0.04),
+    Rule("lcr.sprt.auroc", "auroc", 0.01),
+    Rule("relay.*.accuracy", "relay", 0.01),
+    Rule("cfe.generators.mean_active_filters", "none", 0.1),
+    Rule("cfe.generators.masked_agreement", "none", 0.01),
+    Rule("cfe.table1.*.errors_detected_fraction", "share_of_test_errors", 0.04),
+    Rule("cfe.disable.*", "none", 0.03),
+    Rule("debugging.*.test_accuracy", "test_accuracy", 0.005),
+    Rule("debugging.*.test_accuracy_mean", "test_accuracy", 0.005),
+    Rule("debugging.difference.mean", "interval", 0.005),
 ]
 
 
@@ -54,51 +97,202 @@ def flatten(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def tolerance_of(key: str, tolerances=TOLERANCES) -> float | None:
-    for pattern, tol in tolerances:
-        if fnmatch.fnmatchcase(key, pattern):
-            return tol
-    return None
+def rule_of(key: str, rules=RULES) -> Rule | None:
+    return next((r for r in rules if fnmatch.fnmatchcase(key, r.pattern)), None)
 
 
-def compare(reference: dict, actual: dict, sections: list[str], tolerances=TOLERANCES) -> tuple[int, list[str]]:
+# --------------------------------------------------------------------------- standard errors
+def split_size(ref: dict, split: str) -> tuple[int, int] | None:
+    """(n predictions, n errors) of a split, from the reference's model section."""
+    err, acc = ref.get(f"model.errors.{split}"), ref.get(f"model.accuracy.{split}")
+    if err is None or acc is None or acc >= 1.0:
+        return None
+    return int(round(err / (1.0 - acc))), int(err)
+
+
+def binomial_se(p: float, n: float) -> float:
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n and n > 0 else float("nan")
+
+
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC (Hanley & McNeil 1982, eq. 2) with n_pos errors, n_neg correct ones:
+    exact for exponentially distributed scores, somewhat larger than the truth for binormal ones."""
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc ** 2 / (1.0 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def _interval_se(ref: dict, prefix: str) -> float | None:
+    lo, hi = ref.get(f"{prefix}_ci_low", ref.get(f"{prefix}.ci_low")), ref.get(f"{prefix}_ci_high", ref.get(f"{prefix}.ci_high"))
+    if lo is None or hi is None:
+        return None
+    return (hi - lo) / (2 * 1.959964)
+
+
+def chance_level(ref: dict, detector: str) -> bool:
+    """True when the detector's reference AUROC interval includes 0.5 on val or test (a flat ROC)."""
+    for split in ("val", "test"):
+        lo, hi = ref.get(f"detectors.{detector}.{split}.auroc_ci_low"), ref.get(f"detectors.{detector}.{split}.auroc_ci_high")
+        if lo is not None and hi is not None and lo <= 0.5 <= hi:
+            return True
+    return False
+
+
+def _standard_error(key: str, kind: str, ref: dict) -> tuple[float | None, str]:
+    """(standard error or None, how it was derived); (None, reason) marks a number not to compare."""
+    value = ref[key]
+    parts = key.split(".")
+    if kind == "accuracy":
+        size = split_size(ref, parts[-1])
+        return (binomial_se(value, size[0]), f"binomial, n={size[0]}") if size else (float("nan"), "no split size")
+    if kind == "auroc":
+        if key.startswith("lcr.sprt"):
+            size = split_size(ref, "test")
+            return hanley_mcneil_se(value, size[1], size[0] - size[1]), f"Hanley-McNeil, {size[1]} errors of {size[0]}"
+        se = _interval_se(ref, key)
+        if se is not None:
+            return se, "bootstrap interval"
+        size = split_size(ref, parts[-2])
+        return hanley_mcneil_se(value, size[1], size[0] - size[1]), f"Hanley-McNeil, {size[1]} errors of {size[0]}"
+    if kind == "recall":
+        detector, split, which = parts[1], parts[2], parts[3]
+        if chance_level(ref, detector):
+            return None, "not compared: AUROC interval includes 0.5 (flat ROC, the threshold is undefined)"
+        n, n_err = split_size(ref, split)
+        m = n_err if which == "wrong_recall" else n - n_err
+        return binomial_se(value, m), f"binomial, n={m} {'errors' if which == 'wrong_recall' else 'correct'}"
+    if kind == "relay":
+        n, _ = split_size(ref, "test")
+        kept = n * (1.0 - ref.get(key.replace(".accuracy", ".discarded_fraction"), 0.0))
+        return binomial_se(value, kept), f"binomial, n={kept:.0f} kept"
+    if kind == "share_of_test_errors":
+        _, n_err = split_size(ref, "test")
+        return binomial_se(value, n_err), f"binomial, n={n_err} errors"
+    if kind == "test_accuracy":
+        n, _ = split_size(ref, "test")
+        return binomial_se(value, n), f"binomial, n={n}"
+    if kind == "interval":
+        se = _interval_se(ref, key.rsplit(".", 1)[0])
+        return (se, "bootstrap interval") if se is not None else (float("nan"), "no interval")
+    return float("nan"), "no sampling model"
+
+
+def tolerance_of(key: str, ref: dict, rules=RULES) -> Tolerance | None:
+    """The tolerance of a headline number (``ref``: the flattened reference), or None when ``key`` is
+    no headline number."""
+    rule = rule_of(key, rules)
+    if rule is None:
+        return None
+    if key not in ref:
+        return Tolerance(rule.floor, "floor (not in the reference)")
+    se, how = _standard_error(key, rule.kind, ref)
+    if se is None:
+        return Tolerance(None, how)
+    if math.isnan(se) or K * se <= rule.floor:
+        return Tolerance(rule.floor, f"measured floor ({how}: SE {se:.4f})" if not math.isnan(se) else "measured floor")
+    return Tolerance(K * se, f"{K:g} SE ({how})")
+
+
+# --------------------------------------------------------------------------- comparison
+def _selected(key: str, sections) -> bool:
+    return any(fnmatch.fnmatchcase(key, s) or fnmatch.fnmatchcase(key, s + ".*") for s in sections)
+
+
+def moves(reference: dict, actual: dict, sections=("*",), rules=RULES) -> list[dict]:
+    """One row per headline number under ``sections``: reference, actual, |move|, tolerance, basis, ok."""
+    ref, act = flatten(reference), flatten(actual)
+    rows = []
+    for k in sorted({k for k in (*ref, *act) if _selected(k, sections) and rule_of(k, rules) is not None}):
+        tol = tolerance_of(k, ref, rules)
+        r, a = ref.get(k), act.get(k)
+        move = None if r is None or a is None else (0.0 if math.isnan(a) and math.isnan(r) else abs(a - r))
+        ok = tol.value is None or (move is not None and move <= tol.value)
+        rows.append({"key": k, "reference": r, "actual": a, "move": move, "tolerance": tol.value,
+                     "basis": tol.basis, "ok": ok})
+    return rows
+
+
+def compare(reference: dict, actual: dict, sections, rules=RULES) -> tuple[int, list[str]]:
     """Compare the headline numbers under ``sections`` (dotted prefixes, wildcards allowed, e.g.
     ``"detectors.msp"`` or ``"detectors.joint_*"``).
 
     Returns (how many numbers were compared, one message per failure): a number outside its
     tolerance, or a headline key present in one run and missing in the other."""
-    ref, act = flatten(reference), flatten(actual)
-    keys = sorted({k for k in (*ref, *act)
-                   if any(fnmatch.fnmatchcase(k, s) or fnmatch.fnmatchcase(k, s + ".*") for s in sections)
-                   and tolerance_of(k, tolerances) is not None})
+    rows = moves(reference, actual, sections, rules)
     failures = []
-    for k in keys:
-        tol = tolerance_of(k, tolerances)
-        if k not in ref or k not in act:
-            failures.append(f"{k}: {'missing in this run' if k not in act else 'not in the committed run'}")
+    for row in rows:
+        if row["ok"]:
             continue
-        a, r = act[k], ref[k]
-        if math.isnan(a) and math.isnan(r):
-            continue
-        if not abs(a - r) <= tol:
-            failures.append(f"{k}: {a:.4f} vs committed {r:.4f} (tolerance {tol})")
-    return len(keys), failures
+        if row["actual"] is None or row["reference"] is None:
+            failures.append(f"{row['key']}: {'missing in this run' if row['actual'] is None else 'not in the reference'}")
+        else:
+            failures.append(f"{row['key']}: {row['actual']:.4f} vs reference {row['reference']:.4f} "
+                            f"(tolerance {row['tolerance']:.4f}: {row['basis']})")
+    return sum(r["tolerance"] is not None for r in rows), failures
 
 
-def committed_metrics(profile: str) -> dict | None:
-    """The committed run's metrics of a profile (figures/<profile>/metrics.json in the repository)."""
-    path = REPO_ROOT / "figures" / profile / "metrics.json"
+# --------------------------------------------------------------------------- the reference
+def reference_path(profile: str, root: Path | None = None) -> Path:
+    return Path(root or REFERENCE_DIR) / profile / "metrics.json"
+
+
+def reference_metrics(profile: str, root: Path | None = None) -> dict | None:
+    """The committed reference metrics of a profile (tests/reference/<profile>/metrics.json), or None."""
+    path = reference_path(profile, root)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def write_reference(profile: str, source: Path | None = None, root: Path | None = None) -> Path:
+    """Make ``source`` (default: figures/<profile>/metrics.json) the reference of ``profile``, atomically,
+    with a provenance note beside it.  Refuses a run that lacks sections the old reference had (an
+    interrupted run)."""
+    import platform
+
+    import torch
+
+    source = Path(source or REPO_ROOT / "figures" / profile / "metrics.json")
+    if not source.is_file():
+        raise SystemExit(f"reference: no metrics at {source}; run `make figures PROFILE={profile}` first")
+    new = json.loads(source.read_text())
+    if new.get("profile") != profile:
+        raise SystemExit(f"reference: {source} is the run of profile {new.get('profile')!r}, not {profile!r}")
+    old = reference_metrics(profile, root)
+    if old is not None:
+        lost = sorted(k for k in flatten(old) if rule_of(k) is not None and k not in flatten(new))
+        if lost:
+            raise SystemExit(f"reference: {source} lacks {len(lost)} headline numbers of the current reference "
+                             f"(e.g. {lost[0]}): an interrupted or partial run? Rerun `make figures PROFILE={profile}`")
+    path = reference_path(profile, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, new)
+    atomic_write_json(path.with_name("provenance.json"), {
+        "profile": profile, "source": str(source.relative_to(REPO_ROOT)) if source.is_relative_to(REPO_ROOT) else str(source),
+        "written": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "torch": torch.__version__,
+        "python": platform.python_version()})
+    return path
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def check(exp, sections: list[str]) -> str:
-    """Compare this run's metrics (exp.metrics()) with the committed run's; raise AssertionError listing
-    every headline number out of tolerance; return one line that does not depend on the numbers."""
+    """Compare this run's metrics (exp.metrics()) with the profile's committed reference; raise
+    AssertionError listing every headline number out of tolerance; return one line that does not
+    depend on the numbers."""
     from .profiles import load_profile, profile_path
 
-    ref = committed_metrics(exp.name)
+    ref = reference_metrics(exp.name)
     if ref is None:
-        return f"{exp.name}: no committed run to compare with"
+        return f"{exp.name}: no committed reference (tests/reference/{exp.name}/) to compare with"
     try:
         same = exp.cfg == load_profile(profile_path(exp.name))
     except Exception:  # a profile given as a dict or a path outside params/
@@ -107,7 +301,38 @@ def check(exp, sections: list[str]) -> str:
         return f"{exp.name}: settings differ from the committed profile (overrides?); not compared"
     n, failures = compare(ref, exp.metrics(), sections)
     if failures:
-        raise AssertionError(f"{len(failures)} of {n} headline numbers are missing or differ from the committed run "
-                             f"(figures/{exp.name}/metrics.json) by more than their tolerance:\n  "
+        raise AssertionError(f"{len(failures)} of {n} headline numbers are missing or differ from the reference "
+                             f"(tests/reference/{exp.name}/metrics.json) by more than their tolerance:\n  "
                              + "\n  ".join(failures))
-    return f"{', '.join(sections)}: {n} headline numbers within tolerance of the committed run"
+    return f"{', '.join(sections)}: {n} headline numbers within tolerance of the reference"
+
+
+def main(argv=None) -> int:
+    """``python -m helpers.regression update digits`` (``make reference``): the run in figures/<profile>/
+    becomes the reference.  ``python -m helpers.regression compare digits path/to/metrics.json``: every
+    headline number's move and tolerance, as JSON; exit status 1 when one is out of tolerance."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("update", help="make figures/<profile>/metrics.json the committed reference")
+    up.add_argument("profiles", nargs="+")
+    cp = sub.add_parser("compare", help="compare a metrics.json with a profile's reference")
+    cp.add_argument("profile")
+    cp.add_argument("metrics")
+    a = ap.parse_args(argv)
+    if a.cmd == "update":
+        for p in a.profiles:
+            print(write_reference(p))
+        from .report import refresh_readme
+
+        print("README comparison block", "refreshed" if refresh_readme() else "unchanged")
+        return 0
+    ref = reference_metrics(a.profile)
+    if ref is None:
+        raise SystemExit(f"compare: no reference for profile {a.profile!r} in {REFERENCE_DIR}")
+    rows = moves(ref, json.loads(Path(a.metrics).read_text()))
+    print(json.dumps(rows, indent=1))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,9 @@
 The default profile's executed notebooks replace the committed ones in notebooks/
 (so they carry the outputs nbval compares); any other profile's go to
 figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<profile>/.
+Each notebook is executed into a temporary file and moved into place only when it has finished, so
+an interrupted run leaves every notebook either as it was or complete.  No run writes the regression
+reference (tests/reference/<profile>/, :mod:`helpers.regression`): ``make reference`` does.
 
 The console shows only the progress lines: the kernels are started with transport encryption
 (CurveZMQ keys provisioned by the kernel manager; IPC sockets where pyzmq lacks CurveZMQ), so
@@ -16,6 +19,7 @@ interrupt that could land in its last reply ("KeyboardInterrupt caught in kernel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -86,8 +90,9 @@ def kernel_manager_class():
     return BatchKernelManager
 
 
-def _strip_run_metadata(path: Path) -> None:
-    """Executed notebooks carry outputs, not this machine's paths or timings (clean diffs)."""
+def _strip_run_metadata(path: Path, final_name: str | None = None) -> None:
+    """Executed notebooks carry outputs, not this machine's paths or timings (clean diffs); the output
+    path recorded is ``final_name`` (the notebook's name once moved into place)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -97,11 +102,24 @@ def _strip_run_metadata(path: Path) -> None:
     for key in ("input_path", "output_path"):
         if key in pm:
             pm[key] = Path(pm[key]).name
+    if final_name and "output_path" in pm:
+        pm["output_path"] = final_name
     pm.pop("environment_variables", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
     nbformat.write(nb, path)
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Temporary notebooks (``.partial/<name>.<pid>.ipynb``) of runs that were killed: their process is gone."""
+    for tmp in (folder / ".partial").glob("*.ipynb"):
+        try:
+            os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)  # still running (another run of the profile): leave it
+        except (ValueError, IndexError, ProcessLookupError):
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
@@ -127,15 +145,37 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         stages.unlink()
     timings = {}
     config, manager = kernel_config(), kernel_manager_class()
+    _remove_stale_partials(out_nb_dir)
     for nb in notebooks(only):
         t0 = time.perf_counter()
         print(f"[{name}] {nb.name} ...", flush=True)
-        pm.execute_notebook(str(nb), str(out_nb_dir / nb.name), parameters=params, kernel_name=kernel,
-                            cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
-                            kernel_manager_class=manager)
-        _strip_run_metadata(out_nb_dir / nb.name)
+        # papermill writes the notebook after every cell: into a temporary file of this process, moved over
+        # the executed notebook only once it has finished, so an interrupted run never leaves a committed
+        # notebook half-executed.  A notebook whose cell failed is kept for inspection in
+        # <figures>/failed/ (never in notebooks/, where nbval would collect it).
+        partial = out_nb_dir / ".partial" / f"{nb.stem}.{os.getpid()}.ipynb"  # hidden from pytest / nbval
+        partial.parent.mkdir(exist_ok=True)
+        failed = fig_dir / "failed" / nb.name
+        try:
+            pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel,
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
+                                kernel_manager_class=manager)
+        except Exception:
+            if partial.is_file():
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(partial, failed)
+                print(f"[{name}] {nb.name} failed; the partly executed copy is {failed}", flush=True)
+            raise
+        except BaseException:  # interrupted (Ctrl-C): nothing half-written stays behind
+            partial.unlink(missing_ok=True)
+            raise
+        _strip_run_metadata(partial, nb.name)
+        os.replace(partial, out_nb_dir / nb.name)
+        failed.unlink(missing_ok=True)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
+    with contextlib.suppress(OSError):
+        (out_nb_dir / ".partial").rmdir()  # empty unless another run of the profile is still going
     log = json.loads(stages.read_text()) if stages.is_file() else {}
     log["notebooks"] = {**log.get("notebooks", {}), **timings}
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The committed CIFAR-10 ResNet20 (checkpoints/cifar10-resnet20.pt) is what its JSON record says:
+"""The committed checkpoints (checkpoints/*.pt: digits, CIFAR-10, cub100) are what their JSON records say:
 its file hash, the hash of the data it was trained on, and its test accuracy on that data."""
 import json
 
@@ -65,3 +65,23 @@ def test_cub100_checkpoint_reproduces_its_recorded_val_accuracy(monkeypatch):
     preds = predict(model, torch.stack([val.dataset[i][0] for i in range(len(val))]), batch_size=100)
     acc = float((preds == val.labels).mean())
     assert acc == pytest.approx(info["accuracy"]["model_val"], abs=2 / 300 + 1e-9)  # at most 2 rounding ties
+
+
+DIGITS = REPO_ROOT / "checkpoints" / "digits-small_cnn.pt"
+
+
+def test_default_profile_loads_its_committed_checkpoint_and_reproduces_it(tmp_path, monkeypatch):
+    """The default model is committed so that every CPU analyses the same weights (issue: retraining
+    moved the model between AVX2 and AVX-512 kernels); it reproduces its record on any CPU."""
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "artifacts"))
+    cfg = load_profile("digits")
+    assert REPO_ROOT / cfg["checkpoint"] == DIGITS and cfg["if_no_checkpoint"] == "train"
+    info = json.loads(DIGITS.with_suffix(".json").read_text())
+    assert file_sha256(DIGITS) == info["sha256"]
+    assert info["profile"] == "digits" and info["training"] == cfg["training"] and info["seed"] == cfg["seed"]
+    exp = Experiment("digits", output_dir=tmp_path / "digits", progress=False)
+    assert exp.data_key == info["data_key"]
+    assert "model" not in exp.timings and len(exp.history) == cfg["training"]["epochs"]  # loaded, with its curves
+    acc = exp.predictions.groupby("split")["correct"].mean()
+    for split in ("train", "val", "test"):
+        assert acc[split] == pytest.approx(info["accuracy"][split], abs=1e-6)

@@ -1,0 +1,74 @@
+"""make figures (helpers.run_notebooks) never leaves a notebook half-executed and never writes the
+regression reference: each notebook is executed into a temporary file and moved into place when it
+has finished."""
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from helpers import regression, run_notebooks
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """papermill.execute_notebook that writes the output as papermill does (after a cell), then either
+    finishes, fails in a cell, or is interrupted."""
+    import papermill
+
+    mode = {"how": "finish"}
+
+    def execute_notebook(src, out, **kw):
+        nb = nbformat.read(src, as_version=4)
+        nb.metadata["papermill"] = {"input_path": src, "output_path": out}
+        nbformat.write(nb, out)
+        if mode["how"] == "fail":
+            raise papermill.PapermillExecutionError(0, 1, "ValueError", "boom", [])
+        if mode["how"] == "interrupt":
+            raise KeyboardInterrupt
+        nb.cells[0].source += "\n<!-- executed -->"
+        nbformat.write(nb, out)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return mode
+
+
+def test_a_finished_run_moves_each_notebook_into_place(tmp_path, fake_papermill):
+    run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00", "01"])
+    nb_dir = tmp_path / "out" / "notebooks"
+    assert sorted(p.name for p in nb_dir.glob("*.ipynb")) == ["00_data_and_model.ipynb", "01_conductance.ipynb"]
+    nb = nbformat.read(nb_dir / "00_data_and_model.ipynb", as_version=4)
+    assert "<!-- executed -->" in nb.cells[0].source
+    assert nb.metadata["papermill"]["output_path"] == "00_data_and_model.ipynb"  # not the temporary name
+    assert not (nb_dir / ".partial").exists()
+
+
+@pytest.mark.parametrize("how", ["interrupt", "fail"])
+def test_an_interrupted_or_failed_notebook_leaves_the_previous_one_untouched(tmp_path, fake_papermill, how):
+    reference_before = regression.reference_path("digits").read_bytes()
+    run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00"])
+    target = tmp_path / "out" / "notebooks" / "00_data_and_model.ipynb"
+    before = target.read_bytes()
+    fake_papermill["how"] = how
+    with pytest.raises((KeyboardInterrupt, Exception)):
+        run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00"])
+    assert target.read_bytes() == before  # the finished notebook of the earlier run, whole
+    assert not list((tmp_path / "out" / "notebooks" / ".partial").glob("*"))
+    failed = tmp_path / "out" / "failed" / "00_data_and_model.ipynb"
+    assert failed.is_file() == (how == "fail")  # kept for inspection, outside any notebooks/ folder
+    assert regression.reference_path("digits").read_bytes() == reference_before
+    fake_papermill["how"] = "finish"  # a later run that finishes removes the failed copy
+    run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00"])
+    assert not failed.exists()
+
+
+def test_partial_notebooks_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    partial = tmp_path / ".partial"
+    partial.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (partial / f"00_data_and_model.{dead}.ipynb").write_text("{}")
+    (partial / f"01_conductance.{os.getpid()}.ipynb").write_text("{}")  # a run still going (this process)
+    run_notebooks._remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in partial.iterdir()) == [f"01_conductance.{os.getpid()}.ipynb"]
