@@ -43,6 +43,9 @@ SCHEMA: dict[str, Any] = {
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
     "if_no_checkpoint": (str, False, ("error", "train")),
+    # true: a checkpoint's sha256 must match its JSON record (checkpoints/<name>.json); false: skip that
+    # check (a checkpoint of your own, without a record)
+    "verify_checkpoint": (bool, False, None),
     "image_size": (int, True, {"min": 4, "max": 1024}),
     "normalize": {
         "mean": (list, True, None),
@@ -155,6 +158,7 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,
     "checkpoint": None,
     "if_no_checkpoint": "error",
+    "verify_checkpoint": True,
     "device": "auto",
     "num_workers": 0,
     "threads": None,
