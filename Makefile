@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[notebooks,test]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (companion)" > /dev/null
+	$(PY) -c "from helpers.notebook import write_kernel_config; write_kernel_config()"
 	touch $(STAMP)
 
 figures: $(STAMP)
@@ -36,8 +37,9 @@ test: $(STAMP)
 		--nbval-kernel-name python3 -p no:cacheprovider
 
 # The venv's JupyterLab; JUPYTER_PATH (above) puts the venv's "python3" kernel ("Python 3 (companion)") first.
+# As root (a container), JupyterLab refuses to start without --allow-root: added then.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all

@@ -16,12 +16,17 @@ Loaders:
                     shuffle, per class N train and M validation images from train/, official val as test.
 ``cub200``          the CUB_200_2011 layout; official train/test split, a seeded fraction of train as val.
 ``imagefolder``     any tree with train/<class>/ and test/<class>/ (val/<class>/ optional).
+
+The folder datasets' fingerprint (part of the data key that roots every cache key and is recorded in
+checkpoints) covers every file's name and content (sha256), never its mtime: an image replaced or
+damaged in place is new data, and the same tree gives the same key on any machine.
 """
 from __future__ import annotations
 
 import io
 import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .profiles import REPO_ROOT, params_hash
-from .utils import atomic_path
+from .profiles import REPO_ROOT, ProfileError, params_hash
+from .utils import atomic_path, file_sha256
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -41,6 +46,37 @@ SPLITS = ("train", "val", "test")
 
 class DataNotFoundError(FileNotFoundError):
     """The data a profile asks for is not where the project looked."""
+
+
+class DataDirError(DataNotFoundError, ProfileError):
+    """The profile's explicit ``data_dir`` is not an existing folder (both a missing-data and a profile error)."""
+
+
+class DamagedImageError(OSError):
+    """A data file cannot be decoded as an image: truncated, corrupted, or not an image at all."""
+
+
+def read_image(path, mode: str, size: int) -> np.ndarray:
+    """The image file at ``path`` converted to PIL ``mode`` and resized to ``size`` x ``size`` (uint8 array).
+
+    A file PIL cannot decode raises :class:`DamagedImageError` naming it (PIL's own message names no file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        raise DamagedImageError(damaged_message(path, exc)) from exc
+
+
+def damaged_message(path, exc: BaseException) -> str:
+    """One line: which file is damaged, what the decoder said, what to do."""
+    return (f"{path}: damaged image file, it cannot be decoded ({type(exc).__name__}: {exc}); "
+            "replace it with an intact copy or remove it from the dataset")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -102,12 +138,7 @@ class FileImages(Dataset):
         return torch.stack([self[i][0] for i in range(len(self))]) if len(self) else torch.zeros(0), self.labels
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            im = im.convert("L" if self.mean.shape[0] == 1 else "RGB")
-            im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        arr = read_image(self.paths[i], "L" if self.mean.shape[0] == 1 else "RGB", self.image_size)
         x = torch.from_numpy(arr.copy()).float().div_(255.0)
         x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
         return (x - self.mean) / self.std, self.labels[i]
@@ -172,12 +203,28 @@ def denormalize(dataset, x) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- helpers
+def explicit_data_dir(cfg: dict) -> Path | None:
+    """The profile's ``data_dir`` as a path (a relative one is relative to the repository), or None when null."""
+    if not cfg.get("data_dir"):
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(cfg["data_dir"])))
+    return p if p.is_absolute() else (REPO_ROOT / p)
+
+
+def check_data_dir(cfg: dict, layout: str) -> None:
+    """Refuse an explicit ``data_dir`` that is not an existing folder, instead of silently searching the
+    default places (which may hold other data).  ``layout``: what the folder should hold, for the message."""
+    d = explicit_data_dir(cfg)
+    if d is not None and not d.is_dir():
+        raise DataDirError(f"data_dir: {cfg['data_dir']!r} ({d}) is not an existing folder for dataset "
+                           f"{cfg['dataset']!r}; valid: an existing folder that holds {layout}, or null to search "
+                           "$COMPANION_DATA_DIR, ./data and ../shared/data")
+
+
 def data_search_dirs(cfg: dict) -> list[Path]:
     """Where data is looked for, in order: profile ``data_dir``, $COMPANION_DATA_DIR, ./data, ../shared/data."""
-    dirs = []
-    if cfg.get("data_dir"):
-        p = Path(os.path.expandvars(os.path.expanduser(cfg["data_dir"])))
-        dirs.append(p if p.is_absolute() else (REPO_ROOT / p))
+    explicit = explicit_data_dir(cfg)
+    dirs = [explicit] if explicit is not None else []
     if os.environ.get("COMPANION_DATA_DIR"):
         dirs.append(Path(os.environ["COMPANION_DATA_DIR"]))
     dirs += [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
@@ -200,6 +247,22 @@ def _rng(seed: int, *salt) -> np.random.Generator:
 
 def hash_int(s) -> int:
     return int(params_hash(s, length=8), 16)
+
+
+FRACTION = "a fraction in (0, 0.9]"
+
+
+def split_setting(cfg: dict, key: str, default, valid: str):
+    """``split.<key>``, or ``default`` when it is null.  An explicit 0 is refused with a
+    :class:`~helpers.profiles.ProfileError` (the schema lets fractions reach 0, but every split the
+    setting sizes is needed by the analysis); ``valid`` describes the valid range for the message."""
+    val = cfg["split"][key]
+    if val is None:
+        return default
+    if val <= 0:
+        raise ProfileError(f"profile: 'split.{key}' = {val!r} is not valid for dataset {cfg['dataset']!r}: the "
+                           f"split it sizes would be empty; valid: {valid}, or null for the default {default}")
+    return val
 
 
 def _limit(idx: np.ndarray, n: int | None, seed: int, salt: str) -> np.ndarray:
@@ -233,11 +296,12 @@ def load_digits_bundle(cfg: dict) -> DataBundle:
     """scikit-learn's 1,797 8x8 handwritten digits, bundled with the package: no download."""
     from sklearn.datasets import load_digits
 
+    val_fraction = split_setting(cfg, "val_fraction", 0.2, FRACTION)
+    test_fraction = split_setting(cfg, "test_fraction", 0.2, FRACTION)
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # N,8,8,1
     labels = d.target.astype(np.int64)
-    sp = cfg["split"]
-    tr, va, te = _stratified_three_way(labels, sp["val_fraction"] or 0.2, sp["test_fraction"] or 0.2, cfg["seed"])
+    tr, va, te = _stratified_three_way(labels, val_fraction, test_fraction, cfg["seed"])
     pos = {"train": tr, "val": va, "test": te}
     ids = {s: np.array([f"digits/{i:04d}" for i in p]) for s, p in pos.items()}
     lab = {s: labels[p] for s, p in pos.items()}
@@ -273,8 +337,11 @@ def _cifar_from_imagefolder(src: Path):
         stem = os.path.splitext(parts[-1])[0]
         if not stem.isdigit():
             return
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DamagedImageError(damaged_message(f"{src}: {rel}" if src.is_file() else src / rel, exc)) from exc
         out[parts[-3]][int(stem)] = (arr, cls_index[parts[-2]])
 
     if src.is_file():
@@ -297,8 +364,14 @@ def _cifar_from_imagefolder(src: Path):
     return res
 
 
+CIFAR_LAYOUT = ("cifar10-jpeg.tar.gz, cifar10-jpeg/ or cifar-10-batches-py/ (or set `download: true` to let "
+                "torchvision download into it)")
+
+
 def _find_cifar(cfg: dict):
     """Return (kind, path) for the first CIFAR-10 source found."""
+    if not cfg.get("download"):  # with download, torchvision creates data_dir
+        check_data_dir(cfg, CIFAR_LAYOUT)
     tried = []
     for d in data_search_dirs(cfg):
         tv = d / "cifar-10-batches-py"
@@ -347,7 +420,7 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
                 with open(tmp, "wb") as f:
                     np.savez(f, xtr=xtr, ytr=ytr, itr=itr, xte=xte, yte=yte, ite=ite)
         source = f"ImageFolder copy {path.name}"
-    n_val = cfg["split"]["val_from_test"] or len(yte) // 2
+    n_val = split_setting(cfg, "val_from_test", len(yte) // 2, "a count of at least 1")
     if not 0 < n_val < len(yte):
         raise ValueError(f"split.val_from_test: {n_val} must be between 1 and {len(yte) - 1}")
     perm = np.random.default_rng(cfg["seed"]).permutation(len(yte))
@@ -368,6 +441,9 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
 
 # --------------------------------------------------------------------------- folder datasets
 def _find_root(cfg: dict, dataset: str, must_have: list[str], hint: str) -> Path:
+    """The first folder among :func:`data_search_dirs` (or its ``dataset`` / CUB_200_2011 subfolder) that
+    holds ``must_have``; an explicit ``data_dir`` that does not exist is refused first."""
+    check_data_dir(cfg, hint)
     tried = []
     for d in data_search_dirs(cfg):
         for cand in (d, d / dataset, d / "CUB_200_2011"):
@@ -382,6 +458,21 @@ def _find_root(cfg: dict, dataset: str, must_have: list[str], hint: str) -> Path
 def _list_class_dir(d: Path) -> dict[str, list[Path]]:
     return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
             for c in sorted(d.iterdir()) if c.is_dir()}
+
+
+def file_digest(path) -> str:
+    """sha256 of one file's bytes (32 hex digits): its content, not its name, size or mtime."""
+    return file_sha256(path, 32)
+
+
+def content_digest(files: dict) -> str:
+    """One hash of every file's content, keyed by sample id (``{id: path}``): the same tree gives the same
+    digest on any machine and at any mtime; replacing, fixing or corrupting one file in place changes it.
+    Files are read by a few threads (hashing releases the GIL): about 0.2 s for cub100's 56 MB."""
+    ids = sorted(files)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(file_digest, [files[i] for i in ids]))
+    return params_hash("sha256 of each file", list(zip(ids, digests)), length=32)
 
 
 def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, model_files: dict | None = None) -> DataBundle:
@@ -403,12 +494,16 @@ def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, mode
         return FileImages([files[s][i][0] for i in sel], lab[s][sel], mean, std, cfg["image_size"])
 
     fp_parts = {s: list(ids[s]) for s in SPLITS}
+    paths = {i: p for s in SPLITS for i, (p, _) in zip(ids[s], files[s])}
     model_splits = {}
     for s, items in (model_files or {}).items():
         m_ids, m_lab = ids_labels(items)
         model_splits[s] = SplitData(m_ids, m_lab, FileImages([p for p, _ in items], m_lab, mean, std, cfg["image_size"]))
         fp_parts[f"model_{s}"] = list(m_ids)
-    fp = params_hash(name, fp_parts)
+        paths.update(zip(m_ids, (p for p, _ in items)))
+    # the names AND the bytes: an image replaced or damaged in place changes the data key (not mtimes:
+    # the key is compared with the committed checkpoints' records made on other machines)
+    fp = params_hash(name, fp_parts, content_digest(paths))
     bundle = _make_bundle(cfg, name, classes, ids, lab, make_ds, source, fp, len(mean))
     if model_splits:
         bundle.extra["model_splits"] = model_splits
@@ -425,6 +520,8 @@ def _seeded_fraction(items: list, fraction: float, seed: int, salt: str):
 def load_imagefolder_bundle(cfg: dict) -> DataBundle:
     """train/<class>/ and test/<class>/ (val/<class>/ optional, else a seeded fraction of train)."""
     root = _find_root(cfg, "imagefolder", ["train", "test"], "train/<class>/*.jpg, test/<class>/*.jpg, optional val/")
+    has_val = (root / "val").is_dir()
+    val_fraction = None if has_val else split_setting(cfg, "val_fraction", 0.1, FRACTION)
     tr = _list_class_dir(root / "train")
     classes = sorted(tr)
     cidx = {c: i for i, c in enumerate(classes)}
@@ -438,24 +535,24 @@ def load_imagefolder_bundle(cfg: dict) -> DataBundle:
         return out
 
     train = [(p, cidx[c]) for c in classes for p in tr[c]]
-    if (root / "val").is_dir():
+    if has_val:
         val = pairs(root / "val")
     else:
-        train, val = _seeded_fraction(train, cfg["split"]["val_fraction"] or 0.1, cfg["seed"], "val")
+        train, val = _seeded_fraction(train, val_fraction, cfg["seed"], "val")
     return _files_bundle(cfg, "imagefolder", classes, {"train": train, "val": val, "test": pairs(root / "test")},
                          root, f"ImageFolder at {root}")
 
 
 def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
     """Paper 1's ImageNet subsets: n seeded classes; N train / M val per class from train/, official val as test."""
+    n = split_setting(cfg, "n_classes", 50, "a count of at least 2")
+    n_tr = split_setting(cfg, "train_per_class", 500, "a count of at least 1")
+    n_va = split_setting(cfg, "val_per_class", 50, "a count of at least 1")
     root = _find_root(cfg, "imagenet", ["train", "val"], "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
-    sp = cfg["split"]
     wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    n = sp["n_classes"] or 50
     if n > len(wnids):
         raise ValueError(f"split.n_classes: {n} but {root / 'train'} has only {len(wnids)} classes")
     chosen = sorted(_rng(cfg["seed"], "classes").permutation(wnids)[:n].tolist())
-    n_tr, n_va = sp["train_per_class"] or 500, sp["val_per_class"] or 50
     files = {"train": [], "val": [], "test": []}
     for ci, w in enumerate(chosen):
         ps = sorted(p for p in (root / "train" / w).iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -471,6 +568,7 @@ def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
 
 def load_cub200_bundle(cfg: dict) -> DataBundle:
     """CUB-200-2011: official train/test split (train_test_split.txt), a seeded fraction of train as val."""
+    val_fraction = split_setting(cfg, "val_fraction", 0.1, FRACTION)
     need = ["images.txt", "image_class_labels.txt", "train_test_split.txt"]
     root = _find_root(cfg, "cub200", need, "CUB_200_2011/{images.txt, image_class_labels.txt, "
                       "train_test_split.txt, classes.txt, images/}")
@@ -487,7 +585,7 @@ def load_cub200_bundle(cfg: dict) -> DataBundle:
     for k in sorted(paths, key=int):
         items["train" if is_train[k].strip() == "1" else "test"].append(
             (root / "images" / paths[k].strip(), int(labels[k]) - 1))
-    train, val = _seeded_fraction(items["train"], cfg["split"]["val_fraction"] or 0.1, cfg["seed"], "val")
+    train, val = _seeded_fraction(items["train"], val_fraction, cfg["seed"], "val")
     pool = cfg["split"]["analysis_from_test"]
     if pool:  # the model trains on the official train photos; every analysis split is unseen test photos
         test = items["test"]

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 import warnings
 from functools import cached_property
@@ -27,13 +28,78 @@ import torch
 from . import __version__
 from .datasets import DataBundle, cache_root, data_search_dirs, load_data
 from .models import build_model
-from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash, stable_section
+from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash, parse_overrides, stable_section
 from .training import prediction_table, train_head, train_model
-from .utils import atomic_path, atomic_write_json, atomic_write_text, file_sha256, get_device, json_default, seed_everything
+from .utils import (atomic_path, atomic_write_json, atomic_write_text, file_sha256, first_nonfinite, get_device,
+                    json_default, seed_everything, set_aside)
 
 
 class StageNotCached(LookupError):
     """Raised inside :meth:`Experiment.cached_only` when a stage would have to be computed."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or the cached ``model`` stage) that must not be used: its sha256 differs from its
+    JSON record, torch cannot read it, or it holds NaN / inf weights."""
+
+
+_MISSING = object()  # a cached stage that is absent or was set aside as corrupt
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _in_repo(path: Path) -> str | None:
+    """``path`` relative to the repository (what ``git checkout --`` takes), or None outside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return None
+
+
+def _restore_hint(path: Path, profile: str = "<profile>") -> str:
+    """What to do about a damaged checkpoint: restore it from git (when committed) or re-export it."""
+    rel = _in_repo(path)
+    restore = f"restore it (git checkout -- {rel}) or " if rel else ""
+    return (f"{restore}re-export it (python -m helpers.experiment --profile {profile} "
+            f"--export-checkpoint {rel or path})")
+
+
+def _stage_mismatch(path: Path, sidecar: Path) -> str | None:
+    """Why the cached file ``path`` is not what its sidecar recorded (sha256), or None.  A sidecar
+    written before stages carried a sha256, or no sidecar at all, has nothing to check."""
+    if not sidecar.is_file():
+        return None
+    try:
+        info = json.loads(sidecar.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return f"its sidecar {sidecar.name} is not valid JSON"
+    expected = info.get("sha256") if isinstance(info, dict) else None
+    if not expected:
+        return None
+    actual = file_sha256(path)
+    return None if actual == expected else f"sha256 {actual[:16]} differs from {expected[:16]} recorded in {sidecar.name}"
+
+
+def _read_checkpoint(path: Path, profile: str = "<profile>") -> dict:
+    """The dict torch saved at ``path``; a :class:`CheckpointError` naming the file when torch cannot read
+    it, when it holds no state dict, or when a weight is NaN or inf."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint: {path} cannot be read ({_one_line(e)}); the file is damaged or "
+                              f"not a torch checkpoint: {_restore_hint(path, profile)}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint: {path} holds no state_dict; point `checkpoint:` at a file written "
+                              f"by export_checkpoint, or {_restore_hint(path, profile)}")
+    bad = first_nonfinite(obj["state_dict"])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint: {path}: tensor {bad} holds NaN or inf values; the file is damaged: "
+                              f"{_restore_hint(path, profile)}")
+    return obj
 
 
 def peak_rss_mb() -> float:
@@ -76,6 +142,7 @@ class Experiment:
 
     def __init__(self, profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides: dict | None = None,
                  output_dir: str | os.PathLike | None = None, progress: bool | None = None):
+        overrides = parse_overrides(overrides)  # a dict, or a JSON / YAML string from papermill's -p
         self.cfg = load_profile(profile, overrides)
         self.name = self.cfg["name"]
         self.device = get_device(self.cfg["device"])
@@ -107,24 +174,56 @@ class Experiment:
     # ------------------------------------------------------------------ caching
     def stage(self, stage: str, params: Any, compute: Callable[[], Any], save: Callable[[Any, Path], None],
               load: Callable[[Path], Any], ext: str) -> Any:
-        """Return the cached result of ``stage`` for ``params``, computing and saving it atomically if absent."""
+        """Return the cached result of ``stage`` for ``params``, computing and saving it atomically if absent.
+
+        A cached file whose sha256 differs from its sidecar's, or whose ``load`` raises, is corrupt: it
+        and its sidecar are set aside (``<file>.corrupt``), one line on stderr says so, and the stage is
+        recomputed (inside :meth:`cached_only`: :class:`StageNotCached`)."""
         key = params_hash(params)
         path = self.artifacts_dir / f"{stage}-{key}.{ext}"
         sidecar = sidecar_of(path)
-        if not path.is_file() and self._cache_only:
+        result = self._load_cached(stage, path, sidecar, load) if path.is_file() else _MISSING
+        if result is _MISSING and self._cache_only:
             raise StageNotCached(f"{stage}: not cached for this profile ({path.name})")
-        if not path.is_file():
-            t0 = time.perf_counter()
-            result = compute()
-            self.timings[stage] = time.perf_counter() - t0
-            with atomic_path(path) as tmp:
-                save(result, tmp)
-            atomic_write_json(sidecar, {
-                "stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
-                "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
-                "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if result is _MISSING:
+            self._compute_and_save(stage, params, compute, save, path, sidecar)
+            result = load(path)  # the same object whether computed now or cached earlier
         self._log_stage(stage, key, sidecar)
-        return load(path)  # the same object whether computed now or cached earlier
+        return result
+
+    def _compute_and_save(self, stage: str, params: Any, compute: Callable[[], Any],
+                          save: Callable[[Any, Path], None], path: Path, sidecar: Path) -> None:
+        """Compute a stage, save it atomically at ``path`` and write its sidecar (params, versions,
+        device, cost and the file's sha256, checked when it is loaded)."""
+        t0 = time.perf_counter()
+        result = compute()
+        self.timings[stage] = time.perf_counter() - t0
+        with atomic_path(path) as tmp:
+            save(result, tmp)
+            sha = file_sha256(tmp)
+        atomic_write_json(sidecar, {
+            "stage": stage, "params": params, "versions": _versions(), "device": str(self.device),
+            "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
+            "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "sha256": sha})
+
+    def _load_cached(self, stage: str, path: Path, sidecar: Path, load: Callable[[Path], Any]) -> Any:
+        """``load(path)`` after checking the file's sha256 against its sidecar; :data:`_MISSING` when the
+        entry is corrupt (mismatch, or ``load`` raises): then both files are set aside, one line printed."""
+        try:
+            reason = _stage_mismatch(path, sidecar)
+            if reason is None:
+                return load(path)
+        except MemoryError:
+            raise
+        except Exception as e:  # a truncated or damaged file: EOFError, BadZipFile, BadGzipFile, ...
+            reason = _one_line(e)
+        aside = set_aside(path)
+        if sidecar.is_file():
+            set_aside(sidecar)
+        then = "not cached now (cached_only)" if self._cache_only else "recomputing"
+        print(f"{stage}: cached file {path} is corrupt ({reason}); set aside as {aside.name}, {then}",
+              file=sys.stderr, flush=True)
+        return _MISSING
 
     @property
     def stages_path(self) -> Path:
@@ -207,7 +306,9 @@ class Experiment:
                 return None
             raise FileNotFoundError(f"checkpoint: no file at {path}; set `checkpoint: null` (or "
                                     f"`if_no_checkpoint: train`) to train instead")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        record = path.with_suffix(".json")  # the human-readable twin, else the record inside the file
+        info = self._checkpoint_record(path, record)
+        obj = _read_checkpoint(path, self.name)
         saw = obj.get("data_key")
         if saw is not None and saw != self.data_key:
             warnings.warn(f"checkpoint: {path.name} was trained on data {saw} ({obj.get('data_source')}), "
@@ -215,13 +316,33 @@ class Experiment:
                           f"not those of the committed run", stacklevel=2)
         model = self.build_model(weights=None)
         model.load_state_dict(obj["state_dict"])
-        record = path.with_suffix(".json")  # the human-readable twin, else the record inside the file
-        info = json.loads(record.read_text()) if record.is_file() else obj
+        info = info if info is not None else obj
         self._log_entry(f"model-{file_sha256(path, 10)}", {
             "stage": "model (committed checkpoint)", "seconds": info.get("train_seconds"),
             "peak_rss_mb": None, "threads": info.get("train_threads"), "device": info.get("train_device"),
             "finished": None})
         return model, obj.get("history", [])
+
+    def _checkpoint_record(self, path: Path, record: Path) -> dict | None:
+        """The checkpoint's JSON record (None when absent), after checking (``verify_checkpoint``) that
+        the file's sha256 is the one it records; a mismatch is a :class:`CheckpointError`."""
+        if not record.is_file():
+            return None
+        try:
+            info = json.loads(record.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            rel = _in_repo(record)
+            raise CheckpointError(f"checkpoint: its record {record} is not valid JSON ({_one_line(e)}); "
+                                  f"{f'restore it (git checkout -- {rel}) or ' if rel else ''}delete it") from None
+        expected = info.get("sha256") if isinstance(info, dict) else None
+        if self.cfg["verify_checkpoint"] and expected:
+            actual = file_sha256(path)
+            if actual != expected:
+                raise CheckpointError(
+                    f"checkpoint: {path} has sha256 {actual} but its record {record.name} says {expected}; the file "
+                    f"is damaged or was replaced: {_restore_hint(path, self.name)}, or set `verify_checkpoint: false` "
+                    f"for a checkpoint of your own")
+        return info if isinstance(info, dict) else None
 
     def export_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write the trained model as a reusable checkpoint (``checkpoint:`` in a profile) with
@@ -266,6 +387,11 @@ class Experiment:
 
         obj = self.stage("model", self.model_params, compute, lambda o, p: torch.save(o, p),
                          lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+        bad = first_nonfinite(obj["state_dict"])
+        if bad is not None:
+            path = self.stage_path("model", self.model_params, "pt")
+            raise CheckpointError(f"model: cached {path}: tensor {bad} holds NaN or inf values; training diverged "
+                                  f"(lower training.lr) or the file was damaged: delete it and its .json to retrain")
         model = self.build_model(weights=None)
         model.load_state_dict(obj["state_dict"])
         return model.to(self.device).eval(), obj["history"]

@@ -70,8 +70,22 @@ def conductance_params(exp: Experiment) -> dict:
             "n_steps": cc["n_steps"], "method": cc["method"], "reduction": cc["reduction"]}
 
 
+def check_conductance_classes(exp: Experiment) -> list[int]:
+    """The profile's ``conductance.classes`` (the classes of the Tables 1-2 analogue), checked against
+    the dataset's classes before any work: a ProfileError names the key, the value and the valid range."""
+    from .profiles import ProfileError
+
+    classes, n = exp.cfg["conductance"]["classes"], len(exp.data.classes)
+    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n]
+    if bad or not classes:
+        raise ProfileError(f"conductance.classes = {classes!r} is not valid: {bad or 'empty'}; valid: a non-empty list "
+                           f"of class indices 0..{n - 1} of the {n} classes of {exp.name!r}")
+    return classes
+
+
 def conductance_table(exp: Experiment) -> pd.DataFrame:
     """Feature-map conductance of the predicted class for every sample: id, split, cond_0..cond_{C-1}."""
+    check_conductance_classes(exp)
     cc = exp.cfg["conductance"]
     layer = conductance_layer(exp)
     params = conductance_params(exp)

@@ -271,7 +271,12 @@ def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
 def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Both papers' detectors on the same predictions: conductance (paper 1), LCR (where cached),
     the CFE scores, MSP, and a joint NN (out of fold, as in notebook 03) on [LCR, conductance
-    score, CFE recall].  Returns (scores by id, the names of the columns that are scores)."""
+    score, CFE recall].  Returns (scores by id, the names of the columns that are scores; the joint
+    NN last).
+
+    The joint NN's name says its features, so that one metrics key never means two computations:
+    ``joint_nn_cfe`` with LCR, ``joint_nn_cfe_without_lcr`` when LCR is not cached (notebook 04 run
+    before notebook 02)."""
     from .joint import fit_unified, unified_score
     from .pipeline import baseline_table, conductance_detector, conductance_oof, with_predictions
 
@@ -291,8 +296,9 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
     full = with_predictions(exp, df)
     tr = full[full.split == "train"]
     est = fit_unified("nn", tr[feats].to_numpy(), (~tr.correct).to_numpy().astype(int), seed=exp.seed)
-    df["joint_nn_cfe"] = unified_score(est, df[feats].to_numpy())
-    names.append("joint_nn_cfe")
+    joint = "joint_nn_cfe" if lcr is not None else "joint_nn_cfe_without_lcr"
+    df[joint] = unified_score(est, df[feats].to_numpy())
+    names.append(joint)
     df.attrs["joint_features"] = feats
     return df, names
 

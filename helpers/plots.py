@@ -105,9 +105,21 @@ def score_distributions(df: pd.DataFrame, score: str, title: str, bins: int = 30
     return fig
 
 
+def note_figure(text: str, size=(6, 2.2)):
+    """A figure holding only a note, for a degenerate case (nothing to plot) instead of a crash."""
+    fig, ax = plt.subplots(figsize=size)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig
+
+
 def conductance_profiles(examples: dict, fm_high: list[int], title: str):
     """Figures 1-2 analogue: per example (name -> (conductance vector, caption)), the conductance of
-    the FM_high feature maps (bars, left) and of every feature map (right)."""
+    the FM_high feature maps (bars, left) and of every feature map (right).  No example (the model never
+    predicts the class outside training): a figure that says so."""
+    if not examples:
+        return note_figure(f"{title}\n\nno validation or test prediction of this class to show:\n"
+                           "the model never predicts it (an under-trained model?)")
     fig, axes = plt.subplots(len(examples), 2, figsize=(11, 2.6 * len(examples)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 3]})
     for i, (name, (vec, caption)) in enumerate(examples.items()):

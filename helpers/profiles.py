@@ -295,10 +295,17 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
     else:
         path = profile_path(profile)
         source = str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ProfileError(f"{source}{where}: not valid YAML ({problem}); fix the file's syntax") from None
         if not isinstance(raw, dict):
             raise ProfileError(f"{source}: must be a YAML mapping of keys to values")
+    overrides = parse_overrides(overrides)
     if overrides:
         ov = _expand_dotted(overrides)
         _validate_partial(ov, SCHEMA, "", "overrides")
@@ -317,7 +324,56 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
     norm = cfg["normalize"]
     if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
         raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")
+    _check_checkpoint_overrides(cfg, overrides)
     return cfg
+
+
+def parse_overrides(overrides) -> dict:
+    """Overrides as a dict of dotted keys, or as a JSON / YAML mapping in a string (what
+    ``papermill -p overrides '{"conductance.n_steps": 5}'`` passes)."""
+    if overrides is None or isinstance(overrides, dict):
+        return overrides or {}
+    if isinstance(overrides, str):
+        try:
+            parsed = yaml.safe_load(overrides) if overrides.strip() else {}
+        except yaml.YAMLError as e:
+            raise ProfileError(f"overrides: {overrides!r} is not a JSON or YAML mapping ({e.__class__.__name__}); "
+                               "valid: e.g. '{\"training.epochs\": 1}'") from None
+        if parsed is None:
+            return {}
+        if isinstance(parsed, dict):
+            return parsed
+    raise ProfileError(f"overrides: {overrides!r} is not a mapping of dotted keys to values; "
+                       "valid: a dict or a JSON / YAML string, e.g. '{\"training.epochs\": 1}'")
+
+
+#: override keys that decide the trained model: with a committed checkpoint they would not take effect
+MODEL_KEYS = ("dataset", "model", "weights", "image_size", "normalize", "seed", "split", "training")
+_NOT_MODEL_KEYS = ("training.eval_batch_size", "training.amp")
+
+
+def _check_checkpoint_overrides(cfg: dict, overrides: dict) -> None:
+    """A profile that loads a checkpoint ignores settings that would train another model: an override of
+    such a setting, without ``checkpoint`` in the same overrides, is an error (not a warning in a
+    notebook nobody reads), so nobody believes they trained a model they did not."""
+    if not overrides or not cfg.get("checkpoint"):
+        return
+    flat = _flat_keys(_expand_dotted(overrides))
+    if "checkpoint" in flat:
+        return
+    changed = [k for k in flat if k.split(".")[0] in MODEL_KEYS and k not in _NOT_MODEL_KEYS]
+    if changed:
+        raise ProfileError(
+            f"overrides: {', '.join(changed)} would train another model, but the profile loads the checkpoint "
+            f"{cfg['checkpoint']!r}, which ignores them; add checkpoint=null (--set checkpoint=null, "
+            "-p overrides '{\"checkpoint\": null, ...}') to train a model with these settings")
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "normalize" else [f"{prefix}{k}"]
+    return out
 
 
 def _validate_partial(ov: dict, schema: dict, where: str, source: str) -> None:

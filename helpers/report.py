@@ -41,7 +41,8 @@ SETTINGS = {"conductance": "Conductance", "lcr": "LCR", "joint_nn": "NN both", "
             "msp": "MSP (baseline)", "doctor_alpha": "DOCTOR-alpha (baseline)", "energy": "energy (baseline)",
             "entropy": "entropy (baseline)", "max_logit": "max logit (baseline)",
             "cfe_recall": "CFE 1 - recall (paper 2)", "cfe_f1": "CFE 1 - F1 (paper 2)",
-            "joint_nn_cfe": "NN on conductance + CFE recall (+ LCR where cached)"}
+            "joint_nn_cfe": "NN on LCR + conductance + CFE recall",
+            "joint_nn_cfe_without_lcr": "NN on conductance + CFE recall (LCR not cached)"}
 
 #: report sections: (title, [table files], [figure stems])
 SECTIONS = [

@@ -70,6 +70,26 @@ def file_sha256(path, length: int = 64) -> str:
     return h.hexdigest()[:length]
 
 
+def set_aside(path, suffix: str = ".corrupt") -> Path:
+    """Rename ``path`` to ``<path><suffix>`` in the same folder (``<path><suffix>-2``, ... when taken),
+    so that a damaged file is kept for inspection, never deleted; return the new path."""
+    path = Path(path)
+    target, n = path.with_name(path.name + suffix), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{suffix}-{n}")
+    os.replace(path, target)
+    return target
+
+
+def first_nonfinite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor of ``tensors`` (a state dict) holding NaN or inf, else None."""
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

@@ -21,14 +21,14 @@ def test_digits_splits_deterministic_disjoint_complete():
     assert sum(len(v) for v in ia.values()) == 1797
     assert len(a["val"]) == pytest.approx(1797 * 0.25, abs=2)
     # another seed gives another split
-    c = load_data(load_profile("digits", {"seed": 1}))
+    c = load_data(load_profile("digits", {"seed": 1, "checkpoint": None}))
     assert list(c["val"].ids) != list(a["val"].ids)
     x, y = a["train"].dataset[0]
     assert x.shape == (1, 8, 8) and int(y) == a["train"].labels[0]
 
 
 def test_limits_subsample_with_seed():
-    cfg = load_profile("digits", {"split.limit_train": 100, "split.limit_test": 50})
+    cfg = load_profile("digits", {"split.limit_train": 100, "split.limit_test": 50, "checkpoint": None})
     b = load_data(cfg)
     assert len(b["train"]) == 100 and len(b["test"]) == 50
     assert set(b["train"].ids) <= set(load_data(load_profile("digits"))["train"].ids)
@@ -44,7 +44,7 @@ def _imagefolder_tree(root, with_val):
 def test_imagefolder_loader_any_size_and_mode(tmp_path, with_val):
     root = tmp_path / "tree"
     _imagefolder_tree(root, with_val)
-    cfg = load_profile("digits", {"dataset": "imagefolder", "data_dir": str(root), "image_size": 16,
+    cfg = load_profile("digits", {"checkpoint": None, "dataset": "imagefolder", "data_dir": str(root), "image_size": 16,
                                   "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
                                   "split.val_fraction": 0.25})
     b = load_data(cfg)
@@ -64,7 +64,7 @@ def test_imagenet_subset_layout(tmp_path):
     for i, w in enumerate(wnids):
         write_images(root / "train" / w, 7, seed=i)
         write_images(root / "val" / w, 2, seed=10 + i)
-    cfg = load_profile("digits", {"dataset": "imagenet_subset", "data_dir": str(root), "image_size": 8,
+    cfg = load_profile("digits", {"checkpoint": None, "dataset": "imagenet_subset", "data_dir": str(root), "image_size": 8,
                                   "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3},
                                   "split": {"n_classes": 3, "train_per_class": 4, "val_per_class": 2}})
     b = load_data(cfg)
@@ -90,7 +90,7 @@ def test_cub200_layout(tmp_path):
     (root / "image_class_labels.txt").write_text("\n".join(lines_lab))
     (root / "train_test_split.txt").write_text("\n".join(lines_split))
     (root / "classes.txt").write_text("1 001.Bird_1\n2 002.Bird_2\n")
-    cfg = load_profile("digits", {"dataset": "cub200", "data_dir": str(tmp_path), "image_size": 8,
+    cfg = load_profile("digits", {"checkpoint": None, "dataset": "cub200", "data_dir": str(tmp_path), "image_size": 8,
                                   "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}, "split.val_fraction": 0.15})
     b = load_data(cfg)
     assert b.classes == ["001.Bird_1", "002.Bird_2"]
@@ -120,7 +120,7 @@ def test_cifar10_imagefolder_copy_in_official_order(tmp_path, monkeypatch):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i:05d}.jpg")
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     monkeypatch.setattr("helpers.datasets.REPO_ROOT", tmp_path / "repo")
-    cfg = load_profile("cifar10", {"data_dir": str(tmp_path), "split.val_from_test": 5})
+    cfg = load_profile("cifar10", {"data_dir": str(tmp_path), "split.val_from_test": 5, "checkpoint": None})
     b = load_data(cfg)
     assert list(b["train"].ids) == [f"train/{i:05d}" for i in range(20)]
     assert list(b["train"].labels[:4]) == [0, 3, 0, 3]

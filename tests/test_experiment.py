@@ -7,7 +7,7 @@ import pytest
 from helpers.experiment import Experiment
 from helpers.utils import atomic_path, atomic_write_json
 
-TINY = {"training.epochs": 2, "split.limit_train": 300}
+TINY = {"training.epochs": 2, "split.limit_train": 300, "checkpoint": None}  # train, not the committed model
 
 
 def test_training_cached_and_deterministic(tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
     ck = tmp_path / "ck" / "digits.pt"
     # missing checkpoint: an error by default, training with if_no_checkpoint=train
     with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
-        Experiment("digits", {**TINY, "checkpoint": str(ck)}).model
+        Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "error"}).model
     e1 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
     p1 = e1.predictions
     assert "model" in e1.timings  # trained

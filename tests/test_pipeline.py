@@ -8,7 +8,7 @@ import pytest
 from helpers import pipeline
 from helpers.experiment import Experiment
 
-TINY = {"training.epochs": 3, "conductance.detector.epochs": 3, "joint.folds": 3, "lcr.n_mutants": 5,
+TINY = {"checkpoint": None, "training.epochs": 3, "conductance.detector.epochs": 3, "joint.folds": 3, "lcr.n_mutants": 5,
         "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.05], "lcr.grid_mutants": 3}
 
 
@@ -94,7 +94,7 @@ def test_operating_points_reach_targets_on_validation():
 
 
 def test_missing_checkpoint_is_an_error(tmp_path):
-    e = Experiment("digits", {"checkpoint": str(tmp_path / "nope.pt")}, output_dir=tmp_path)
+    e = Experiment("digits", {"checkpoint": str(tmp_path / "nope.pt"), "if_no_checkpoint": "error"}, output_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
         e.model
 
@@ -108,6 +108,7 @@ def test_lcr_screening_on_a_file_dataset(tmp_path, monkeypatch):
             write_images(tmp_path / "tree" / split / c, 6, size=(8, 8), seed=ci + 3 * len(split))
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     e = Experiment("digits", {"dataset": "imagefolder", "data_dir": str(tmp_path / "tree"), "training.epochs": 1,
+                              "checkpoint": None,
                               "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}, output_dir=tmp_path / "f",
                    progress=False)
     z = pipeline.screen(e, "filter_nai", 0.05, 2)

@@ -121,7 +121,7 @@ def test_check_compares_with_the_reference_not_with_the_run_itself(tmp_path):
 
 
 def test_check_skips_runs_with_overrides(tmp_path):
-    exp = Experiment("digits", {"training.epochs": 1}, output_dir=tmp_path / "digits")
+    exp = Experiment("digits", {"training.epochs": 1, "checkpoint": None}, output_dir=tmp_path / "digits")
     exp.update_metrics({"model": {"accuracy": {"test": 0.1}}}, fresh=True)
     assert "not compared" in regression.check(exp, ["model.accuracy"])
 

@@ -185,7 +185,7 @@ def test_train_head_keeps_the_earliest_best_validation_epoch(one_thread):
 
 @pytest.fixture(scope="module")
 def digits():
-    cfg = load_profile("digits", {"training.epochs": 1, "training.trainable": ["linear"]})
+    cfg = load_profile("digits", {"training.epochs": 1, "training.trainable": ["linear"], "checkpoint": None})
     return cfg, load_data(cfg)
 
 
@@ -224,14 +224,15 @@ def test_freeze_all_but_names_the_key_and_the_bad_module(digits):
 
 def test_transfer_keys_enter_the_model_cache_key_only_when_set(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
-    base = Experiment("digits").model_params
+    train = {"checkpoint": None}  # the model these settings train, not the committed one
+    base = Experiment("digits", train).model_params
     assert not {"head_epochs", "head_lr", "trainable"} & set(base["training"])
     # the defaults, given explicitly, are still the old key
-    assert Experiment("digits", {"training.trainable": "all", "training.head_epochs": 0}).model_params == base
-    head = Experiment("digits", {"training.head_epochs": 3}).model_params
+    assert Experiment("digits", {**train, "training.trainable": "all", "training.head_epochs": 0}).model_params == base
+    head = Experiment("digits", {**train, "training.head_epochs": 3}).model_params
     assert head["training"]["head_epochs"] == 3 and head["data"] == base["data"]
     assert params_hash(head) != params_hash(base)
-    listed = Experiment("digits", {"training.trainable": ["linear"]}).model_params
+    listed = Experiment("digits", {**train, "training.trainable": ["linear"]}).model_params
     assert listed["training"]["trainable"] == ["linear"] and params_hash(listed) != params_hash(base)
 
 

@@ -1,0 +1,125 @@
+"""Mistyped and contradicting input gives a one-line error that names the file or parameter, before
+any work: a YAML syntax error, overrides as a string, overrides a committed checkpoint would ignore, a
+misspelled papermill parameter, out-of-range classes; and degenerate runs give a note, not a crash."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from helpers.notebook import check_parameters, injected_names
+from helpers.profiles import REPO_ROOT, ProfileError, load_profile, parse_overrides
+
+matplotlib.use("Agg")
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\ndataset: digits\ntraining:\n  epochs: [1, 2\n  lr: 0.1\n")
+    with pytest.raises(ProfileError, match=r"mine\.yaml, line \d+, column \d+: not valid YAML"):
+        load_profile(bad)
+
+
+@pytest.mark.parametrize("text", ['{"conductance.n_steps": 5}', "conductance.n_steps: 5", "{conductance.n_steps: 5}"])
+def test_overrides_given_as_a_json_or_yaml_string(text):
+    assert parse_overrides(text) == {"conductance.n_steps": 5}
+    assert load_profile("digits", text)["conductance"]["n_steps"] == 5
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "conductance.n_steps: [", "5"])
+def test_overrides_that_are_no_mapping_are_named(text):
+    with pytest.raises(ProfileError, match="overrides: .* (not a mapping|not a JSON or YAML mapping)"):
+        load_profile("digits", text)
+
+
+@pytest.mark.parametrize("override", [{"training.epochs": 5}, {"split.limit_train": 100}, {"seed": 3},
+                                      {"model": "resnet20"}])
+def test_overrides_a_committed_checkpoint_would_ignore_are_refused(override):
+    """The README's `--set training.epochs=5 ...` used to load the committed 8-epoch model silently."""
+    with pytest.raises(ProfileError, match=r"would train another model.*checkpoint=null"):
+        load_profile("cifar10", override)
+    cfg = load_profile("cifar10", {**override, "checkpoint": None})  # the explicit way: train with them
+    assert cfg["checkpoint"] is None
+
+
+def test_overrides_that_do_not_change_the_model_keep_the_checkpoint():
+    cfg = load_profile("digits", {"threads": 2, "training.eval_batch_size": 100, "lcr.n_mutants": 5})
+    assert cfg["checkpoint"] == "checkpoints/digits-small_cnn.pt"
+
+
+def test_injected_parameters_are_read_from_papermills_cell():
+    history = ["", "# Parameters\nprofle = \"cifar10\"\noverrides = {}\n", "x = 1"]
+    assert injected_names(history) == ["profle", "overrides"]
+    with pytest.raises(ProfileError, match=r"'profle' is unknown \(did you mean 'profile'\?\)"):
+        check_parameters({"In": history})
+    check_parameters({"In": ["", "# Parameters\nprofile = \"cifar10\"\noutput_dir = \"x\"\n"]})
+    check_parameters({"In": ["", "profle = 1"], "profle": 1})  # typed by hand in Jupyter: not papermill's
+
+
+def _papermill(args, env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "COMPANION_OUTPUT_DIR"}
+    env.update(env_extra)
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
+                                                        os.environ.get("JUPYTER_PATH")]))
+    return subprocess.run([sys.executable, "-m", "papermill", *args, "--no-progress-bar"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_misspelled_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):
+    out = tmp_path / "figures"
+    proc = _papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "profle", "cifar10"],
+                      {"COMPANION_OUTPUT_DIR": str(out), "COMPANION_ARTIFACTS": str(tmp_path / "art")})
+    assert proc.returncode != 0
+    assert "notebook parameter 'profle' is unknown" in proc.stdout + proc.stderr
+    assert not out.exists() and not (tmp_path / "art").exists()  # nothing computed, nothing written
+
+
+def test_papermill_p_overrides_as_a_json_string(tmp_path):
+    out = tmp_path / "figs"
+    proc = _papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "overrides",
+                       '{"training.eval_batch_size": 100}', "-p", "output_dir", str(out)],
+                      {"COMPANION_ARTIFACTS": str(tmp_path / "art")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["profile"] == "digits"
+    # the venv's kernel configuration (make setup) drops ipykernel's plain-TCP warning, and only it
+    assert "without encryption" not in proc.stdout + proc.stderr
+
+
+def test_make_lab_adds_allow_root_only_as_root():
+    dry = subprocess.run(["make", "-n", "lab", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert "jupyter-lab --notebook-dir=notebooks" in dry.stdout
+    assert ("--allow-root" in dry.stdout) == (os.geteuid() == 0)
+
+
+def test_out_of_range_conductance_classes_are_named_before_any_work(tmp_path, monkeypatch):
+    from helpers import pipeline
+    from helpers.experiment import Experiment
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("digits", {"conductance.classes": [3, 12]}, output_dir=tmp_path / "out", progress=False)
+    with pytest.raises(ProfileError, match=r"conductance.classes = \[3, 12\] is not valid: \[12\]; valid: .*0\.\.9"):
+        pipeline.conductance_table(exp)
+    assert "conductance" not in exp.timings
+
+
+def test_a_class_the_model_never_predicts_gives_a_note_not_a_crash():
+    from helpers import plots
+
+    fig = plots.conductance_profiles({}, [1, 2], "Conductance for predicted class '8'")
+    assert "never predicts" in " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+def test_the_joint_nn_of_notebook_04_names_its_features(tmp_path, monkeypatch):
+    """Run before notebook 02 (no LCR cache), the joint NN is another computation under another key."""
+    from helpers import pipeline2
+    from helpers.experiment import Experiment
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("digits", {"cfe.epochs": 2, "joint.folds": 2}, output_dir=tmp_path / "out", progress=False)
+    a = pipeline2.analysis(exp, pipeline2.generators(exp)[0])
+    scores, names = pipeline2.two_paper_scores(exp, a)  # nothing cached: no LCR
+    assert names[-1] == "joint_nn_cfe_without_lcr" and "lcr" not in names
+    assert scores.attrs["joint_features"] == ["conductance_oof", "cfe_recall"]
