@@ -18,11 +18,11 @@ import torch
 
 from helpers.utils import atomic_write_json
 
-from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix
+from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix, bench_precompute
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 MODULES = {"conductance": bench_conductance, "lcr": bench_lcr, "lcr_matrix": bench_lcr_matrix, "cfe": bench_cfe,
-           "debugging": bench_debugging}
+           "debugging": bench_debugging, "precompute": bench_precompute}
 
 
 def main(argv=None):

@@ -140,43 +140,68 @@ def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Ten
     same data order, so grouping changes nothing; the gradient is written out by hand
     (:func:`_generator_step`, tested against autograd on :func:`generator_loss`); one thread
     (``threads``; None keeps torch's setting)."""
-    head = head.eval()
-    batch_of = (lambda idx: features[idx]) if isinstance(features, torch.Tensor) else features
     k = head.in_features
     gens = CFEGenerators(k, classes, seed)
     n_gen = len(gens.classes)
-    group = group_size or max(1, 2_000_000 // (k * k))
     sums = torch.zeros(cfg.epochs, 5, dtype=torch.float64)   # ce, sparsity, logits, active, hits (summed)
-    n_batches = math.ceil(n_samples / cfg.batch_size)
+    groups = generator_groups(k, n_gen, group_size)
+    bar = tqdm(total=cfg.epochs * len(groups), desc="CFE generators", disable=not progress, mininterval=5.0)
+    for sl in groups:
+        w, b, group_sums = train_generator_group(features, n_samples, head, classes, sl, cfg, seed, threads, bar)
+        gens.weight.data[sl] = w
+        gens.bias.data[sl] = b
+        sums += group_sums
+    bar.close()
+    return gens.eval(), generator_history(sums, n_samples, n_gen, cfg)
+
+
+def generator_groups(k: int, n_gen: int, group_size: int | None = None) -> list[slice]:
+    """The batched groups the generators train in (all of them when their K x K weights fit in a CPU
+    cache): the work units of helpers.precompute."""
+    group = group_size or max(1, 2_000_000 // (k * k))
+    return [slice(g0, min(g0 + group, n_gen)) for g0 in range(0, n_gen, group)]
+
+
+def train_generator_group(features, n_samples: int, head: nn.Linear, classes, sl: slice,
+                          cfg: GeneratorConfig = GeneratorConfig(), seed: int = 0, threads: int | None = 1,
+                          bar=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train the generators ``sl`` of ``classes`` (one group of :func:`train_generators`) from their
+    seeded initial weights over the seeded data order every group shares; returns (weight, bias,
+    per-epoch loss sums (epochs, 5) float64).  Seeded by what it is (the seed and the slice), so any
+    process trains the same group."""
+    head = head.eval()
+    batch_of = (lambda idx: features[idx]) if isinstance(features, torch.Tensor) else features
+    init = CFEGenerators(head.in_features, classes, seed)
     hw, hb = head.weight.detach(), head.bias.detach()
-    bar = tqdm(total=cfg.epochs * math.ceil(n_gen / group), desc="CFE generators", disable=not progress,
-               mininterval=5.0)
+    sums = torch.zeros(cfg.epochs, 5, dtype=torch.float64)
     ctx = torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx, torch.no_grad():
-        for g0 in range(0, n_gen, group):
-            sl = slice(g0, min(g0 + group, n_gen))
-            w, b = gens.weight.data[sl].clone(), gens.bias.data[sl].clone()
-            buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
-            target = torch.as_tensor(gens.classes[sl])
-            order_gen = torch.Generator().manual_seed(int(seed))  # the same data order for every group
-            step = 0
-            for epoch in range(cfg.epochs):
-                order = torch.randperm(n_samples, generator=order_gen)
-                acc = torch.zeros(5, dtype=torch.float64)
-                for s in range(0, n_samples, cfg.batch_size):
-                    g = batch_of(order[s:s + cfg.batch_size]).detach()
-                    acc += _generator_step(w, b, buf_w, buf_b, g, hw, hb, target, cfg, first=step == 0)
-                    step += 1
-                sums[epoch] += acc
+        w, b = init.weight.data[sl].clone(), init.bias.data[sl].clone()
+        buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+        target = torch.as_tensor(init.classes[sl])
+        order_gen = torch.Generator().manual_seed(int(seed))  # the same data order for every group
+        step = 0
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n_samples, generator=order_gen)
+            acc = torch.zeros(5, dtype=torch.float64)
+            for s in range(0, n_samples, cfg.batch_size):
+                g = batch_of(order[s:s + cfg.batch_size]).detach()
+                acc += _generator_step(w, b, buf_w, buf_b, g, hw, hb, target, cfg, first=step == 0)
+                step += 1
+            sums[epoch] += acc
+            if bar is not None:
                 bar.update(1)
-            gens.weight.data[sl] = w
-            gens.bias.data[sl] = b
-    bar.close()
+    return w, b, sums
+
+
+def generator_history(sums: torch.Tensor, n_samples: int, n_gen: int, cfg: GeneratorConfig) -> pd.DataFrame:
+    """The per-epoch history of :func:`train_generators` from the loss sums of all groups."""
+    n_batches = math.ceil(n_samples / cfg.batch_size)
     mean = (sums / (n_batches * n_gen)).numpy()
     history = pd.DataFrame(mean, columns=["ce", "sparsity", "logits", "active", "hits"])
     history.insert(0, "epoch", np.arange(1, cfg.epochs + 1))
     history["total"] = history["ce"] + history["sparsity"] + history["logits"]
-    return gens.eval(), history
+    return history
 
 
 def _generator_step(w: torch.Tensor, b: torch.Tensor, buf_w: torch.Tensor, buf_b: torch.Tensor, g: torch.Tensor,

@@ -83,21 +83,59 @@ def check_conductance_classes(exp: Experiment) -> list[int]:
     return classes
 
 
-def conductance_table(exp: Experiment) -> pd.DataFrame:
-    """Feature-map conductance of the predicted class for every sample: id, split, cond_0..cond_{C-1}."""
-    check_conductance_classes(exp)
+#: about this many images per conductance work unit of helpers.precompute (rounded to whole eval batches)
+CONDUCTANCE_PART = 2048
+
+
+def conductance_parts(exp: Experiment) -> list[tuple[str, int, int]]:
+    """The work units of the conductance pass: (split, start, stop) ranges of whole eval batches, so
+    that each unit computes exactly the batches of the single-process pass."""
+    bs = exp.cfg["training"]["eval_batch_size"]
+    per = bs * max(1, CONDUCTANCE_PART // bs)
+    return [(s, a, min(a + per, len(exp.data[s]))) for s in SPLIT_ORDER for a in range(0, len(exp.data[s]), per)]
+
+
+def conductance_part(exp: Experiment, split: str, start: int, stop: int, cache: bool = True) -> np.ndarray:
+    """Conductance (N, C) float32 of the samples [start, stop) of a split.  ``cache=True`` (the
+    precompute units): a cached stage of its own; inside :func:`conductance_table` only read when cached."""
     cc = exp.cfg["conductance"]
-    layer = conductance_layer(exp)
+
+    def compute():
+        batches = iterate_batches(exp.data[split].dataset, exp.cfg["training"]["eval_batch_size"], start=start, stop=stop)
+        out = conductance_dataset(exp.model, conductance_layer(exp), batches, n_steps=cc["n_steps"], method=cc["method"],
+                                  reduction=cc["reduction"], device=exp.device, progress=exp.progress)
+        return {"conductance": out["conductance"]}
+
+    if not cache:
+        return compute()["conductance"]
+    params = {**conductance_params(exp), "split": split, "start": start, "stop": stop,
+              "batch": exp.cfg["training"]["eval_batch_size"]}
+    return exp.stage("conductance_part", params, compute, _save_npz, _load_npz, "npz")["conductance"]
+
+
+def conductance_table(exp: Experiment) -> pd.DataFrame:
+    """Feature-map conductance of the predicted class for every sample: id, split, cond_0..cond_{C-1}.
+
+    Computed part by part (:func:`conductance_parts`); parts that ``helpers.precompute`` cached (on
+    other processes or machines) are read instead, with identical results."""
+    from .experiment import StageNotCached
+
+    check_conductance_classes(exp)
     params = conductance_params(exp)
+
+    def part(split, a, b):
+        try:
+            with exp.cached_only():
+                return conductance_part(exp, split, a, b)
+        except StageNotCached:
+            return conductance_part(exp, split, a, b, cache=False)
 
     def compute():
         parts = []
         for split in SPLIT_ORDER:
             sd = exp.data[split]
-            batches = iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"])
-            out = conductance_dataset(exp.model, layer, batches, n_steps=cc["n_steps"], method=cc["method"],
-                                      reduction=cc["reduction"], device=exp.device, progress=exp.progress)
-            df = pd.DataFrame(out["conductance"], columns=[f"cond_{k}" for k in range(out["conductance"].shape[1])])
+            cond = np.concatenate([part(s, a, b) for s, a, b in conductance_parts(exp) if s == split], 0)
+            df = pd.DataFrame(cond, columns=[f"cond_{k}" for k in range(cond.shape[1])])
             df.insert(0, "split", split)
             df.insert(0, "id", sd.ids)
             parts.append(df)
@@ -166,6 +204,12 @@ def evaluate_scores(exp: Experiment, scores: pd.DataFrame, names) -> tuple[dict,
 
     Returns (reports[name][split] -> dict of metrics, thresholds[name])."""
     df = with_predictions(exp, scores)
+    for split in ("val", "test"):  # a degenerate split: one line that says what to do, before any metric
+        wrong, n = int((~df[df.split == split].correct).sum()), int((df.split == split).sum())
+        if wrong in (0, n):
+            raise ValueError(f"{exp.name}: the {split} split has {'no wrong' if wrong == 0 else 'no correct'} "
+                             f"predictions ({n} of {n} {'correct' if wrong == 0 else 'wrong'}), so error detection "
+                             "cannot be evaluated on it; use a larger split (split.*) or a model that makes mistakes")
     nb = exp.cfg["metrics"]["n_bootstrap"]
     reports, thresholds = {}, {}
     for name in names:
@@ -272,35 +316,56 @@ def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str,
     return str(best["operator"]), float(best["rate"])
 
 
-def lcr_matrix(exp: Experiment, chunk: int = 10, reverse: bool = False) -> dict:
-    """Predicted labels of every accepted mutant on every sample: {"ids", "split", "original", "preds"
-    (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
-    screening; train and test are evaluated in cached chunks of ``chunk`` mutants, so an interrupted
-    run resumes from the last finished chunk.  ``reverse=True`` computes the chunks last-first (same
-    result): a second process started that way (``python -m helpers.pipeline lcr-worker <profile>``)
-    fills the cache from the other end while the notebook works forward."""
+#: accepted mutants per cached label-matrix chunk (and per work unit of helpers.precompute)
+LCR_CHUNK = 10
+
+
+def lcr_final_screen(exp: Experiment) -> tuple[str, float, dict]:
+    """(operator, rate, screening) of the final LCR: the chosen setting screened to ``lcr.n_mutants``
+    (kept in ``exp.memory`` once screened: every label-matrix chunk needs it)."""
+    if "lcr_final_screen" not in exp.memory:
+        operator, rate = lcr_setting(exp)
+        z = screen(exp, operator, rate, exp.cfg["lcr"]["n_mutants"])
+        if "error" in z:
+            raise RuntimeError(f"lcr: {z['error']}")
+        exp.memory["lcr_final_screen"] = (operator, rate, z)
+    return exp.memory["lcr_final_screen"]
+
+
+def lcr_chunks(exp: Experiment, chunk: int = LCR_CHUNK) -> list[tuple[str, int]]:
+    """The label matrix's cached chunks (split, first mutant): the work units of helpers.precompute."""
+    n = len(lcr_final_screen(exp)[2]["seeds"])
+    return [(split, i) for split in ("train", "test") for i in range(0, n, chunk)]
+
+
+def lcr_chunk(exp: Experiment, split: str, i: int, chunk: int = LCR_CHUNK) -> np.ndarray:
+    """Predicted labels (chunk, n_samples) of accepted mutants i..i+chunk on a split (cached); each
+    mutant is seeded by its own spec, so any process computes the same chunk."""
     from .lcr import mutant_predictions
     from .mutation import MutantSpec
 
-    operator, rate = lcr_setting(exp)
-    n = exp.cfg["lcr"]["n_mutants"]
-    z = screen(exp, operator, rate, n)
-    if "error" in z:
-        raise RuntimeError(f"lcr: {z['error']}")
-    specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]]
+    operator, rate, z = lcr_final_screen(exp)
+    specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]][i:i + chunk]
+    params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
+              "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs]}
+    return exp.stage(
+        "lcr_preds", params,
+        lambda: {"preds": mutant_predictions(exp.model, specs, split_inputs(exp, split), batch_size=LCR_BATCH,
+                                             device=exp.device, progress=exp.progress,
+                                             compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
+        _save_npz, _load_npz, "npz")["preds"]
+
+
+def lcr_matrix(exp: Experiment, chunk: int = LCR_CHUNK) -> dict:
+    """Predicted labels of every accepted mutant on every sample: {"ids", "split", "original", "preds"
+    (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
+    screening; train and test are evaluated in cached chunks of ``chunk`` mutants (:func:`lcr_chunk`),
+    so an interrupted run resumes from the last finished chunk, and ``helpers.precompute`` can
+    compute the chunks on many processes first."""
+    operator, rate, z = lcr_final_screen(exp)
     parts = {"val": z["val_predictions"]}
-    jobs = [(split, i) for split in ("train", "test") for i in range(0, len(specs), chunk)]
-    blocks = {}
-    for split, i in (jobs[::-1] if reverse else jobs):
-        params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
-                  "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs[i:i + chunk]]}
-        blocks[split, i] = exp.stage(
-            "lcr_preds", params,
-            lambda sp=specs[i:i + chunk], s=split: {"preds": mutant_predictions(
-                exp.model, sp, split_inputs(exp, s), batch_size=LCR_BATCH,
-                device=exp.device, progress=exp.progress,
-                compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
-            _save_npz, _load_npz, "npz")["preds"]
+    jobs = lcr_chunks(exp, chunk)
+    blocks = {(split, i): lcr_chunk(exp, split, i, chunk) for split, i in jobs}
     for split in ("train", "test"):
         parts[split] = np.concatenate([blocks[s, i] for s, i in jobs if s == split], 0)
     ids = np.concatenate([exp.data[s].ids for s in SPLIT_ORDER])
@@ -418,23 +483,3 @@ def operating_points(exp: Experiment, df: pd.DataFrame, score: str) -> pd.DataFr
                     "test discarded fraction": relay["discarded_fraction"], "expert sees": relay["n_expert"]})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def main(argv=None) -> None:
-    """``python -m helpers.pipeline lcr-worker <profile>``: compute a profile's LCR label-matrix chunks
-    last-first into the shared cache, beside a notebook run that computes them first-first (each chunk
-    is written atomically; a chunk both reach at once is computed twice, never corrupted)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("command", choices=["lcr-worker"])
-    ap.add_argument("profile")
-    a = ap.parse_args(argv)
-    exp = Experiment(a.profile)
-    m = lcr_matrix(exp, reverse=True)
-    print(json.dumps({"profile": exp.name, "operator": m["operator"], "rate": m["rate"],
-                      "matrix": list(m["preds"].shape)}))
-
-
-if __name__ == "__main__":
-    main()

@@ -80,18 +80,57 @@ def generator_config(exp: Experiment) -> cfe.GeneratorConfig:
     return cfe.GeneratorConfig.from_profile(exp.cfg["cfe"])
 
 
+def generator_groups(exp: Experiment) -> list[slice]:
+    """The generators' batched groups: the work units of helpers.precompute."""
+    return cfe.generator_groups(frozen_head(exp).in_features, len(exp.data.classes))
+
+
+def generator_group(exp: Experiment, sl: slice, cache: bool = True) -> dict:
+    """One group of generators, trained (cached as a stage of its own with ``cache=True``): weight,
+    bias and the per-epoch loss sums (:func:`cfe.train_generator_group`)."""
+    gcfg = generator_config(exp)
+    z = pooled_table(exp)
+
+    def compute():
+        g = torch.from_numpy(z["g"][z["split"] == "train"])
+        w, b, sums = cfe.train_generator_group(g, len(g), frozen_head(exp), range(len(exp.data.classes)), sl, gcfg,
+                                               seed=exp.seed)
+        return {"weight": w, "bias": b, "sums": sums}
+
+    if not cache:
+        return compute()
+    params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed, "group": [sl.start, sl.stop]}
+    return exp.stage("cfe_generator_group", params, compute, lambda o, p: torch.save(o, p),
+                     lambda p: torch.load(p, map_location="cpu", weights_only=True), "pt")
+
+
 def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
     """The C generators, trained on the cached ``g`` of the training split (cached): one batched
-    model, seeded.  Returns the generators (CPU, eval) and the per-epoch history."""
+    model, seeded, trained group by group (groups that ``helpers.precompute`` cached are read
+    instead, with identical results).  Returns the generators (CPU, eval) and the per-epoch history."""
+    from .experiment import StageNotCached
+
     gcfg = generator_config(exp)
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
     n_classes = len(exp.data.classes)
     z = pooled_table(exp)  # upstream outside compute(): each stage's logged cost is its own
 
+    def group(sl):
+        try:
+            with exp.cached_only():
+                return generator_group(exp, sl)
+        except StageNotCached:
+            return generator_group(exp, sl, cache=False)
+
     def compute():
-        g = torch.from_numpy(z["g"][z["split"] == "train"])
-        gens, hist = cfe.train_generators(g, len(g), frozen_head(exp), range(n_classes), gcfg, seed=exp.seed,
-                                          progress=exp.progress)
+        n_train = int((z["split"] == "train").sum())
+        gens = cfe.CFEGenerators(frozen_head(exp).in_features, range(n_classes), exp.seed)
+        sums = torch.zeros(gcfg.epochs, 5, dtype=torch.float64)
+        for sl in generator_groups(exp):
+            part = group(sl)
+            gens.weight.data[sl], gens.bias.data[sl] = part["weight"], part["bias"]
+            sums += part["sums"]
+        hist = cfe.generator_history(sums, n_train, n_classes, gcfg)
         return {"weight": gens.weight.detach(), "bias": gens.bias.detach(), "classes": gens.classes,
                 "history": hist.to_dict("records")}
 

@@ -17,12 +17,21 @@ from .utils import seed_everything
 
 
 def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                    num_workers: int = 0):
-    """Yield (x, y) batches; in-memory datasets are sliced as whole tensors (no per-item Python)."""
+                    num_workers: int = 0, start: int = 0, stop: int | None = None):
+    """Yield (x, y) batches; in-memory datasets are sliced as whole tensors (no per-item Python).
+
+    ``start`` / ``stop`` (no shuffle): only the samples in [start, stop); with ``start`` a multiple of
+    ``batch_size`` the batches are exactly those of the whole pass (a work unit of helpers.precompute)."""
+    if start or stop is not None:
+        if shuffle:
+            raise ValueError("iterate_batches: start / stop need shuffle=False")
+        stop = len(dataset) if stop is None else min(stop, len(dataset))
+        if not isinstance(dataset, ArrayImages):
+            dataset = torch.utils.data.Subset(dataset, range(start, stop))
     if isinstance(dataset, ArrayImages):
-        n = len(dataset)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for i in range(0, n, batch_size):
+        n = len(dataset) if stop is None else stop
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(start, n)
+        for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             yield dataset._convert(dataset.images[idx]), dataset.labels[idx]
     else:

@@ -123,3 +123,17 @@ def test_the_joint_nn_of_notebook_04_names_its_features(tmp_path, monkeypatch):
     scores, names = pipeline2.two_paper_scores(exp, a)  # nothing cached: no LCR
     assert names[-1] == "joint_nn_cfe_without_lcr" and "lcr" not in names
     assert scores.attrs["joint_features"] == ["conductance_oof", "cfe_recall"]
+
+
+def test_an_all_correct_split_is_named_with_what_to_do(tmp_path, monkeypatch):
+    from helpers import pipeline
+    from helpers.experiment import Experiment
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("digits", output_dir=tmp_path / "out", progress=False)
+    scores = pipeline.baseline_table(exp)
+    perfect = exp.predictions.copy()
+    perfect.loc[perfect.split == "val", "correct"] = True  # as if the model made no validation mistake
+    monkeypatch.setattr(pipeline, "with_predictions", lambda e, t: t.merge(perfect, on=["id", "split"]))
+    with pytest.raises(ValueError, match="the val split has no wrong predictions .* use a larger split"):
+        pipeline.evaluate_scores(exp, scores, ["msp"])

@@ -60,10 +60,12 @@ def test_oof_scores_never_from_a_detector_that_saw_the_sample(exp):
 def test_lcr_against_original_prediction_and_joint_end_to_end(exp):
     m = pipeline.lcr_matrix(exp)
     assert m["preds"].shape == (5, len(exp.predictions))
-    # chunks computed last-first (a second worker) assemble into the same matrix
+    # chunks computed last-first and of another size (as other processes would) assemble into the same matrix
     for f in exp.artifacts_dir.glob("lcr_preds-*"):
         f.unlink()
-    r = pipeline.lcr_matrix(exp, chunk=2, reverse=True)
+    for split, i in pipeline.lcr_chunks(exp, chunk=2)[::-1]:
+        pipeline.lcr_chunk(exp, split, i, chunk=2)
+    r = pipeline.lcr_matrix(exp, chunk=2)
     np.testing.assert_array_equal(r["preds"], m["preds"])
     np.testing.assert_array_equal(r["ids"], m["ids"])
     lcr = pipeline.lcr_table(exp, m)

@@ -1,0 +1,251 @@
+"""Fill a profile's stage cache on many processes, GPUs or machines with ``torch.distributed``; the
+notebooks then run as usual and find every heavy stage cached.
+
+    torchrun --standalone --nproc_per_node=2 -m helpers.precompute --profile digits
+    torchrun --nproc_per_node=8 -m helpers.precompute --profile cub100 --only lcr,debugging
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        -m helpers.precompute --profile cub100          # on every machine (or the Slurm example, README)
+    python -m helpers.precompute --profile digits       # one process: the same stages, in order
+
+The heavy stages are embarrassingly parallel, so they are cut into **work units**, each a cached stage
+of its own and seeded by what it is (a mutant's seed, an image range, a class group, a grid cell and
+seed), never by rank: any number of processes computes exactly the numbers one process computes.
+
+- ``conductance``: ranges of whole eval batches of each split (:func:`pipeline.conductance_parts`);
+- ``lcr``: the grid cells' screening, then the label-matrix chunks (:func:`pipeline.lcr_chunks`); the
+  final screening of the chosen setting is one serial unit (it stops at the n-th accepted mutant);
+- ``cfe``: the generators' batched class groups (:func:`pipeline2.generator_groups`);
+- ``debugging``: the grid cells at the profile's seed, then both arms x the paired seeds, then the
+  filter agreement of the two models it reports.
+
+Units are dealt round-robin over the ranks; what is upstream of a stage (model, predictions, pooled
+features, the chosen setting) is computed once by rank 0 while the others wait at a barrier, and each
+stage ends with rank 0 assembling the units into the stage the notebooks read.  Every unit is written
+atomically (temporary file + rename) with its sha256, so a killed rank or job resumes from the finished
+units.  With a shared artifacts folder (``COMPANION_ARTIFACTS`` on a shared file system, the usual case
+on a cluster) every rank writes there directly; without one, the ranks exchange the cache files they
+wrote over the process group (gloo or NCCL) after each step, so every machine's cache ends complete.
+
+Backend: gloo on CPUs, NCCL when CUDA is present (each rank on GPU ``LOCAL_RANK``).  Nothing here is
+needed for a plain single-process run, which stays exactly as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .experiment import Experiment
+
+#: the stages, in the order their inputs require
+STAGES = ("conductance", "lcr", "cfe", "debugging")
+
+
+# --------------------------------------------------------------------------- the process group
+class Group:
+    """This process's place in the job: rank, world size, and the helpers the stages need."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.set_device(self.local_rank)  # "cuda" below means this rank's GPU
+            dist.init_process_group("nccl" if cuda else "gloo")
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def mine(self, units: list) -> list:
+        """This rank's share of the units: round-robin, so the split depends on nothing but the list."""
+        return units[self.rank::self.world]
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def shared_cache(exp: Experiment, group: Group) -> bool:
+    """Whether every rank sees the same artifacts folder: each writes a token there, and each checks
+    that it sees all of them."""
+    if not group.distributed:
+        return True
+    exp.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    token = f".precompute-{uuid.uuid4().hex}"
+    (exp.artifacts_dir / token).write_text(str(group.rank))
+    tokens = [None] * group.world
+    dist.all_gather_object(tokens, token)
+    group.barrier()
+    seen = all((exp.artifacts_dir / t).is_file() for t in tokens)
+    flags = [None] * group.world
+    dist.all_gather_object(flags, seen)
+    group.barrier()
+    (exp.artifacts_dir / token).unlink(missing_ok=True)
+    return all(flags)
+
+
+# --------------------------------------------------------------------------- running units
+def _cache_files(exp: Experiment) -> dict[str, float]:
+    d = exp.artifacts_dir
+    return {p.name: p.stat().st_mtime for p in d.iterdir() if p.is_file() and not p.name.startswith(".")} \
+        if d.is_dir() else {}
+
+
+def sync_cache(exp: Experiment, group: Group, shared: bool, before: dict[str, float]) -> None:
+    """Make the cache files every rank wrote since ``before`` visible to all ranks: on a shared cache
+    they already are; otherwise they travel over the process group (all-gather) and each rank writes
+    the ones it lacks, atomically, data files before their sidecars."""
+    from .utils import atomic_path
+
+    if shared or not group.distributed:
+        group.barrier()
+        return
+    new = {n: (exp.artifacts_dir / n).read_bytes() for n, t in _cache_files(exp).items() if before.get(n) != t}
+    everyone = [None] * group.world
+    dist.all_gather_object(everyone, new)
+    for files in everyone:
+        for name in sorted(files, key=lambda n: n.endswith(".json")):
+            target = exp.artifacts_dir / name
+            if not target.is_file():
+                with atomic_path(target) as tmp:
+                    Path(tmp).write_bytes(files[name])
+    group.barrier()
+
+
+def run_units(exp: Experiment, group: Group, units: list[Callable[[], object]], shared: bool,
+              crash_after: int | None = None) -> int:
+    """Run this rank's share of ``units`` (each computes or loads one cached stage), then share the
+    files they wrote (:func:`sync_cache`).  Returns how many units this rank ran."""
+    before = _cache_files(exp)
+    mine = group.mine(units)
+    for i, unit in enumerate(mine):
+        if crash_after is not None and i >= crash_after:  # tests: a rank killed mid-run
+            print(f"[rank {group.rank}] simulated crash after {i} units", file=sys.stderr, flush=True)
+            os._exit(3)
+        unit()
+    sync_cache(exp, group, shared, before)
+    return len(mine)
+
+
+def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:
+    """Compute something upstream once (rank 0) while the other ranks wait, then share its files."""
+    before = _cache_files(exp)
+    if group.rank == 0:
+        fn()
+    sync_cache(exp, group, shared, before)
+
+
+# --------------------------------------------------------------------------- the stages
+def conductance_stage(exp, group, shared, crash_after=None) -> dict:
+    from . import pipeline
+
+    on_rank0(exp, group, shared, lambda: exp.predictions)
+    parts = pipeline.conductance_parts(exp)
+    n = run_units(exp, group, [lambda p=p: pipeline.conductance_part(exp, *p) for p in parts], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: pipeline.conductance_table(exp))
+    return {"units": len(parts), "mine": n}
+
+
+def lcr_stage(exp, group, shared, crash_after=None) -> dict:
+    from . import pipeline
+
+    lc = exp.cfg["lcr"]
+    on_rank0(exp, group, shared, lambda: exp.predictions)
+    cells = [] if lc["operator"] and lc["rate"] else [(op, float(r)) for op in lc["grid_operators"] for r in lc["grid_rates"]]
+    n = run_units(exp, group, [lambda c=c: pipeline.screen(exp, c[0], c[1], lc["grid_mutants"]) for c in cells], shared,
+                  crash_after)
+    on_rank0(exp, group, shared, lambda: pipeline.lcr_final_screen(exp))  # serial: it stops at the n-th accepted mutant
+    chunks = pipeline.lcr_chunks(exp)
+    n += run_units(exp, group, [lambda c=c: pipeline.lcr_chunk(exp, *c) for c in chunks], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: pipeline.lcr_matrix(exp))
+    return {"units": len(cells) + 1 + len(chunks), "mine": n}
+
+
+def cfe_stage(exp, group, shared, crash_after=None) -> dict:
+    from . import pipeline2
+
+    on_rank0(exp, group, shared, lambda: pipeline2.pooled_table(exp))
+    groups = pipeline2.generator_groups(exp)
+    n = run_units(exp, group, [lambda g=g: pipeline2.generator_group(exp, g) for g in groups], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: pipeline2.generators(exp))
+    return {"units": len(groups), "mine": n}
+
+
+def debugging_stage(exp, group, shared, crash_after=None) -> dict:
+    from . import pipeline2
+
+    on_rank0(exp, group, shared, lambda: (pipeline2.generators(exp), pipeline2.debug_masks(exp)))
+    cells = pipeline2.debug_grid(exp)
+    n = run_units(exp, group, [lambda c=c: pipeline2.debug_run(exp, c[0], c[1], exp.seed) for c in cells], shared,
+                  crash_after)
+    _, chosen = pipeline2.debugging_grid(exp)  # every rank: all cells are cached now
+    seeds = [exp.seed + i for i in range(exp.cfg["debugging"]["seeds"])]
+    runs = [(l1, l2, s) for l1, l2 in (chosen, (0.0, 0.0)) for s in seeds]
+    n += run_units(exp, group, [lambda r=r: pipeline2.debug_run(exp, *r) for r in runs], shared, crash_after)
+    agree = [(*chosen, exp.seed), (0.0, 0.0, exp.seed)]
+    n += run_units(exp, group, [lambda a=a: pipeline2.debugged_agreement(exp, *a) for a in agree], shared, crash_after)
+    return {"units": len(cells) + len(runs) + len(agree), "mine": n}
+
+
+STAGE_FUNCTIONS = {"conductance": conductance_stage, "lcr": lcr_stage, "cfe": cfe_stage, "debugging": debugging_stage}
+
+
+def precompute(profile: str, only: list[str] | None = None, overrides: dict | None = None,
+               crash_after: int | None = None) -> dict:
+    """Run the stages (all of :data:`STAGES`, or ``only``) on this process's share; returns a summary."""
+    group = Group()
+    private = os.environ.get("COMPANION_PRECOMPUTE_PRIVATE_CACHE")  # tests: one cache folder per rank,
+    if private:                                                     # as on machines that share no disk
+        os.environ["COMPANION_ARTIFACTS"] = str(Path(private) / f"rank{group.rank}")
+    try:
+        # the stage log goes to a scratch folder: the committed figures/<profile>/ is the notebooks' business
+        exp = Experiment(profile, overrides, output_dir=tempfile.mkdtemp(prefix="precompute-"), progress=False)
+        shared = shared_cache(exp, group)
+        summary = {"profile": exp.name, "world": group.world, "rank": group.rank, "shared_cache": shared,
+                   "device": str(exp.device), "stages": {}}
+        for name in only or STAGES:
+            t0 = time.perf_counter()
+            summary["stages"][name] = {**STAGE_FUNCTIONS[name](exp, group, shared, crash_after),
+                                       "seconds": round(time.perf_counter() - t0, 2)}
+        return summary
+    finally:
+        group.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", required=True, help="profile name (params/<name>.yaml) or a YAML path")
+    ap.add_argument("--only", default=None, help=f"comma-separated stages of {', '.join(STAGES)} (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
+    a = ap.parse_args(argv)
+    only = [s.strip() for s in a.only.split(",")] if a.only else None
+    bad = [s for s in only or [] if s not in STAGES]
+    if bad:
+        raise SystemExit(f"--only: {bad} unknown; valid: {', '.join(STAGES)}")
+    from .run_notebooks import _parse_set
+
+    crash = os.environ.get("COMPANION_PRECOMPUTE_CRASH_RANK")  # tests: "rank:units"
+    crash_after = None
+    if crash and crash.split(":")[0] == os.environ.get("RANK", "0"):
+        crash_after = int(crash.split(":")[1])
+    summary = precompute(a.profile, only, _parse_set(a.set), crash_after)
+    if summary["rank"] == 0:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

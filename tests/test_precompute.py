@@ -1,0 +1,92 @@
+"""helpers.precompute on torch.distributed (gloo, 2 CPU processes): the heavy stages' work units give
+exactly the results of one process, with a shared cache or with one cache per rank, and a rank killed
+mid-run resumes from the finished units."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import pipeline, pipeline2
+from helpers.experiment import Experiment
+from helpers.profiles import REPO_ROOT
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _precompute(launcher: list[str], env_extra: dict, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", **env_extra}
+    env.pop("COMPANION_OUTPUT_DIR", None)
+    proc = subprocess.run([*launcher, "-m", "helpers.precompute", "--profile", "digits"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _results(artifacts, monkeypatch, tmp_path) -> dict:
+    """Everything the heavy stages cached, read back through the notebooks' own functions (cache only)."""
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(artifacts))
+    exp = Experiment("digits", output_dir=tmp_path / f"out-{artifacts.name}", progress=False)
+    with exp.cached_only():  # nothing may be computed here: all of it must come from the precompute
+        gens, hist = pipeline2.generators(exp)
+        grid, chosen = pipeline2.debugging_grid(exp)
+        seeds, stats, _ = pipeline2.debugging_seeds(exp, chosen)
+        return {"conductance": pipeline.conductance_table(exp), "lcr": pipeline.lcr_matrix(exp)["preds"],
+                "weight": gens.weight.detach().clone(), "history": hist, "grid": grid, "seeds": seeds, "stats": stats,
+                "agreement": pipeline2.debugged_agreement(exp, *chosen, exp.seed)}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(a["conductance"], b["conductance"], check_exact=True)
+    np.testing.assert_array_equal(a["lcr"], b["lcr"])
+    assert torch.equal(a["weight"], b["weight"])
+    pd.testing.assert_frame_equal(a["history"], b["history"], check_exact=True)
+    pd.testing.assert_frame_equal(a["grid"], b["grid"], check_exact=True)
+    pd.testing.assert_frame_equal(a["seeds"], b["seeds"], check_exact=True)
+    assert a["stats"] == b["stats"]
+    assert json.dumps(a["agreement"], sort_keys=True, default=str) == json.dumps(b["agreement"], sort_keys=True, default=str)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    art = tmp_path_factory.mktemp("single")
+    proc = _precompute([sys.executable], {"COMPANION_ARTIFACTS": str(art)})
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["world"] == 1
+    return art
+
+
+def test_two_processes_on_a_shared_cache_give_the_single_process_results(single, tmp_path, monkeypatch):
+    art = tmp_path / "two"
+    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["world"] == 2 and summary["shared_cache"] is True
+    assert all(0 < s["mine"] < s["units"] for name, s in summary["stages"].items() if s["units"] > 1), summary
+    _assert_same(_results(single, monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+
+
+def test_two_processes_without_a_shared_cache_exchange_their_files(single, tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    proc = _precompute(TORCHRUN, {"COMPANION_PRECOMPUTE_PRIVATE_CACHE": str(private)})
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["shared_cache"] is False
+    ref = _results(single, monkeypatch, tmp_path)
+    for rank in ("rank0", "rank1"):  # every machine's cache ends complete
+        _assert_same(ref, _results(private / rank, monkeypatch, tmp_path))
+
+
+def test_a_rank_killed_mid_run_resumes_from_the_finished_units(single, tmp_path, monkeypatch):
+    art = tmp_path / "killed"
+    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art), "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3"},
+                       check=False)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr
+    done = {p.name for p in (art / "digits").glob("*.json")}
+    assert any(n.startswith("lcr_screen") for n in done)  # some units finished before the crash
+    assert not list((art / "digits").glob("*.tmp"))  # nothing half-written
+    _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
+    assert done <= {p.name for p in (art / "digits").glob("*.json")}
+    _assert_same(_results(single, monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
