@@ -137,7 +137,8 @@ def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Ten
 
     Speed (``make bench``, cfe): the generators train in batched groups (all of them when the
     weights fit in a CPU cache, e.g. 10 x 64 x 64; groups of 7 at K = 512), every group over the
-    same data order, so grouping changes nothing; the gradient is written out by hand
+    same data order (another group size can move the last bits: batched kernels; helpers.precompute
+    trains the very same groups, so its results are identical); the gradient is written out by hand
     (:func:`_generator_step`, tested against autograd on :func:`generator_loss`); one thread
     (``threads``; None keeps torch's setting)."""
     k = head.in_features
@@ -171,14 +172,14 @@ def train_generator_group(features, n_samples: int, head: nn.Linear, classes, sl
     process trains the same group."""
     head = head.eval()
     batch_of = (lambda idx: features[idx]) if isinstance(features, torch.Tensor) else features
-    init = CFEGenerators(head.in_features, classes, seed)
+    init = CFEGenerators(head.in_features, list(classes)[sl], seed)  # per-class seeds: the rows of the full init
     hw, hb = head.weight.detach(), head.bias.detach()
     sums = torch.zeros(cfg.epochs, 5, dtype=torch.float64)
     ctx = torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx, torch.no_grad():
-        w, b = init.weight.data[sl].clone(), init.bias.data[sl].clone()
+        w, b = init.weight.data.clone(), init.bias.data.clone()
         buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
-        target = torch.as_tensor(init.classes[sl])
+        target = torch.as_tensor(init.classes)
         order_gen = torch.Generator().manual_seed(int(seed))  # the same data order for every group
         step = 0
         for epoch in range(cfg.epochs):

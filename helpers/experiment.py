@@ -211,6 +211,9 @@ class Experiment:
         entry is corrupt (mismatch, or ``load`` raises): then both files are set aside, one line printed."""
         try:
             reason = _stage_mismatch(path, sidecar)
+            if reason is not None:  # another writer of the same stage may be between its file and its sidecar
+                time.sleep(0.5)
+                reason = _stage_mismatch(path, sidecar)
             if reason is None:
                 return load(path)
         except MemoryError:

@@ -102,10 +102,20 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def canonical_device(device) -> torch.device:
+    """``device`` with its index: ``cuda`` means the current CUDA device (``torch.device("cuda") !=
+    torch.device("cuda", 0)`` although both name the same GPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def _resolve(model: nn.Module, device):
     """The model to run (the model itself, or ONE copy when another device is asked for)."""
-    dev = _model_device(model) if device is None else torch.device(device)
-    if dev != _model_device(model):
+    here = _model_device(model)
+    dev = here if device is None else torch.device(device)
+    if canonical_device(dev) != canonical_device(here):
         model = copy.deepcopy(model).to(dev)
     return model, dev
 

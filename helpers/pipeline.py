@@ -32,7 +32,7 @@ def _load_npz(path) -> dict:
 
 
 def _save_frame(df: pd.DataFrame, path) -> None:
-    df.to_csv(path, index=False, compression="gzip")
+    df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})  # the same bytes from every writer
 
 
 def _load_frame(path) -> pd.DataFrame:

@@ -32,6 +32,7 @@ needed for a plain single-process run, which stays exactly as it was.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -59,15 +60,27 @@ class Group:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.distributed = self.world > 1
+        self.cuda = torch.cuda.is_available()
         if self.distributed and not dist.is_initialized():
-            cuda = torch.cuda.is_available()
-            if cuda:
+            if self.cuda:
                 torch.cuda.set_device(self.local_rank)  # "cuda" below means this rank's GPU
-            dist.init_process_group("nccl" if cuda else "gloo")
+            # ranks wait while rank 0 computes upstream stages (the final LCR screening, a model to
+            # train): far longer than the collectives' default timeouts (10 min for NCCL)
+            minutes = float(os.environ.get("COMPANION_PRECOMPUTE_TIMEOUT_MIN", "720"))
+            dist.init_process_group("nccl" if self.cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
 
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def all_ok(self, ok: bool) -> bool:
+        """Whether every rank's step succeeded (a MIN all-reduce), so that a failure on one rank stops
+        all of them together instead of leaving the others waiting in the next collective."""
+        if not self.distributed:
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=f"cuda:{self.local_rank}" if self.cuda else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def mine(self, units: list) -> list:
         """This rank's share of the units: round-robin, so the split depends on nothing but the list."""
@@ -98,60 +111,82 @@ def shared_cache(exp: Experiment, group: Group) -> bool:
 
 
 # --------------------------------------------------------------------------- running units
-def _cache_files(exp: Experiment) -> dict[str, float]:
+def _cache_files(exp: Experiment) -> list[str]:
+    """The cache files of the profile (not temporary, hidden or set-aside ones)."""
     d = exp.artifacts_dir
-    return {p.name: p.stat().st_mtime for p in d.iterdir() if p.is_file() and not p.name.startswith(".")} \
-        if d.is_dir() else {}
+    return sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and ".corrupt" not in p.name) if d.is_dir() else []
 
 
-def sync_cache(exp: Experiment, group: Group, shared: bool, before: dict[str, float]) -> None:
-    """Make the cache files every rank wrote since ``before`` visible to all ranks: on a shared cache
-    they already are; otherwise they travel over the process group (all-gather) and each rank writes
-    the ones it lacks, atomically, data files before their sidecars."""
+def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
+    """Make every rank's cache complete.  On a shared cache it already is.  Otherwise the ranks
+    exchange the lists of their cache files, and each file some rank lacks is broadcast, one at a
+    time, by the first rank that has it (computed now or cached earlier: a resumed run too); data
+    files travel before their sidecars and are written atomically."""
     from .utils import atomic_path
 
     if shared or not group.distributed:
         group.barrier()
         return
-    new = {n: (exp.artifacts_dir / n).read_bytes() for n, t in _cache_files(exp).items() if before.get(n) != t}
-    everyone = [None] * group.world
-    dist.all_gather_object(everyone, new)
-    for files in everyone:
-        for name in sorted(files, key=lambda n: n.endswith(".json")):
-            target = exp.artifacts_dir / name
-            if not target.is_file():
-                with atomic_path(target) as tmp:
-                    Path(tmp).write_bytes(files[name])
+    lists = [None] * group.world
+    dist.all_gather_object(lists, _cache_files(exp))
+    have = [set(x) for x in lists]
+    for name in sorted(set().union(*have), key=lambda n: (n.endswith(".json"), n)):
+        holders = [r for r in range(group.world) if name in have[r]]
+        if len(holders) == group.world:
+            continue
+        box = [(exp.artifacts_dir / name).read_bytes() if group.rank == holders[0] else None]
+        dist.broadcast_object_list(box, src=holders[0])
+        if group.rank not in holders:
+            with atomic_path(exp.artifacts_dir / name) as tmp:
+                Path(tmp).write_bytes(box[0])
     group.barrier()
+
+
+def _step(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:
+    """Run ``fn`` on this rank, agree with the others that every rank succeeded, then sync the cache.
+    A failure anywhere raises on every rank (the failing one re-raises its own error)."""
+    error = None
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+        error = e
+    if not group.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"precompute: another rank failed (see its log); rank {group.rank} stops too")
+    sync_cache(exp, group, shared)
 
 
 def run_units(exp: Experiment, group: Group, units: list[Callable[[], object]], shared: bool,
               crash_after: int | None = None) -> int:
     """Run this rank's share of ``units`` (each computes or loads one cached stage), then share the
-    files they wrote (:func:`sync_cache`).  Returns how many units this rank ran."""
-    before = _cache_files(exp)
+    cache (:func:`sync_cache`).  Returns how many units this rank ran."""
     mine = group.mine(units)
-    for i, unit in enumerate(mine):
-        if crash_after is not None and i >= crash_after:  # tests: a rank killed mid-run
-            print(f"[rank {group.rank}] simulated crash after {i} units", file=sys.stderr, flush=True)
-            os._exit(3)
-        unit()
-    sync_cache(exp, group, shared, before)
+
+    def work():
+        for i, unit in enumerate(mine):
+            if crash_after is not None and i >= crash_after:  # tests: a rank killed, or failing, mid-run
+                if os.environ.get("COMPANION_PRECOMPUTE_CRASH_HOW") == "raise":
+                    raise RuntimeError(f"simulated failure of rank {group.rank} after {i} units")
+                print(f"[rank {group.rank}] simulated crash after {i} units", file=sys.stderr, flush=True)
+                os._exit(3)
+            unit()
+
+    _step(exp, group, shared, work)
     return len(mine)
 
 
 def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:
     """Compute something upstream once (rank 0) while the other ranks wait, then share its files."""
-    before = _cache_files(exp)
-    if group.rank == 0:
-        fn()
-    sync_cache(exp, group, shared, before)
+    _step(exp, group, shared, fn if group.rank == 0 else (lambda: None))
 
 
 # --------------------------------------------------------------------------- the stages
 def conductance_stage(exp, group, shared, crash_after=None) -> dict:
     from . import pipeline
 
+    pipeline.check_conductance_classes(exp)  # before any work
     on_rank0(exp, group, shared, lambda: exp.predictions)
     parts = pipeline.conductance_parts(exp)
     n = run_units(exp, group, [lambda p=p: pipeline.conductance_part(exp, *p) for p in parts], shared, crash_after)

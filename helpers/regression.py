@@ -21,7 +21,7 @@ one a reader could not tell from a reseed of the same experiment; a real regress
 a changed method) moves a number by several.  The standard errors:
 
 - an accuracy or a recall: binomial, ``sqrt(p (1 - p) / n)`` over the n predictions (or the n errors,
-  the n correct predictions, the n kept ones) it is a share of;
+  the n correct predictions) it is a share of;
 - an AUROC: from its stored 95 % bootstrap interval (``(high - low) / 3.92``), else Hanley & McNeil's
   (1982) formula from the numbers of errors and correct predictions;
 - a paired difference: from its stored bootstrap interval;
@@ -103,9 +103,14 @@ def rule_of(key: str, rules=RULES) -> Rule | None:
 
 # --------------------------------------------------------------------------- standard errors
 def split_size(ref: dict, split: str) -> tuple[int, int] | None:
-    """(n predictions, n errors) of a split, from the reference's model section."""
-    err, acc = ref.get(f"model.errors.{split}"), ref.get(f"model.accuracy.{split}")
-    if err is None or acc is None or acc >= 1.0:
+    """(n predictions, n errors) of a split, from the reference's model section: ``model.n`` where
+    recorded (notebook 00), else back from the errors and the (4-decimal) accuracy."""
+    err, acc, n = ref.get(f"model.errors.{split}"), ref.get(f"model.accuracy.{split}"), ref.get(f"model.n.{split}")
+    if err is None:
+        return None
+    if n is not None:
+        return int(n), int(err)
+    if acc is None or acc >= 1.0:
         return None
     return int(round(err / (1.0 - acc))), int(err)
 
@@ -146,31 +151,31 @@ def _standard_error(key: str, kind: str, ref: dict) -> tuple[float | None, str]:
         size = split_size(ref, parts[-1])
         return (binomial_se(value, size[0]), f"binomial, n={size[0]}") if size else (float("nan"), "no split size")
     if kind == "auroc":
-        if key.startswith("lcr.sprt"):
-            size = split_size(ref, "test")
-            return hanley_mcneil_se(value, size[1], size[0] - size[1]), f"Hanley-McNeil, {size[1]} errors of {size[0]}"
-        se = _interval_se(ref, key)
+        se = None if key.startswith("lcr.sprt") else _interval_se(ref, key)
         if se is not None:
             return se, "bootstrap interval"
-        size = split_size(ref, parts[-2])
+        size = split_size(ref, "test" if key.startswith("lcr.sprt") else parts[-2])
+        if not size or not 0 < size[1] < size[0]:
+            return float("nan"), "no split size"
         return hanley_mcneil_se(value, size[1], size[0] - size[1]), f"Hanley-McNeil, {size[1]} errors of {size[0]}"
     if kind == "recall":
         detector, split, which = parts[1], parts[2], parts[3]
         if chance_level(ref, detector):
             return None, "not compared: AUROC interval includes 0.5 (flat ROC, the threshold is undefined)"
-        n, n_err = split_size(ref, split)
-        m = n_err if which == "wrong_recall" else n - n_err
+        size = split_size(ref, split)
+        if not size:
+            return float("nan"), "no split size"
+        m = size[1] if which == "wrong_recall" else size[0] - size[1]
         return binomial_se(value, m), f"binomial, n={m} {'errors' if which == 'wrong_recall' else 'correct'}"
-    if kind == "relay":
-        n, _ = split_size(ref, "test")
-        kept = n * (1.0 - ref.get(key.replace(".accuracy", ".discarded_fraction"), 0.0))
-        return binomial_se(value, kept), f"binomial, n={kept:.0f} kept"
-    if kind == "share_of_test_errors":
-        _, n_err = split_size(ref, "test")
-        return binomial_se(value, n_err), f"binomial, n={n_err} errors"
-    if kind == "test_accuracy":
-        n, _ = split_size(ref, "test")
-        return binomial_se(value, n), f"binomial, n={n}"
+    if kind == "relay":  # (correct kept + flagged) / all test predictions (joint.relay_accuracy)
+        size = split_size(ref, "test")
+        return (binomial_se(value, size[0]), f"binomial, n={size[0]}") if size else (float("nan"), "no split size")
+    if kind in ("share_of_test_errors", "test_accuracy"):
+        size = split_size(ref, "test")
+        if not size:
+            return float("nan"), "no split size"
+        m = size[1] if kind == "share_of_test_errors" else size[0]
+        return binomial_se(value, m), f"binomial, n={m}{' errors' if kind == 'share_of_test_errors' else ''}"
     if kind == "interval":
         se = _interval_se(ref, key.rsplit(".", 1)[0])
         return (se, "bootstrap interval") if se is not None else (float("nan"), "no interval")

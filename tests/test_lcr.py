@@ -240,3 +240,19 @@ def test_sprt_matches_per_sample_reference():
             rd, rn = _sprt_reference(changes[:, i], thr, delta, 0.05, 0.05, cap or 60)
             assert (d[i], n[i]) == (rd, rn)
             assert s[i] == pytest.approx(changes[:rn, i].mean())
+
+
+def test_the_same_gpu_named_two_ways_is_the_same_device(monkeypatch):
+    """torch.device("cuda") != torch.device("cuda", 0), yet both name the current GPU: the model must not
+    be deep-copied for every screening and label-matrix call (nor its compiled copy kept alive)."""
+    import torch
+
+    from helpers import lcr
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert torch.device("cuda") != torch.device("cuda", 0)
+    assert lcr.canonical_device("cuda") == lcr.canonical_device(torch.device("cuda", 0))
+    assert lcr.canonical_device("cuda:1") != lcr.canonical_device("cuda")
+    assert lcr.canonical_device("cpu") == torch.device("cpu")
+    model = torch.nn.Linear(2, 2)
+    assert lcr._resolve(model, "cpu")[0] is model  # the same device: the model itself, no copy

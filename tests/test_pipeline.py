@@ -28,11 +28,11 @@ def test_conductance_table_is_keyed_by_id_and_complete(exp):
     # completeness on real data: summed conductance = F(x) - F(0) for the predicted class
     import torch
 
-    x = exp.data["val"].dataset.tensors()[0][:8]
+    x = exp.data["val"].dataset.tensors()[0][:8].to(exp.device)  # the model sits on exp.device (a GPU if any)
     with torch.no_grad():
         fx, f0 = exp.model(x), exp.model(torch.zeros_like(x))
     pred = fx.argmax(1)
-    expect = (fx.gather(1, pred[:, None]) - f0.gather(1, pred[:, None]))[:, 0].numpy()
+    expect = (fx.gather(1, pred[:, None]) - f0.gather(1, pred[:, None]))[:, 0].cpu().numpy()
     got = cond[cond.split == "val"].filter(like="cond_").to_numpy()[:8].sum(1)
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
 

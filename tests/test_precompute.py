@@ -90,3 +90,40 @@ def test_a_rank_killed_mid_run_resumes_from_the_finished_units(single, tmp_path,
     _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
     assert done <= {p.name for p in (art / "digits").glob("*.json")}
     _assert_same(_results(single, monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+
+
+def test_conductance_parts_and_generator_groups_assemble_to_the_unsplit_results(tmp_path, monkeypatch):
+    """Units smaller than digits' defaults (several conductance parts per split, several generator
+    groups), cached one by one as other processes would, assemble into the unsplit results."""
+    import pandas as pd
+
+    from helpers import cfe
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("digits", {"training.eval_batch_size": 128}, output_dir=tmp_path / "out", progress=False)
+    k, n = pipeline2.frozen_head(exp).in_features, len(exp.data.classes)
+    monkeypatch.setattr(pipeline2, "generator_groups", lambda e: cfe.generator_groups(k, n, group_size=3))
+    whole = pipeline.conductance_table(exp)  # one part per split (CONDUCTANCE_PART >= each split)
+    gens, hist = pipeline2.generators(exp)  # 4 groups, trained one after the other in this process
+    for f in exp.artifacts_dir.glob("c*"):  # conductance and generators, not their inputs
+        if f.name.startswith(("conductance-", "cfe_generators-")):
+            f.unlink()
+    monkeypatch.setattr(pipeline, "CONDUCTANCE_PART", 256)  # 2 batches of 128 per part
+    parts = pipeline.conductance_parts(exp)
+    assert len(parts) > 3 and all((b - a) % 128 == 0 or b == len(exp.data[s]) for s, a, b in parts)
+    for p in parts[::-1]:  # in another order, as other ranks would
+        pipeline.conductance_part(exp, *p)
+    for g in pipeline2.generator_groups(exp)[::-1]:
+        pipeline2.generator_group(exp, g)
+    pd.testing.assert_frame_equal(pipeline.conductance_table(exp), whole, check_exact=True)
+    gens2, hist2 = pipeline2.generators(exp)
+    assert torch.equal(gens2.weight, gens.weight) and torch.equal(gens2.bias, gens.bias)
+    pd.testing.assert_frame_equal(hist2, hist, check_exact=True)
+
+
+def test_a_unit_that_fails_on_one_rank_stops_every_rank_at_once(tmp_path):
+    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(tmp_path / "art"), "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3",
+                                  "COMPANION_PRECOMPUTE_CRASH_HOW": "raise"}, check=False)
+    assert proc.returncode != 0
+    assert "simulated failure of rank 1" in proc.stderr  # the failing rank's own error
+    assert "another rank failed" in proc.stderr  # rank 0 stops too, instead of waiting in a collective

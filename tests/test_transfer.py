@@ -120,11 +120,11 @@ def test_head_only_model_is_its_trained_head_on_the_cached_features(weights, cub
     history = exp.history
     assert history["phase"].tolist() == ["head"] * 4
     if w:  # the file's convolutions, untouched (no fine-tuning)
-        assert torch.equal(exp.model.features[28].weight, torch.load(w)["features.28.weight"])
+        assert torch.equal(exp.model.features[28].weight.cpu(), torch.load(w)["features.28.weight"])
     # the trained model sees the very features the head was trained on (the cached ones)
     g, _ = exp.head_features()
     with torch.no_grad():
-        expect = exp.model.linear(g["val"]).numpy()
+        expect = exp.model.linear(g["val"].to(exp.device)).cpu().numpy()  # the model sits on exp.device
     logits = exp.split_table("val").filter(like="logit_").to_numpy()
     np.testing.assert_allclose(logits, expect, rtol=1e-4, atol=1e-5)
     best = history.loc[history["val_acc"].idxmax()]
