@@ -165,9 +165,13 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
                 failed.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(partial, failed)
                 print(f"[{name}] {nb.name} failed; the partly executed copy is {failed}", flush=True)
+            with contextlib.suppress(OSError):
+                partial.parent.rmdir()
             raise
         except BaseException:  # interrupted (Ctrl-C): nothing half-written stays behind
             partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.parent.rmdir()  # empty unless another run of the profile is still going
             raise
         _strip_run_metadata(partial, nb.name)
         os.replace(partial, out_nb_dir / nb.name)

@@ -54,7 +54,7 @@ def test_an_interrupted_or_failed_notebook_leaves_the_previous_one_untouched(tmp
     with pytest.raises((KeyboardInterrupt, Exception)):
         run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00"])
     assert target.read_bytes() == before  # the finished notebook of the earlier run, whole
-    assert not list((tmp_path / "out" / "notebooks" / ".partial").glob("*"))
+    assert not (tmp_path / "out" / "notebooks" / ".partial").exists()  # no temporary file, no empty folder
     failed = tmp_path / "out" / "failed" / "00_data_and_model.ipynb"
     assert failed.is_file() == (how == "fail")  # kept for inspection, outside any notebooks/ folder
     assert regression.reference_path("digits").read_bytes() == reference_before
