@@ -171,6 +171,16 @@ class Experiment:
         finally:
             self._cache_only = before
 
+    def if_cached(self, fn: Callable[[], Any], otherwise: Callable[[], Any] = lambda: None) -> Any:
+        """``fn()`` when every stage it needs is already cached (run inside :meth:`cached_only`), else
+        ``otherwise()``: use an expensive result, or a unit that helpers.precompute cached, only where
+        it exists."""
+        try:
+            with self.cached_only():
+                return fn()
+        except StageNotCached:
+            return otherwise()
+
     # ------------------------------------------------------------------ caching
     def stage(self, stage: str, params: Any, compute: Callable[[], Any], save: Callable[[Any, Path], None],
               load: Callable[[Path], Any], ext: str) -> Any:

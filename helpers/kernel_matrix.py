@@ -35,13 +35,7 @@ ISAS = {"SSE4_2": ("sse4_2", "SSE41", "SSE4_2"),
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((regression.cpuinfo("flags") or "").split())
 
 
 def available_isas() -> list[str]:
@@ -106,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     ap.add_argument("--isa", nargs="*", help=f"instruction sets to run (default: those the CPU has of {list(ISAS)})")
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 1),
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="settings run at once (a 2-thread setting counts as 2)")
     ap.add_argument("--out", default=None, help="where the table goes (default kernel-matrix/<profile>/)")
     a = ap.parse_args(argv)

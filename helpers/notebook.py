@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import sys
+from pathlib import Path
 
 from .profiles import ProfileError
 
@@ -69,9 +71,6 @@ c.IPKernelApp.logging_config = {
 def write_kernel_config(prefix: str | None = None) -> str:
     """Write :data:`KERNEL_CONFIG` to ``<prefix>/etc/ipython/ipython_kernel_config.py`` (prefix: this
     environment's ``sys.prefix``); returns the path."""
-    import sys
-    from pathlib import Path
-
     path = Path(prefix or sys.prefix) / "etc" / "ipython" / "ipython_kernel_config.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(KERNEL_CONFIG)

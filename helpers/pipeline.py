@@ -118,17 +118,12 @@ def conductance_table(exp: Experiment) -> pd.DataFrame:
 
     Computed part by part (:func:`conductance_parts`); parts that ``helpers.precompute`` cached (on
     other processes or machines) are read instead, with identical results."""
-    from .experiment import StageNotCached
-
     check_conductance_classes(exp)
     params = conductance_params(exp)
 
     def part(split, a, b):
-        try:
-            with exp.cached_only():
-                return conductance_part(exp, split, a, b)
-        except StageNotCached:
-            return conductance_part(exp, split, a, b, cache=False)
+        return exp.if_cached(lambda: conductance_part(exp, split, a, b),
+                             lambda: conductance_part(exp, split, a, b, cache=False))
 
     def compute():
         parts = []

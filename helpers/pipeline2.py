@@ -17,7 +17,7 @@ import torch
 
 from . import cfe
 from .baselines import baseline_scores
-from .experiment import Experiment, StageNotCached
+from .experiment import Experiment
 from .datasets import denormalize
 from .models import layer_output, pooled_features, pooled_head
 from .pipeline import SPLIT_ORDER, _load_npz, _save_npz, split_inputs
@@ -85,14 +85,21 @@ def generator_groups(exp: Experiment) -> list[slice]:
     return cfe.generator_groups(frozen_head(exp).in_features, len(exp.data.classes))
 
 
-def generator_group(exp: Experiment, sl: slice, cache: bool = True) -> dict:
-    """One group of generators, trained (cached as a stage of its own with ``cache=True``): weight,
-    bias and the per-epoch loss sums (:func:`cfe.train_generator_group`)."""
-    gcfg = generator_config(exp)
+def _train_g(exp: Experiment) -> torch.Tensor:
+    """The cached pooled features ``g`` of the training split: what the generators train on."""
     z = pooled_table(exp)
+    return torch.from_numpy(z["g"][z["split"] == "train"])
+
+
+def generator_group(exp: Experiment, sl: slice, cache: bool = True, g: torch.Tensor | None = None) -> dict:
+    """One group of generators, trained (cached as a stage of its own with ``cache=True``): weight,
+    bias and the per-epoch loss sums (:func:`cfe.train_generator_group`).  ``g``: the training
+    features when the caller holds them (read from the cache only when needed, otherwise)."""
+    gcfg = generator_config(exp)
 
     def compute():
-        g = torch.from_numpy(z["g"][z["split"] == "train"])
+        nonlocal g
+        g = _train_g(exp) if g is None else g
         w, b, sums = cfe.train_generator_group(g, len(g), frozen_head(exp), range(len(exp.data.classes)), sl, gcfg,
                                                seed=exp.seed)
         return {"weight": w, "bias": b, "sums": sums}
@@ -108,31 +115,21 @@ def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
     """The C generators, trained on the cached ``g`` of the training split (cached): one batched
     model, seeded, trained group by group (groups that ``helpers.precompute`` cached are read
     instead, with identical results).  Returns the generators (CPU, eval) and the per-epoch history."""
-    from .experiment import StageNotCached
-
     gcfg = generator_config(exp)
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
     n_classes = len(exp.data.classes)
-    z = pooled_table(exp)  # upstream outside compute(): each stage's logged cost is its own
-
-    def group(sl):
-        try:
-            with exp.cached_only():
-                return generator_group(exp, sl)
-        except StageNotCached:
-            return generator_group(exp, sl, cache=False)
+    g = _train_g(exp)  # upstream outside compute(): each stage's logged cost is its own
 
     def compute():
-        n_train = int((z["split"] == "train").sum())
-        gens = cfe.CFEGenerators(frozen_head(exp).in_features, range(n_classes), exp.seed)
+        k = frozen_head(exp).in_features
+        weight, bias = torch.empty(n_classes, k, k), torch.empty(n_classes, k)  # every row set by its group
         sums = torch.zeros(gcfg.epochs, 5, dtype=torch.float64)
         for sl in generator_groups(exp):
-            part = group(sl)
-            gens.weight.data[sl], gens.bias.data[sl] = part["weight"], part["bias"]
+            part = exp.if_cached(lambda: generator_group(exp, sl), lambda: generator_group(exp, sl, cache=False, g=g))
+            weight[sl], bias[sl] = part["weight"], part["bias"]
             sums += part["sums"]
-        hist = cfe.generator_history(sums, n_train, n_classes, gcfg)
-        return {"weight": gens.weight.detach(), "bias": gens.bias.detach(), "classes": gens.classes,
-                "history": hist.to_dict("records")}
+        hist = cfe.generator_history(sums, len(g), n_classes, gcfg)
+        return {"weight": weight, "bias": bias, "classes": list(range(n_classes)), "history": hist.to_dict("records")}
 
     obj = exp.stage("cfe_generators", params, compute, lambda o, p: torch.save(o, p),
                     lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
@@ -300,11 +297,7 @@ def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
     over an hour of CPU at CIFAR-10 scale), else None."""
     from .pipeline import lcr_table
 
-    try:
-        with exp.cached_only():
-            return lcr_table(exp)
-    except StageNotCached:
-        return None
+    return exp.if_cached(lambda: lcr_table(exp))
 
 
 def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:

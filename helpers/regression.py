@@ -277,16 +277,21 @@ def write_reference(profile: str, source: Path | None = None, root: Path | None 
     return path
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (e.g. "model name", "flags"), None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_name() -> str:
     import platform
 
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def check(exp, sections: list[str]) -> str:

@@ -122,6 +122,39 @@ def _remove_stale_partials(folder: Path) -> None:
             pass
 
 
+def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: dict, kernel: str, config,
+             manager) -> float:
+    """Execute one notebook with papermill; returns its seconds.
+
+    papermill writes the notebook after every cell: into a temporary file of this process, moved over
+    the executed notebook only once it has finished, so an interrupted run never leaves a committed
+    notebook half-executed.  A notebook whose cell failed is kept for inspection in <figures>/failed/
+    (never in notebooks/, where nbval would collect it)."""
+    t0 = time.perf_counter()
+    print(f"[{name}] {nb.name} ...", flush=True)
+    partial = out_nb_dir / ".partial" / f"{nb.stem}.{os.getpid()}.ipynb"  # hidden from pytest / nbval
+    partial.parent.mkdir(exist_ok=True)
+    failed = fig_dir / "failed" / nb.name
+    try:
+        pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
+                            progress_bar=False, config=config, kernel_manager_class=manager)
+    except Exception:
+        if partial.is_file():
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, failed)
+            print(f"[{name}] {nb.name} failed; the partly executed copy is {failed}", flush=True)
+        raise
+    except BaseException:  # interrupted (Ctrl-C): nothing half-written stays behind
+        partial.unlink(missing_ok=True)
+        raise
+    _strip_run_metadata(partial, nb.name)
+    os.replace(partial, out_nb_dir / nb.name)
+    failed.unlink(missing_ok=True)
+    seconds = round(time.perf_counter() - t0, 1)
+    print(f"[{name}] {nb.name} done in {seconds} s", flush=True)
+    return seconds
+
+
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
         kernel: str = "python3") -> dict:
     import papermill as pm
@@ -146,40 +179,12 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     timings = {}
     config, manager = kernel_config(), kernel_manager_class()
     _remove_stale_partials(out_nb_dir)
-    for nb in notebooks(only):
-        t0 = time.perf_counter()
-        print(f"[{name}] {nb.name} ...", flush=True)
-        # papermill writes the notebook after every cell: into a temporary file of this process, moved over
-        # the executed notebook only once it has finished, so an interrupted run never leaves a committed
-        # notebook half-executed.  A notebook whose cell failed is kept for inspection in
-        # <figures>/failed/ (never in notebooks/, where nbval would collect it).
-        partial = out_nb_dir / ".partial" / f"{nb.stem}.{os.getpid()}.ipynb"  # hidden from pytest / nbval
-        partial.parent.mkdir(exist_ok=True)
-        failed = fig_dir / "failed" / nb.name
-        try:
-            pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel,
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
-                                kernel_manager_class=manager)
-        except Exception:
-            if partial.is_file():
-                failed.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(partial, failed)
-                print(f"[{name}] {nb.name} failed; the partly executed copy is {failed}", flush=True)
-            with contextlib.suppress(OSError):
-                partial.parent.rmdir()
-            raise
-        except BaseException:  # interrupted (Ctrl-C): nothing half-written stays behind
-            partial.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                partial.parent.rmdir()  # empty unless another run of the profile is still going
-            raise
-        _strip_run_metadata(partial, nb.name)
-        os.replace(partial, out_nb_dir / nb.name)
-        failed.unlink(missing_ok=True)
-        timings[nb.name] = round(time.perf_counter() - t0, 1)
-        print(f"[{name}] {nb.name} done in {timings[nb.name]} s", flush=True)
-    with contextlib.suppress(OSError):
-        (out_nb_dir / ".partial").rmdir()  # empty unless another run of the profile is still going
+    try:
+        for nb in notebooks(only):
+            timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager)
+    finally:
+        with contextlib.suppress(OSError):
+            (out_nb_dir / ".partial").rmdir()  # empty unless another run of the profile is still going
     log = json.loads(stages.read_text()) if stages.is_file() else {}
     log["notebooks"] = {**log.get("notebooks", {}), **timings}
     fig_dir.mkdir(parents=True, exist_ok=True)
