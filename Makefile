@@ -2,11 +2,14 @@
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
 #   make test      set up, then run the unit tests and the nbval regression of the notebooks
 #   make lab       set up, then open JupyterLab on notebooks/ with the project's kernel (LAB_ARGS="--no-browser --port 8890")
+#   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
 # For developers:
 #   make reference       the run in figures/$(PROFILE)/ becomes the committed regression reference
 #                        (tests/reference/$(PROFILE)/), when a change is meant to move the numbers
 #   make kernel-matrix   $(PROFILE) from an empty cache under every CPU instruction set and 1 / 2 threads,
 #                        each compared with the reference (not part of make test; about 6 min for digits)
+#   make gpu-check       on a machine with a CUDA GPU: the gpu tests, PROFILE=cifar10 end to end with stage
+#                        timings, and the benchmarks, results in gpu-check/ (helpers/gpu_check.py)
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -18,7 +21,7 @@ LAB_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYTHONHASHSEED := 0
 
-.PHONY: setup figures test lab bench reference kernel-matrix clean-artifacts
+.PHONY: setup figures test lab html bench reference kernel-matrix gpu-check clean-artifacts
 
 setup: $(STAMP)
 
@@ -41,6 +44,9 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+html: $(STAMP)
+	$(PY) -m helpers.html_site --out build/html
+
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all
 
@@ -49,6 +55,10 @@ reference: $(STAMP)
 
 kernel-matrix: $(STAMP)
 	$(PY) -m helpers.kernel_matrix --profile $(PROFILE)
+
+GPU_PROFILE ?= cifar10
+gpu-check: $(STAMP)
+	$(PY) -m helpers.gpu_check --profile $(GPU_PROFILE)
 
 clean-artifacts:
 	rm -rf artifacts

@@ -173,11 +173,11 @@ class DataBundle:
         return self.splits[split]
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
-               num_workers: int = 0) -> DataLoader:
+               num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(seed)
         return DataLoader(self[split].dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          num_workers=num_workers)
+                          num_workers=num_workers, pin_memory=pin_memory)
 
     def model_bundle(self) -> "DataBundle":
         """The data the model is trained and selected on: these splits, or, when the analysis splits

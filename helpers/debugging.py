@@ -68,14 +68,15 @@ def debugging_loss(logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor, class
                    l1: float, l2: float) -> tuple[torch.Tensor, dict]:
     """The authors' debugging loss on one batch (CE a batch mean; the filter terms batch sums).
     ``class_masks`` (C, K) in {0, 1}: the global MC filters of each class.  Returns the total and
-    its terms (ce, mc = sum f * M[y], non_mc = sum f * (1 - M[y]))."""
+    its terms (ce, mc = sum f * M[y], non_mc = sum f * (1 - M[y])) as detached 0-dim tensors on the
+    batch's device (no host sync per step: :func:`fine_tune` sums them and reads them once per epoch)."""
     f = filter_activations(g)
     m = class_masks[y]
     ce = F.cross_entropy(logits, y)
     mc = (f * m).sum()
     non_mc = (f * (1.0 - m)).sum()
     total = ce - l1 * mc + l2 * non_mc
-    return total, {"ce": ce.item(), "mc": mc.item(), "non_mc": non_mc.item(), "total": total.item()}
+    return total, {k: v.detach() for k, v in (("ce", ce), ("mc", mc), ("non_mc", non_mc), ("total", total))}
 
 
 # --------------------------------------------------------------------------- which layers train
@@ -126,13 +127,15 @@ class Forward:
 
     @torch.no_grad()
     def prefix(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """The input of the pooled layer for every image (frozen layers, eval mode)."""
+        """The input of the pooled layer for every image (frozen layers, eval mode), on the model's
+        device (``x`` may stay on the CPU: each batch is moved there)."""
         out = []
+        dev = next(self.model.parameters()).device
         for i in range(0, len(x), batch_size):
             seen = {}
             hook = self.layer.register_forward_pre_hook(lambda m, inp: seen.__setitem__("a", inp[0]))
             try:
-                self.model(x[i:i + batch_size])
+                self.model(x[i:i + batch_size].to(dev, non_blocking=True))
             finally:
                 hook.remove()
             out.append(seen["a"].detach().clone())
@@ -150,35 +153,47 @@ class FineTuneResult:
 
 @torch.no_grad()
 def _accuracy(fwd: Callable, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for i in range(0, len(inputs), batch_size):
-        correct += (fwd(inputs[i:i + batch_size])[0].argmax(1) == labels[i:i + batch_size]).sum().item()
-    return correct / max(len(inputs), 1)
+        xb = inputs[i:i + batch_size].to(labels.device, non_blocking=True)  # images stay on the CPU
+        correct += (fwd(xb)[0].argmax(1) == labels[i:i + batch_size]).sum()
+    return int(correct) / max(len(inputs), 1)
 
 
 def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
               y_val: torch.Tensor, class_masks: torch.Tensor, cfg: DebugConfig, l1: float, l2: float,
               seed: int = 0, cache_prefix: bool | None = None, progress: bool = False,
               on_step: Callable | None = None, prefix_inputs: tuple | None = None,
-              threads: int | None = 1) -> FineTuneResult:
+              threads: int | None = 1, device=None) -> FineTuneResult:
     """Fine-tune a copy of ``model`` with the debugging loss (``l1 = l2 = 0``: the CE-only control).
 
     BatchNorm layers keep their running statistics (the model stays in eval mode: with batch 16
     their batch statistics would be noise; the ResNet20 and the small CNN have no dropout).  Data
     order: a ``torch.Generator`` seeded with ``seed``, the same for the debugged run and its
     control.  Returns the state of the epoch with the best validation accuracy (the earliest on a
-    tie) and the per-epoch history (loss terms, running train accuracy, validation accuracy)."""
-    ctx = torch_threads(threads) if threads else contextlib.nullcontext()
+    tie, as CPU tensors) and the per-epoch history (loss terms, running train accuracy, validation
+    accuracy).
+
+    ``device`` (None: the model's): where the copy trains.  Images stay where they are given (the CPU)
+    and each batch moves to the device after augmentation; cached prefix inputs are moved there once.
+    ``threads``: intra-op CPU threads while fine-tuning on the CPU (1: the CPU numbers do not depend on
+    the machine's core count)."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    ctx = torch_threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext()
     with ctx:
         return _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, seed, cache_prefix,
-                          progress, on_step, prefix_inputs)
+                          progress, on_step, prefix_inputs, dev)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
 
 def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, seed, cache_prefix, progress,
-               on_step, prefix_inputs) -> FineTuneResult:
+               on_step, prefix_inputs, dev) -> FineTuneResult:
     import time
 
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).to(dev).eval()
     names = trainable_names(model, cfg.trainable)
     params = set_trainable(model, names)
     fwd = Forward(model)
@@ -187,28 +202,31 @@ def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, 
         raise ValueError("fine_tune: cache_prefix=True needs augmentation 'none' and only the last conv layer "
                          "and the head trainable")
     if cache:
-        inputs_tr, inputs_va = prefix_inputs if prefix_inputs is not None else (fwd.prefix(x_train), fwd.prefix(x_val))
+        inputs_tr, inputs_va = (prefix_inputs if prefix_inputs is not None
+                                else (fwd.prefix(x_train), fwd.prefix(x_val)))
+        inputs_tr, inputs_va = inputs_tr.to(dev), inputs_va.to(dev)
         step_fwd = fwd.suffix
     else:
         inputs_tr, inputs_va, step_fwd = x_train, x_val, fwd.full
-    masks = class_masks.float()
+    y_train, y_val = y_train.to(dev), y_val.to(dev)
+    masks = class_masks.float().to(dev)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     gen = torch.Generator().manual_seed(int(seed))
     aug_gen = torch.Generator().manual_seed(int(seed) + 1)
     n = len(y_train)
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = (-1.0, 0, _cpu_state(model))
     history = []
     seconds = []
     bar = tqdm(range(cfg.epochs), desc=f"fine-tune l1={l1:g} l2={l2:g}", disable=not progress, mininterval=5.0)
     for epoch in bar:
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
-        sums, correct, n_batches = {}, 0, 0
+        sums, correct, n_batches = {}, torch.zeros((), dtype=torch.long, device=dev), 0
         for s in range(0, n, cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             xb = inputs_tr[idx]
             if not cache:
-                xb = augment(xb, cfg.augmentation, aug_gen)
+                xb = augment(xb, cfg.augmentation, aug_gen).to(dev, non_blocking=True)
             logits, g = step_fwd(xb)
             loss, terms = debugging_loss(logits, y_train[idx], g, masks, l1, l2)
             opt.zero_grad(set_to_none=True)
@@ -216,17 +234,18 @@ def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, 
             opt.step()
             if on_step is not None:
                 on_step(model)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            correct += (logits.argmax(1) == y_train[idx]).sum().item()
+            for k, v in terms.items():  # float64 sums of the float32 terms, as Python floats would be
+                sums[k] = sums.get(k, 0.0) + v.double()
+            correct += (logits.argmax(1) == y_train[idx]).sum()
             n_batches += 1
+        correct = int(correct)  # the epoch's one wait for the device: the time below is its training
         seconds.append(time.perf_counter() - t0)
         val_acc = _accuracy(step_fwd, inputs_va, y_val)
-        row = {"epoch": epoch + 1, **{k: v / n_batches for k, v in sums.items()},
+        row = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()},
                "train_acc_running": correct / n, "val_acc": val_acc}
         history.append(row)
         if val_acc > best[0]:
-            best = (val_acc, epoch + 1, copy.deepcopy(model.state_dict()))
+            best = (val_acc, epoch + 1, _cpu_state(model))
         bar.set_postfix(val_acc=f"{val_acc:.4f}")
     return FineTuneResult(best[2], pd.DataFrame(history), best[1], cache,
                           float(np.mean(seconds)) if seconds else 0.0)

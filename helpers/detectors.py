@@ -171,7 +171,9 @@ def train_conductance_detector(
         loss_fn = nn.BCEWithLogitsLoss()
         gen = torch.Generator()  # mini-batch order
         gen.manual_seed(seed)
-        gen_drop = torch.Generator(device=dev)  # dropout masks
+        # dropout masks: drawn on the CPU and moved, so every device gets the same masks (and a device
+        # without generators of its own, such as the simulated accelerator, works too)
+        gen_drop = torch.Generator()
         gen_drop.manual_seed(seed + 1)
 
         def forward_train(xb: torch.Tensor) -> torch.Tensor:
@@ -179,10 +181,10 @@ def train_conductance_detector(
             # with masks from torch.rand: nn.Dropout's bernoulli_ costs ~10x more on CPU.
             h = torch.relu(lin1(xb))
             if keep < 1.0:
-                h = h * (torch.rand(h.shape, generator=gen_drop, device=dev) < keep) / keep
+                h = h * (torch.rand(h.shape, generator=gen_drop) < keep).to(dev, non_blocking=True) / keep
             h = torch.relu(lin2(h))
             if keep < 1.0:
-                h = h * (torch.rand(h.shape, generator=gen_drop, device=dev) < keep) / keep
+                h = h * (torch.rand(h.shape, generator=gen_drop) < keep).to(dev, non_blocking=True) / keep
             return lin3(h)[:, 0]
 
         history: list[dict] = []

@@ -30,8 +30,8 @@ from .datasets import DataBundle, cache_root, data_search_dirs, load_data
 from .models import build_model
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile, params_hash, parse_overrides, stable_section
 from .training import prediction_table, train_head, train_model
-from .utils import (atomic_path, atomic_write_json, atomic_write_text, file_sha256, first_nonfinite, get_device,
-                    json_default, seed_everything, set_aside)
+from .utils import (atomic_path, atomic_write_json, atomic_write_text, configure_device, file_sha256, first_nonfinite,
+                    get_device, json_default, seed_everything, set_aside)
 
 
 class StageNotCached(LookupError):
@@ -157,9 +157,25 @@ class Experiment:
         self.memory: dict[str, Any] = {}
         if self.cfg["threads"]:  # float sums depend on the thread count: fix it where the profile asks
             torch.set_num_threads(self.cfg["threads"])
-        if self.device.type == "cpu":  # free on a CPU; on CUDA it would cost speed and need cuBLAS settings
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_device(self.device, self.cfg["deterministic"])
         seed_everything(self.seed)
+
+    @property
+    def on_accelerator(self) -> bool:
+        return self.device.type != "cpu"
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of every inference pass: ``training.eval_batch_size`` (tuned for a CPU), times
+        ``accelerator_batch_scale`` on an accelerator."""
+        bs = self.cfg["training"]["eval_batch_size"]
+        return bs * self.cfg["accelerator_batch_scale"] if self.on_accelerator else bs
+
+    @property
+    def loader_options(self) -> dict:
+        """Keyword arguments of :func:`training.iterate_batches`: the profile's ``num_workers`` (image
+        files decoded in worker processes) and pinned memory on CUDA."""
+        return {"num_workers": self.cfg["num_workers"], "pin_memory": self.device.type == "cuda"}
 
     @contextlib.contextmanager
     def cached_only(self):
@@ -395,7 +411,7 @@ class Experiment:
                 g, y = self.head_features()
                 history += train_head(model, g, y, self.cfg["training"], self.seed)
             history += train_model(model, self.data.model_bundle(), self.cfg["training"], self.seed, self.device,
-                                   self.progress)
+                                   self.progress, self.loader_options)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
 
         obj = self.stage("model", self.model_params, compute, lambda o, p: torch.save(o, p),
@@ -424,8 +440,9 @@ class Experiment:
             model = self.build_model().to(self.device).eval()
             out = {}
             for split in ("train", "val"):
-                out[split] = torch.cat([pooled_features(model, x.to(self.device))[0].cpu() for x, _ in
-                                        iterate_batches(data[split].dataset, c["training"]["eval_batch_size"])])
+                out[split] = torch.cat([pooled_features(model, x.to(self.device, non_blocking=True))[0] for x, _ in
+                                        iterate_batches(data[split].dataset, self.eval_batch_size,
+                                                        **self.loader_options)]).cpu()
             return out
 
         data = self.data.model_bundle()
@@ -444,8 +461,8 @@ class Experiment:
         def compute():
             from .training import predict_logits
 
-            return {f"model_{s}": float((predict_logits(self.model, sd.dataset, self.device,
-                                                        self.cfg["training"]["eval_batch_size"]).argmax(1)
+            return {f"model_{s}": float((predict_logits(self.model, sd.dataset, self.device, self.eval_batch_size,
+                                                        self.loader_options).argmax(1)
                                          == sd.labels).mean()) for s, sd in ms.items()}
 
         return self.stage("model_accuracy", params, compute, lambda o, p: atomic_write_json(p, o),
@@ -466,7 +483,7 @@ class Experiment:
         params = {"model": self.model_params, "checkpoint": self.cfg.get("checkpoint")}
         return self.stage(
             "predictions", params,
-            lambda: prediction_table(self.model, self.data, self.device, self.cfg["training"]["eval_batch_size"]),
+            lambda: prediction_table(self.model, self.data, self.device, self.eval_batch_size, self.loader_options),
             lambda df, p: df.to_csv(p, index=False, compression="gzip"),
             lambda p: pd.read_csv(p, compression="gzip", dtype={"id": str}), "csv.gz")
 

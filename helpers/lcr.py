@@ -30,6 +30,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -202,9 +203,34 @@ def _stacked_params(model: nn.Module, patches):
     return stacked
 
 
+def vmap_chunk_for(model: nn.Module, x: torch.Tensor, patches: list, device, fraction: float = 0.5,
+                   most: int = 64) -> int:
+    """How many mutants one vmapped forward may hold on ``device``: the free memory
+    (``mem_get_info`` of the device's module) times ``fraction``, over what one mutant costs on this
+    batch (its activations, estimated from the module outputs of one image, and its stacked copy of
+    the patched weights), between 1 and ``most``."""
+    mod = getattr(torch, torch.device(device).type, None)
+    if not hasattr(mod, "mem_get_info"):
+        return 16
+    free, _ = mod.mem_get_info(torch.device(device))
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size())
+                                     if isinstance(o, torch.Tensor) else None) for m in model.modules()]
+    try:
+        model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    params = dict(model.named_parameters())
+    touched = {n for p in patches for n in p.param_names}
+    per_mutant = sum(sizes) * x.shape[0] + sum(params[n].numel() * params[n].element_size() for n in touched
+                                                 if n in params)
+    return int(max(1, min(most, fraction * free // max(per_mutant, 1))))
+
+
 def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size: int = 512,
                        device=None, progress: bool = True, mode: str = "auto",
-                       vmap_chunk: int = 16, with_original: bool = False, compile: bool = False):
+                       vmap_chunk: int | None = None, with_original: bool = False, compile: bool = False):
     """Predicted labels of every mutant: array (n_mutants, n_samples), int16 (int32 if > 32767 classes).
 
     ``specs_or_patches``: :class:`MutantSpec` s (turned into patches once, from the
@@ -218,8 +244,12 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
         of plain inference times the number of mutants.
       * ``"vmap"``: ``torch.func.functional_call`` vectorised with ``torch.func.vmap``
         over the stacked parameters that the patches touch (``vmap_chunk`` mutants at
-        a time): fewer, larger kernels; may be faster on a GPU for small models.
-      * ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` otherwise.
+        a time; None: :func:`vmap_chunk_for`, bounded by the device's free memory): fewer,
+        larger kernels; may be faster on a GPU for small models.  Not compiled.
+      * ``"auto"``: ``"vmap"`` on an accelerator, ``"loop"`` on the CPU.
+
+    The predictions of a batch stay on the device until all its mutants ran: one copy to the
+    host per batch.
 
     ``with_original=True`` also returns the original model's predictions from the same
     pass: ``(mutant_preds, original_preds)``.  The model is bitwise unchanged after.
@@ -232,7 +262,9 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
     model, dev = _resolve(model, device)
     patches = make_patches(model, specs_or_patches)
     if mode == "auto":
-        mode = "vmap" if dev.type == "cuda" else "loop"
+        mode = "vmap" if dev.type != "cpu" else "loop"
+    if compile and mode == "vmap":
+        warnings.warn("lcr: compile applies to the loop mode only; the vmapped forwards run uncompiled", stacklevel=2)
     m = len(patches)
     n = _n_samples(inputs)
     chunks, orig_chunks = [], []
@@ -240,27 +272,27 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
     params = dict(model.named_parameters())
     run = forward_fn(model, compile and mode == "loop")
     with _eval_mode(model), torch.inference_mode():
-        if mode == "vmap" and m:
-            from torch.func import functional_call, vmap
-
-            groups = []
-            for s in range(0, m, vmap_chunk):
-                grp = patches[s:s + vmap_chunk]
-                groups.append(_stacked_params(model, grp))
-
-            def f(p, x):
-                return functional_call(model, p, (x,), strict=False).argmax(-1)
+        groups = None
         done = 0
         for x, _ in _batches(inputs, None, batch_size):
             x = x.to(dev, non_blocking=True)
+            if mode == "vmap" and m and groups is None:
+                from torch.func import functional_call, vmap
+
+                if vmap_chunk is None:
+                    vmap_chunk = vmap_chunk_for(model, x, patches, dev)
+                groups = [_stacked_params(model, patches[s:s + vmap_chunk]) for s in range(0, m, vmap_chunk)]
+
+                def f(p, x):
+                    return functional_call(model, p, (x,), strict=False).argmax(-1)
             if with_original:
-                orig_chunks.append(model(x).argmax(1).cpu())
-            out = torch.empty((m, x.shape[0]), dtype=torch.int64)
+                orig_chunks.append(model(x).argmax(1))
+            out = torch.empty((m, x.shape[0]), dtype=torch.int64, device=dev)
             if mode == "loop":
                 for j, p in enumerate(patches):
                     p.apply(model, params)
                     try:
-                        out[j] = run(x).argmax(1).cpu()
+                        out[j] = run(x).argmax(1)
                     finally:
                         p.revert(model)
             else:
@@ -269,18 +301,18 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
                     k = next(iter(st.values())).shape[0] if st else 0
                     if k == 0:  # patches touching nothing: the original model
                         k = min(vmap_chunk, m - s)
-                        out[s:s + k] = model(x).argmax(1).cpu()[None]
+                        out[s:s + k] = model(x).argmax(1)[None]
                     else:
-                        out[s:s + k] = vmap(f, in_dims=(0, None))(st, x).cpu()
+                        out[s:s + k] = vmap(f, in_dims=(0, None))(st, x)
                     s += k
-            chunks.append(out)
+            chunks.append(out.cpu())
             done += x.shape[0]
             prog(f"{done}/{n if n is not None else '?'} samples x {m} mutants")
     preds = (torch.cat(chunks, 1) if chunks else torch.zeros((m, 0), dtype=torch.int64)).numpy()
     ncls = int(preds.max()) + 1 if preds.size else 1
     preds = preds.astype(_label_dtype(ncls))
     if with_original:
-        orig = torch.cat(orig_chunks).numpy().astype(np.int32) if orig_chunks else np.zeros(0, np.int32)
+        orig = torch.cat(orig_chunks).cpu().numpy().astype(np.int32) if orig_chunks else np.zeros(0, np.int32)
         return preds, orig
     return preds
 

@@ -55,8 +55,7 @@ def split_inputs(exp: Experiment, split: str):
         if key not in exp.memory:
             exp.memory[key] = ds.tensors()[0]
         return exp.memory[key]
-    return exp.data.loader(split, batch_size=exp.cfg["training"]["eval_batch_size"],
-                           num_workers=exp.cfg["num_workers"])
+    return exp.data.loader(split, batch_size=exp.eval_batch_size, **exp.loader_options)
 
 
 # --------------------------------------------------------------------------- conductance (paper 1, sec. 3)
@@ -90,7 +89,7 @@ CONDUCTANCE_PART = 2048
 def conductance_parts(exp: Experiment) -> list[tuple[str, int, int]]:
     """The work units of the conductance pass: (split, start, stop) ranges of whole eval batches, so
     that each unit computes exactly the batches of the single-process pass."""
-    bs = exp.cfg["training"]["eval_batch_size"]
+    bs = exp.eval_batch_size
     per = bs * max(1, CONDUCTANCE_PART // bs)
     return [(s, a, min(a + per, len(exp.data[s]))) for s in SPLIT_ORDER for a in range(0, len(exp.data[s]), per)]
 
@@ -101,15 +100,15 @@ def conductance_part(exp: Experiment, split: str, start: int, stop: int, cache: 
     cc = exp.cfg["conductance"]
 
     def compute():
-        batches = iterate_batches(exp.data[split].dataset, exp.cfg["training"]["eval_batch_size"], start=start, stop=stop)
+        batches = iterate_batches(exp.data[split].dataset, exp.eval_batch_size, start=start, stop=stop,
+                                  **exp.loader_options)
         out = conductance_dataset(exp.model, conductance_layer(exp), batches, n_steps=cc["n_steps"], method=cc["method"],
                                   reduction=cc["reduction"], device=exp.device, progress=exp.progress)
         return {"conductance": out["conductance"]}
 
     if not cache:
         return compute()["conductance"]
-    params = {**conductance_params(exp), "split": split, "start": start, "stop": stop,
-              "batch": exp.cfg["training"]["eval_batch_size"]}
+    params = {**conductance_params(exp), "split": split, "start": start, "stop": stop, "batch": exp.eval_batch_size}
     return exp.stage("conductance_part", params, compute, _save_npz, _load_npz, "npz")["conductance"]
 
 

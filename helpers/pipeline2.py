@@ -44,17 +44,16 @@ def pooled_table(exp: Experiment) -> dict:
         ids, splits, gs, logits = [], [], [], []
         for split in SPLIT_ORDER:
             sd = exp.data[split]
-            for x, _ in iterate_batches(sd.dataset, exp.cfg["training"]["eval_batch_size"]):
-                g, z = pooled_features(exp.model, x.to(exp.device))
-                gs.append(g.cpu())
-                logits.append(z.cpu())
+            for x, _ in iterate_batches(sd.dataset, exp.eval_batch_size, **exp.loader_options):
+                g, z = pooled_features(exp.model, x.to(exp.device, non_blocking=True))
+                gs.append(g)
+                logits.append(z)
             ids.append(sd.ids)
             splits += [split] * len(sd)
-        g = torch.cat(gs)
+        g, ref = torch.cat(gs).cpu(), torch.cat(logits).cpu()
         _, linear = pooled_head(exp.model)
         with torch.no_grad():
             z = linear.cpu()(g) if exp.device.type == "cpu" else linear(g.to(exp.device)).cpu()
-        ref = torch.cat(logits)
         if not torch.allclose(z, ref, atol=1e-3 * max(1.0, ref.abs().max().item()), rtol=1e-4):
             raise RuntimeError("cfe: the head on the pooled features does not give the model's logits; "
                                "models.LAYERS declares the wrong pooled layer or linear head for this model")
@@ -392,8 +391,9 @@ def _split_tensors(exp: Experiment, split: str) -> tuple[torch.Tensor, torch.Ten
 
 
 class _DebugData:
-    """The splits as tensors and, when the run is cacheable, the frozen prefix of every split
-    (computed once per experiment, in memory)."""
+    """The splits as tensors (on the CPU: each batch moves to the device as it is used) and, when the
+    run is cacheable, the frozen prefix of every split, computed once per experiment on the
+    experiment's device and kept there (it is what every epoch of every fine-tune reads)."""
 
     def __init__(self, exp: Experiment):
         from .debugging import Forward, suffix_cacheable, trainable_names
@@ -405,7 +405,7 @@ class _DebugData:
         self.prefix = None
         if self.cacheable:
             fwd = Forward(model)
-            self.prefix = {s: fwd.prefix(x.to(exp.device)).cpu() for s, (x, _) in self.tensors.items()}
+            self.prefix = {s: fwd.prefix(x) for s, (x, _) in self.tensors.items()}
 
 
 def _debug_data(exp: Experiment) -> _DebugData:
@@ -429,9 +429,9 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
         d = _debug_data(exp)
         (x_tr, y_tr), (x_va, y_va) = d.tensors["train"], d.tensors["val"]
         prefix = (d.prefix["train"], d.prefix["val"]) if d.cacheable else None
-        res = fine_tune(copy.deepcopy(exp.model).cpu(), x_tr, y_tr, x_va, y_va, torch.from_numpy(masks), cfg, l1, l2, seed,
-                        cache_prefix=d.cacheable, prefix_inputs=prefix, progress=exp.progress)
-        model = copy.deepcopy(exp.model).cpu().eval()
+        res = fine_tune(exp.model, x_tr, y_tr, x_va, y_va, torch.from_numpy(masks), cfg, l1, l2, seed,
+                        cache_prefix=d.cacheable, prefix_inputs=prefix, progress=exp.progress, device=exp.device)
+        model = copy.deepcopy(exp.model).eval()
         model.load_state_dict(res.state_dict)
         fwd = Forward(model)
         logits = {}
@@ -439,7 +439,8 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
             for s in SPLIT_ORDER:
                 inp = d.prefix[s] if d.cacheable else d.tensors[s][0]
                 step = fwd.suffix if d.cacheable else fwd.full
-                logits[s] = torch.cat([step(inp[i:i + 1000])[0] for i in range(0, len(inp), 1000)]).numpy()
+                logits[s] = torch.cat([step(inp[i:i + 1000].to(exp.device))[0]
+                                       for i in range(0, len(inp), 1000)]).cpu().numpy()
         return {"state_dict": res.state_dict, "history": res.history.to_dict("records"), "best_epoch": res.best_epoch,
                 "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits}
 
@@ -490,9 +491,9 @@ def debugging_seeds(exp: Experiment, chosen: tuple[float, float]) -> tuple[pd.Da
 
 def debugged_model(exp: Experiment, l1: float, l2: float, seed: int) -> torch.nn.Module:
     """The fine-tuned model of one run (eval mode, on the experiment's device)."""
-    model = copy.deepcopy(exp.model).cpu()
+    model = copy.deepcopy(exp.model)
     model.load_state_dict(debug_run(exp, l1, l2, seed)["state_dict"])
-    return model.to(exp.device).eval()
+    return model.eval()
 
 
 def class_recall_table(exp: Experiment, runs: dict[str, list[np.ndarray]]) -> pd.DataFrame:
@@ -569,14 +570,15 @@ def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict
               "masks": np.packbits(masks).tobytes().hex()}
 
     def compute():
-        model = debugged_model(exp, l1, l2, seed).cpu()
+        model = debugged_model(exp, l1, l2, seed)  # on the device, where the cached prefix is
         d = _debug_data(exp)
         fwd = Forward(model)
         with torch.no_grad():
             g = {s: torch.cat([(fwd.suffix(d.prefix[s][i:i + 1000]) if d.cacheable
-                                else fwd.full(d.tensors[s][0][i:i + 1000]))[1] for i in range(0, len(d.tensors[s][1]), 1000)])
+                                else fwd.full(d.tensors[s][0][i:i + 1000].to(exp.device)))[1]
+                               for i in range(0, len(d.tensors[s][1]), 1000)]).cpu()
                  for s in ("train", "test")}
-        head = copy.deepcopy(model.get_submodule(model.gap_linear_head[1])).eval()
+        head = copy.deepcopy(model.get_submodule(model.gap_linear_head[1])).cpu().eval()  # generators: CPU
         gens, _ = cfe.train_generators(g["train"], len(g["train"]), head, range(len(exp.data.classes)),
                                        generator_config(exp), seed=exp.seed, progress=exp.progress)
         pred = run["logits"]["test"].argmax(1)

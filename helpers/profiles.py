@@ -54,6 +54,11 @@ SCHEMA: dict[str, Any] = {
     "seed": (int, True, {"min": 0}),
     "device": (str, False, ("auto", "cpu", "cuda")),
     "num_workers": (int, False, {"min": 0}),
+    # on an accelerator: evaluation batches this many times training.eval_batch_size (CPU-tuned)
+    "accelerator_batch_scale": (int, False, {"min": 1, "max": 1024}),
+    # true: deterministic kernels on CUDA too (cuDNN deterministic, no cuDNN benchmark, cuBLAS workspace
+    # config); slower.  On a CPU the deterministic algorithms are always on (they cost nothing there).
+    "deterministic": (bool, False, None),
     "threads": ((int, _OPT), False, {"min": 1, "max": 1024}),
     "split": {
         "val_fraction": ((float, _OPT), False, {"min": 0.0, "max": 0.9}),
@@ -161,6 +166,8 @@ DEFAULTS: dict[str, Any] = {
     "verify_checkpoint": True,
     "device": "auto",
     "num_workers": 0,
+    "accelerator_batch_scale": 4,
+    "deterministic": False,
     "threads": None,
     "split": {
         "val_fraction": None, "test_fraction": None, "val_from_test": None, "n_classes": None,

@@ -1,17 +1,31 @@
-"""figures/<profile>/report.md and the README's "paper vs this companion" table, generated
-from what the notebooks wrote (tables, figures, metrics.json), never edited by hand.
+"""figures/<profile>/report.md, the README's "results at a glance" and the generated tables of
+docs/, made from what the notebooks wrote (tables, figures, metrics.json), never edited by hand.
 
     python -m helpers.report figures/digits      # rebuild one report
-    python -m helpers.report --readme            # refresh the README table from the committed references
+    python -m helpers.report --readme            # refresh the README's and docs/' generated blocks
+    python -m helpers.report --check-docs        # list numbers in README.md / docs/ that disagree with
+                                                 # the committed metrics (what tests/test_docs.py checks)
 
-The README shows the committed references (``tests/reference/<profile>/metrics.json``, the runs in
-``figures/``), never a local rerun's numbers: ``make figures`` on another CPU moves the last digits, and the
-README would then disagree with itself.
+The README and docs/ show the committed references (``tests/reference/<profile>/metrics.json``, the runs
+in ``figures/``), never a local rerun's numbers: ``make figures`` on another CPU moves the last digits, and
+the README would then disagree with itself.
+
+Two ways a number in README.md or docs/*.md is tied to the references (docs/README.md, "Numbers"):
+
+- a generated block, ``<!-- generated:begin NAME [PROFILE] -->`` ... ``<!-- generated:end -->``, whose
+  body is :data:`GENERATORS` [NAME] of the references (the README's block: :data:`README_BEGIN`);
+- a number in prose followed by ``<!-- m:PROFILE:EXPR -->``, EXPR a dotted key of that profile's
+  metrics.json (list items by index), or +, -, *, / of such keys and constants (``*100`` for a
+  percentage): the number must be EXPR rounded to the printed number of decimals.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import math
+import operator
+import re
 from pathlib import Path
 
 from .profiles import REPO_ROOT
@@ -257,8 +271,9 @@ def debugging_comparison(figures_root: str | Path = REFERENCE_DIR,
     return "\n".join(lines)
 
 
-def readme_block(figures_root: str | Path = REFERENCE_DIR, default_profile: str = "digits") -> str:
-    """The README's generated block: the paper comparison, then the default profile's headline table."""
+def paper_comparison(figures_root: str | Path = REFERENCE_DIR, default_profile: str = "digits") -> str:
+    """The full paper-vs-companion tables (docs/results.md): paper 1's CIFAR-10 and ImageNet tables, paper 2's
+    Table 1 and debugging result, each beside the committed runs, then the default profile's headline table."""
     root = Path(figures_root)
     parts = [comparison_table(root), "", "Paper 1 on real photos with a pretrained model: its ImageNet tables "
              "(InceptionV3 fine-tuned on 50 / 100 ImageNet classes) beside `cub100` (SqueezeNet 1.1 on 100 bird "
@@ -281,34 +296,279 @@ def readme_block(figures_root: str | Path = REFERENCE_DIR, default_profile: str 
     return "\n".join(parts)
 
 
+#: the README's results at a glance: each committed profile, what it runs, and which table of paper 1 it
+#: is read against (the nearest setting; cub100 is real photos with a pretrained net, like paper 1's ImageNet)
+GLANCE_PROFILES = {
+    "digits": ("small CNN, scikit-learn's 8x8 digits", "CIFAR-10 / ResNet20 (Table 4)"),
+    "cifar10": ("ResNet20 trained from scratch, CIFAR-10", "CIFAR-10 / ResNet20 (Table 4)"),
+    "cifar10-pretrained": ("pretrained ResNet20 (akamaster), CIFAR-10", "CIFAR-10 / ResNet20 (Table 4)"),
+    "cub100": ("ImageNet SqueezeNet 1.1 fine-tuned, 100 CUB bird species", "ImageNet-100 / InceptionV3 (Table 6)"),
+}
+
+
+def _auroc_pm(det: dict, key: str) -> str:
+    """Validation AUROC +- half its 95 % bootstrap interval."""
+    if key not in det:
+        return "-"
+    v = det[key]["val"]
+    return f"{v['auroc']:.3f} ± {(v['auroc_ci_high'] - v['auroc_ci_low']) / 2:.2f}"
+
+
+def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANCE_PROFILES)) -> str:
+    """Two small tables, one per paper: each committed profile's headline numbers beside the paper's and
+    beside the MSP baseline (the max softmax probability, which neither paper reports)."""
+    runs = committed_runs(figures_root, profiles)
+    lines = ["**Paper 1**: validation AUROC of each error detector (± half the 95 % bootstrap interval); "
+             "MSP is the one-pass baseline the paper did not report.", "",
+             "| profile: model, data | model test accuracy | conductance | LCR | joint NN (both) | MSP (baseline) | "
+             "paper: conductance / LCR / joint NN |", "|---|---|---|---|---|---|---|"]
+    for p in profiles:
+        label, anchor = GLANCE_PROFILES.get(p, (p, "CIFAR-10 / ResNet20 (Table 4)"))
+        paper = PAPER[anchor]
+        setting, table = anchor.rstrip(")").split(" (")  # "CIFAR-10 / ResNet20", "Table 4"
+        ref = f"{paper['conductance'][0]:.3f} / {paper['lcr'][0]:.3f} / {paper['joint_nn'][0]:.3f} ({setting}, {table})"
+        m = runs[p]
+        if not m.get("detectors"):
+            lines.append(f"| `{p}`: {label} | not run yet | | | | | {ref} |")
+            continue
+        det, acc = m["detectors"], m.get("model", {}).get("accuracy", {})
+        lines.append(f"| `{p}`: {label} | {acc.get('test', float('nan')):.3f} | " + " | ".join(
+            _auroc_pm(det, k) for k in ("conductance", "lcr", "joint_nn", "msp")) + f" | {ref} |")
+    t1 = PAPER2_TABLE1["avg_recall"]
+    lines += ["", "**Paper 2**: CFE filters as an error detector (Table 1's first row: average recall, skip 0.9, "
+              "frequency 0.15, on the test split) and model debugging (test accuracy, debugged minus the "
+              "CE-only control).", "",
+              "| profile | errors detected (share) / new errors | MSP at the same new errors | "
+              "CFE 1 - recall as a score: val AUROC (MSP) | debugged - control [95% CI] |", "|---|---|---|---|---|",
+              f"| paper: VGG16, CUB-200 | {t1[1]} ({t1[2]:.0%}) / {t1[3]} | not reported | not reported | "
+              "+0.44 pt (one run each, no interval) |"]
+    for p in profiles:
+        m = runs[p]
+        r = m.get("cfe", {}).get("table1", {}).get("avg_recall")
+        det = m.get("detectors", {})
+        d = m.get("debugging", {}).get("difference")
+        cells = ["not run yet", ""] if r is None else [
+            f"{r['errors_detected']} ({r['errors_detected_fraction']:.0%}) / {r['new_errors']}",
+            f"{r['msp_errors_detected_at_same_new_errors']}"]
+        cells.append("not run yet" if "cfe_recall" not in det else
+                     f"{det['cfe_recall']['val']['auroc']:.3f} ({det['msp']['val']['auroc']:.3f})")
+        cells.append("not run" if d is None else
+                     f"{100 * d['mean']:+.2f} pt [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
+        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_block(figures_root: str | Path = REFERENCE_DIR, default_profile: str = "digits") -> str:
+    """The README's generated block: results at a glance (:func:`glance_tables`), the default profile first;
+    the full tables are in docs/results.md (:func:`paper_comparison`)."""
+    profiles = [default_profile] + [p for p in GLANCE_PROFILES if p != default_profile]
+    return glance_tables(figures_root, tuple(profiles))
+
+
 README_BEGIN = "<!-- comparison:begin (generated by `python -m helpers.report --readme`) -->"
 README_END = "<!-- comparison:end -->"
+DOCS_DIR = REPO_ROOT / "docs"
 
 
-def refresh_readme(readme: str | Path = REPO_ROOT / "README.md", figures_root=REFERENCE_DIR) -> bool:
-    """Replace the README's generated block with :func:`readme_block`; True if it changed."""
+def _detectors_of(root: Path, profile: str) -> str:
+    f = root / profile / "metrics.json"
+    return headline_table(json.loads(f.read_text())) if f.is_file() else f"`{profile}`: not run yet"
+
+
+#: the generated blocks of docs/: ``<!-- generated:begin NAME [ARG] -->`` ... ``<!-- generated:end -->``;
+#: each takes the references' root folder and the block's argument (a profile, or None)
+GENERATORS = {
+    "glance": lambda root, arg: readme_block(root),
+    "paper-comparison": lambda root, arg: paper_comparison(root),
+    "detectors": lambda root, arg: _detectors_of(root, arg),
+}
+GENERATED = re.compile(r"<!-- generated:begin (?P<name>[\w-]+)(?: (?P<arg>[\w.-]+))? -->\n"
+                       r"(?P<body>.*?)<!-- generated:end -->", re.S)
+
+
+def render_generated(text: str, figures_root=REFERENCE_DIR) -> str:
+    """``text`` with the body of each generated block regenerated; an unknown NAME is an error."""
+    root = Path(figures_root)
+
+    def body(mo):
+        name, arg = mo["name"], mo["arg"]
+        if name not in GENERATORS:
+            raise ValueError(f"generated block {name!r}: unknown (known: {', '.join(GENERATORS)})")
+        head = mo.group(0)[:mo.start("body") - mo.start()]
+        return head + GENERATORS[name](root, arg) + "\n<!-- generated:end -->"
+
+    return GENERATED.sub(body, text)
+
+
+def doc_files(repo_root: str | Path = REPO_ROOT) -> list[Path]:
+    """README.md and every docs/**/*.md: the pages whose numbers are tied to the references."""
+    root = Path(repo_root)
+    return [root / "README.md"] + sorted((root / "docs").rglob("*.md"))
+
+
+def refresh_readme(readme: str | Path = REPO_ROOT / "README.md", figures_root=REFERENCE_DIR,
+                   docs_dir: str | Path | None = "beside") -> bool:
+    """Replace the README's generated block with :func:`readme_block`, and every generated block of
+    the README and of ``docs_dir`` ("beside": the readme's docs/ folder, where there is one) with
+    :func:`render_generated`; True if any file changed."""
     path = Path(readme)
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise ValueError(f"{path}: no comparison block ({README_BEGIN} ... {README_END})")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    new = head + README_BEGIN + "\n" + readme_block(figures_root) + "\n" + README_END + tail
-    if new != text:
+    new = render_generated(head + README_BEGIN + "\n" + readme_block(figures_root) + "\n" + README_END + tail,
+                           figures_root)
+    changed = new != text
+    if changed:
         atomic_write_text(path, new)
-    return new != text
+    docs = path.parent / "docs" if docs_dir == "beside" else (Path(docs_dir) if docs_dir else None)
+    for f in sorted(docs.rglob("*.md")) if docs is not None and docs.is_dir() else []:
+        old = f.read_text()
+        new = render_generated(old, figures_root)
+        if new != old:
+            atomic_write_text(f, new)
+            changed = True
+    return changed
+
+
+# ----------------------------------------------------------------------------- numbers quoted in prose
+#: a number (optionally signed, with thousands commas) immediately followed by its annotation; a sign
+#: counts only where a word starts ("0.54-0.58" is a range, not -0.58)
+ANNOTATION = re.compile(r"(?P<num>(?:(?<![\w.>)\]])[+\-\u2212])?\d[\d,]*(?:\.\d+)?)?"
+                        r"<!-- m:(?P<profile>[\w.-]+):(?P<expr>.*?) -->")
+_TOKEN = re.compile(r"\s*(?:(?P<key>[A-Za-z_][\w.]*)|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/()]))")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def metric_value(metrics, key: str) -> float:
+    """A dotted key of metrics.json (``cfe.table1.recall_lt_0.3.new_errors``: a key may itself hold a
+    dot; list items by index, ``debugging.grid.1.val_accuracy``) as a float."""
+    parts, node = key.split("."), metrics
+    while parts:
+        if isinstance(node, list):
+            try:
+                node = node[int(parts.pop(0))]
+            except (ValueError, IndexError):
+                raise KeyError(key) from None
+            continue
+        for n in range(len(parts), 0, -1):  # the longest key that matches
+            k = ".".join(parts[:n])
+            if isinstance(node, dict) and k in node:
+                node, parts = node[k], parts[n:]
+                break
+        else:
+            raise KeyError(key)
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise KeyError(f"{key} is not a number ({node!r})")
+    return float(node)
+
+
+def evaluate(expr: str, metrics: dict) -> float:
+    """EXPR of an annotation: metrics keys and constants joined by + - * / and parentheses."""
+    pos, out = 0, []
+    while pos < len(expr.rstrip()):
+        mo = _TOKEN.match(expr, pos)
+        if not mo:
+            raise ValueError(f"cannot read {expr[pos:]!r}")
+        pos = mo.end()
+        out.append(repr(metric_value(metrics, mo["key"])) if mo["key"] else (mo["num"] or mo["op"]))
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        raise ValueError(f"not allowed in {expr!r}: {ast.dump(node)}")
+
+    try:
+        tree = ast.parse(" ".join(out), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"cannot read {expr!r} as keys and constants joined by + - * /") from None
+    return ev(tree)
+
+
+def printed_matches(printed: str, value: float) -> bool:
+    """True when ``printed`` is ``value`` rounded to the printed number of decimals (a tie either way)."""
+    text = printed.replace(",", "").replace("\u2212", "-")
+    decimals = len(text.split(".", 1)[1]) if "." in text else 0
+    return math.isfinite(value) and abs(float(text) - value) <= 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
+
+
+def number_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> list[str]:
+    """Every annotated number of ``text`` that is not its metric at the printed precision, every
+    annotation with no number right before it, with an unknown profile or key, or that cannot be read."""
+    root, cache, out = Path(figures_root), {}, []
+    for mo in ANNOTATION.finditer(text):
+        line = text.count("\n", 0, mo.start()) + 1
+        loc = f"{where}:{line}: {mo.group(0)}"
+        if not mo["num"]:
+            out.append(f"{loc}: no number right before the annotation")
+            continue
+        prof = mo["profile"]
+        if prof not in cache:
+            f = root / prof / "metrics.json"
+            cache[prof] = json.loads(f.read_text()) if f.is_file() else None
+        if cache[prof] is None:
+            out.append(f"{loc}: no committed metrics for profile {prof!r} ({root / prof / 'metrics.json'})")
+            continue
+        try:
+            value = evaluate(mo["expr"], cache[prof])
+        except (KeyError, ValueError, ZeroDivisionError) as exc:
+            out.append(f"{loc}: {type(exc).__name__}: {exc}")
+            continue
+        if not printed_matches(mo["num"], value):
+            out.append(f"{loc}: printed {mo['num']}, the committed metrics give {value:.6g}")
+    return out
+
+
+def generated_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> list[str]:
+    """Every generated block of ``text`` whose body is not what the references generate now."""
+    out = []
+    for mo in GENERATED.finditer(text):
+        try:
+            want = render_generated(mo.group(0), figures_root)
+        except ValueError as exc:
+            out.append(f"{where}: {exc}")
+            continue
+        if want != mo.group(0):
+            line = text.count("\n", 0, mo.start()) + 1
+            out.append(f"{where}:{line}: generated block {mo['name']} {mo['arg'] or ''} differs from the "
+                       "references; run `python -m helpers.report --readme`")
+    return out
+
+
+def docs_problems(repo_root: str | Path = REPO_ROOT, figures_root=REFERENCE_DIR) -> list[str]:
+    """Every number of README.md and docs/ that disagrees with the committed metrics."""
+    out = []
+    for f in doc_files(repo_root):
+        text, rel = f.read_text(), f.relative_to(repo_root)
+        out += generated_problems(text, figures_root, str(rel)) + number_problems(text, figures_root, str(rel))
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("output_dirs", nargs="*", help="figures/<profile> folders to rebuild report.md in")
-    ap.add_argument("--readme", action="store_true", help="refresh the README comparison table")
+    ap.add_argument("--readme", action="store_true",
+                    help="refresh the generated blocks of README.md and docs/ from the committed references")
+    ap.add_argument("--check-docs", action="store_true",
+                    help="list the numbers of README.md and docs/ that disagree with the committed metrics")
     a = ap.parse_args(argv)
     for d in a.output_dirs:
         print(write_report(d))
     if a.readme:
-        print("README updated" if refresh_readme() else "README already up to date")
+        print("README / docs updated" if refresh_readme() else "README / docs already up to date")
+    if a.check_docs:
+        problems = docs_problems()
+        print("\n".join(problems) if problems else "README.md and docs/: every number agrees with the references")
+        return 1 if problems else 0
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,11 +17,14 @@ from .utils import seed_everything
 
 
 def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                    num_workers: int = 0, start: int = 0, stop: int | None = None):
+                    num_workers: int = 0, start: int = 0, stop: int | None = None, pin_memory: bool = False):
     """Yield (x, y) batches; in-memory datasets are sliced as whole tensors (no per-item Python).
 
     ``start`` / ``stop`` (no shuffle): only the samples in [start, stop); with ``start`` a multiple of
-    ``batch_size`` the batches are exactly those of the whole pass (a work unit of helpers.precompute)."""
+    ``batch_size`` the batches are exactly those of the whole pass (a work unit of helpers.precompute).
+    ``num_workers`` (the profile's): processes that decode image files while the model computes;
+    ``pin_memory`` (on CUDA, :meth:`Experiment.loader_options`): page-locked batches, so that
+    ``.to(device, non_blocking=True)`` overlaps the copy with compute."""
     if start or stop is not None:
         if shuffle:
             raise ValueError("iterate_batches: start / stop need shuffle=False")
@@ -33,10 +36,12 @@ def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: 
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(start, n)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            yield dataset._convert(dataset.images[idx]), dataset.labels[idx]
+            x, y = dataset._convert(dataset.images[idx]), dataset.labels[idx]
+            yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
     else:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                             num_workers=num_workers)
+                                             num_workers=num_workers, pin_memory=pin_memory,
+                                             persistent_workers=False)
         yield from loader
 
 
@@ -155,21 +160,26 @@ def _scheduler(opt, tcfg, steps_per_epoch):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset, device, batch_size: int = 512) -> np.ndarray:
-    """Logits of every sample of ``dataset`` in order (model in eval mode)."""
+def predict_logits(model: nn.Module, dataset, device, batch_size: int = 512, loader: dict | None = None) -> np.ndarray:
+    """Logits of every sample of ``dataset`` in order (model in eval mode).  ``loader``: keyword
+    arguments of :func:`iterate_batches` (``num_workers``, ``pin_memory``).  The logits stay on the
+    device until the end: one copy to the host instead of one per batch."""
     model.eval()
     out = []
-    for x, _ in iterate_batches(dataset, batch_size):
+    for x, _ in iterate_batches(dataset, batch_size, **(loader or {})):
         x = x.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+        out.append(model(x).float())
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, device: torch.device,
-                progress: bool = True) -> list[dict]:
-    """Train on the train split; returns the per-epoch history (loss, train and val accuracy)."""
+                progress: bool = True, loader: dict | None = None) -> list[dict]:
+    """Train on the train split; returns the per-epoch history (loss, train and val accuracy).
+    The running loss and accuracy are summed on the device and read once per epoch (no host sync
+    per step).  ``loader``: keyword arguments of :func:`iterate_batches`."""
+    loader = loader or {}
     gen = seed_everything(seed)
     model.to(device)
     use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
@@ -188,8 +198,10 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
         for m in model.modules():  # frozen BatchNorm layers keep their running statistics
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
                 m.eval()
-        t0, tot, correct, n = time.perf_counter(), 0.0, 0, 0
-        for x, y in iterate_batches(train_ds, tcfg["batch_size"], shuffle=True, generator=gen):
+        t0, n = time.perf_counter(), 0
+        tot = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for x, y in iterate_batches(train_ds, tcfg["batch_size"], shuffle=True, generator=gen, **loader):
             x = augment(x, tcfg["augmentation"], gen).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if device.type == "cuda":
@@ -203,10 +215,11 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
             scaler.update()
             if sched is not None:
                 sched.step()
-            tot += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            tot += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             n += len(y)
-        val_logits = predict_logits(model, data["val"].dataset, device, tcfg.get("eval_batch_size", 512))
+        tot, correct = float(tot), int(correct)
+        val_logits = predict_logits(model, data["val"].dataset, device, tcfg.get("eval_batch_size", 512), loader)
         val_acc = float((val_logits.argmax(1) == data["val"].labels).mean())
         history.append({"epoch": epoch + 1, "phase": "train", "loss": tot / max(n, 1), "train_acc_running": correct / max(n, 1),
                         "val_acc": val_acc, "seconds": time.perf_counter() - t0})
@@ -217,11 +230,12 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
     return history
 
 
-def prediction_table(model: nn.Module, data: DataBundle, device, batch_size: int = 512) -> pd.DataFrame:
+def prediction_table(model: nn.Module, data: DataBundle, device, batch_size: int = 512,
+                     loader: dict | None = None) -> pd.DataFrame:
     """The per-sample prediction table: id, split, label, prediction, correct, logit_0..logit_{K-1}."""
     frames = []
     for split, sd in data.splits.items():
-        logits = predict_logits(model, sd.dataset, device, batch_size)
+        logits = predict_logits(model, sd.dataset, device, batch_size, loader)
         pred = logits.argmax(1)
         df = pd.DataFrame({"id": sd.ids, "split": split, "label": sd.labels, "prediction": pred,
                            "correct": pred == sd.labels})

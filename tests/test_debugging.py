@@ -79,12 +79,12 @@ def test_debugging_loss_hand_computed():
     non_mc = _sig(2.0) + _sig(0.7)
     total, terms = debugging_loss(logits, y, g, masks, l1, l2)
     assert float(total) == pytest.approx(ce - l1 * mc + l2 * non_mc, rel=1e-6)
-    assert terms["ce"] == pytest.approx(ce, rel=1e-6)
-    assert terms["mc"] == pytest.approx(mc, rel=1e-6)
-    assert terms["non_mc"] == pytest.approx(non_mc, rel=1e-6)
-    assert terms["total"] == pytest.approx(float(total))
+    assert float(terms["ce"]) == pytest.approx(ce, rel=1e-6)
+    assert float(terms["mc"]) == pytest.approx(mc, rel=1e-6)
+    assert float(terms["non_mc"]) == pytest.approx(non_mc, rel=1e-6)
+    assert float(terms["total"]) == pytest.approx(float(total))
     plain, t0 = debugging_loss(logits, y, g, masks, 0.0, 0.0)
-    assert torch.equal(plain, F.cross_entropy(logits, y)) and t0["total"] == pytest.approx(ce, rel=1e-6)
+    assert torch.equal(plain, F.cross_entropy(logits, y)) and float(t0["total"]) == pytest.approx(ce, rel=1e-6)
 
 
 def test_debugging_loss_rewards_mc_filters_and_penalises_others():

@@ -1,0 +1,75 @@
+"""Device choice and data loading (issue 23): what ``device: auto`` says when a GPU is present but
+unusable, the profile's ``num_workers`` reaching every image-file loader, pinned memory only on CUDA,
+and evaluation batches scaled on an accelerator."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import utils
+from helpers.experiment import Experiment
+
+from .test_data_integrity import _profile, _tree
+
+
+def test_driver_older_than_the_cuda_build_is_named(monkeypatch):
+    why = utils.cuda_unusable_reason(driver="535.104.05", cuda="13.0")
+    assert "535.104.05" in why and "13.0" in why and ">= 580.65" in why
+    assert "no usable GPU" in utils.cuda_unusable_reason(driver="590.10", cuda="13.0")
+    monkeypatch.setattr(utils, "nvidia_driver_version", lambda: None)
+    assert utils.cuda_unusable_reason(cuda="13.0") is None  # no NVIDIA driver: no GPU to speak of
+    assert utils.cuda_unusable_reason(driver="590.10", cuda="") is None  # a CPU-only torch: nothing to say
+
+
+def test_auto_says_why_it_falls_back_to_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(utils, "nvidia_driver_version", lambda: "470.57.02")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.delenv("COMPANION_SIMULATED_ACCELERATOR", raising=False)
+    assert utils.get_device("auto").type == "cpu"
+    assert "device: auto uses the CPU: the NVIDIA driver 470.57.02 is older" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="470.57.02 is older"):
+        utils.get_device("cuda")
+
+
+def test_simulated_device_needs_its_switch(monkeypatch):
+    monkeypatch.delenv("COMPANION_SIMULATED_ACCELERATOR", raising=False)
+    with pytest.raises(ValueError, match="COMPANION_SIMULATED_ACCELERATOR"):
+        utils.get_device("sim:0")
+    assert utils.get_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_num_workers_reaches_every_image_loader(tmp_path, monkeypatch):
+    """Before, training, prediction and pooled features built their DataLoaders with 0 workers
+    whatever the profile said."""
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    seen = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*a, **k):
+        seen.append((k.get("num_workers", 0), k.get("pin_memory", False)))
+        return real(*a, **{**k, "num_workers": 0})  # the spy records; the test itself stays in-process
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    exp = Experiment({**_profile(_tree(tmp_path / "tree")), "num_workers": 3}, progress=False)
+    assert exp.loader_options == {"num_workers": 3, "pin_memory": False}  # pinned memory: CUDA only
+    exp.predictions  # trains (one epoch, with validation) and predicts every split
+    assert len(seen) >= 5 and set(seen) == {(3, False)}, seen
+
+
+def test_evaluation_batches_scale_on_an_accelerator(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment("digits", progress=False)
+    assert exp.device.type == "cpu" and exp.eval_batch_size == exp.cfg["training"]["eval_batch_size"]
+    monkeypatch.setattr(exp, "device", torch.device("cuda"))
+    assert exp.eval_batch_size == exp.cfg["training"]["eval_batch_size"] * exp.cfg["accelerator_batch_scale"]
+    assert exp.loader_options["pin_memory"] is True
+
+
+def test_digits_reference_profile_is_pinned_to_the_cpu():
+    """``make test`` compares digits with a reference made on a CPU: on a GPU machine it must run there too."""
+    from helpers.profiles import load_profile
+
+    cfg = load_profile("digits")
+    assert cfg["device"] == "cpu"
+    assert Experiment("digits").device.type == "cpu"
+    assert np.isfinite(cfg["training"]["eval_batch_size"])
