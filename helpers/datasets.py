@@ -358,7 +358,7 @@ def _cifar_from_imagefolder(src: Path):
         keys = sorted(out[s])
         if not keys:
             raise DataNotFoundError(f"{src}: no {s}/<class>/<index>.jpg images found (expected the layout of "
-                                    "../shared/data/README.md)")
+                                    "docs/data-and-weights.md)")
         res.append((np.stack([out[s][k][0] for k in keys]), np.array([out[s][k][1] for k in keys]),
                     np.array(keys)))
     return res
@@ -404,7 +404,7 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
             (xtr, ytr), (xte, yte) = _cifar_from_torchvision(path, download=(kind == "download"))
         except Exception as exc:
             raise DataNotFoundError(f"dataset 'cifar10': torchvision could not load or download into {path} "
-                                    f"({type(exc).__name__}: {exc}); see the offline options in README.md") from exc
+                                    f"({type(exc).__name__}: {exc}); see the offline options in docs/data-and-weights.md") from exc
         itr, ite = np.arange(len(ytr)), np.arange(len(yte))
         source = f"torchvision CIFAR10 at {path}"
     else:

@@ -14,7 +14,7 @@ loses nothing (``gpu-check/results.json``, one ``<step>.log`` per step):
    move against the committed CPU reference, with its tolerance (``helpers.regression``);
 4. ``bench``: ``benchmarks.run_all`` on the GPU, into ``gpu-check/bench.json``.
 
-Nothing here has run on a real GPU yet (README, "GPU"); commit ``gpu-check/`` from the first machine
+Nothing here has run on a real GPU yet (docs/gpu.md); commit ``gpu-check/`` from the first machine
 that has one.
 """
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _resolve_resnet20_weights(weights: str, search_dirs) -> Path:
     raise FileNotFoundError(
         "weights: could not find the pretrained ResNet20; looked at:\n  "
         + "\n  ".join(tried)
-        + "\nGive a path to resnet20-12fca82f.th (see ../shared/weights/README.md) or go online."
+        + "\nGive a path to resnet20-12fca82f.th (docs/data-and-weights.md says where it comes from) or go online."
     )
 
 

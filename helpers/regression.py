@@ -15,7 +15,7 @@ when a headline number moved by more than its tolerance or is missing.
 **The tolerances** (:data:`RULES`, :func:`tolerance_of`) are computed from the reference itself:
 ``max(floor, K x SE)``, where SE is the standard error of the number as an estimate from a finite
 sample, and the floor is the largest move measured across CPU kernels and thread counts
-(``python -m helpers.kernel_matrix``; README, "Regression").  Across CPUs floats differ in the last
+(``python -m helpers.kernel_matrix``; docs/reproducibility.md).  Across CPUs floats differ in the last
 bits, and training amplifies that into a few flipped predictions: a move within one standard error is
 one a reader could not tell from a reseed of the same experiment; a real regression (a broken score,
 a changed method) moves a number by several.  The standard errors:
@@ -61,13 +61,13 @@ class Tolerance:
 class Rule:
     pattern: str   # on the dotted metrics key
     kind: str      # how the standard error is derived (see _standard_error)
-    floor: float   # the measured cross-CPU spread, with margin (README, "Regression")
+    floor: float   # the measured cross-CPU spread, with margin (docs/reproducibility.md)
 
 
 #: The headline numbers and their rules; the first matching pattern wins.  Keys that match no pattern
 #: are not headline numbers and are not compared.  Floors: the largest move measured by
 #: ``python -m helpers.kernel_matrix`` on the default profile (SSE4.2 / AVX2 / AVX-512 kernels, 1 and 2
-#: threads; README, "Regression"), rounded up with a margin.
+#: threads; docs/reproducibility.md), rounded up with a margin.
 RULES: list[Rule] = [                                                # largest measured move (digits)
     Rule("model.accuracy.*", "accuracy", 0.005),                     # 0 (two of 450 test digits: 0.0044)
     Rule("detectors.*.auroc", "auroc", 0.01),                        # 0.0017 (joint RF + MSP)

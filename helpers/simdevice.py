@@ -13,7 +13,7 @@ A ``sim`` tensor is a wrapper subclass that holds CPU data and checks every aten
 ``COMPANION_SIMULATED_REPORT=path`` writes, at exit, ``{"mismatches": n, "syncs": {"file:line function": n}}``:
 a mismatch caught and swallowed by the code under test still counts.  Nothing is faster on ``sim``: it
 proves device placement, not speed.  CUDA-only branches (AMP, cuDNN, pinned memory, CUDA streams) do
-not run on it; the ``gpu``-marked tests run those on a real GPU (README, "GPU").
+not run on it; the ``gpu``-marked tests run those on a real GPU (docs/gpu.md).
 """
 from __future__ import annotations
 
