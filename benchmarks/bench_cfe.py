@@ -22,12 +22,21 @@ Two settings, each timed against the per-class way:
   epoch says it takes under ~2 minutes, else one epoch measured and x10 (``batched_extrapolated``);
   per class on the cache: a few classes x 1 epoch, scaled to 100 classes x 10 epochs.
 
+Device: the frozen model's forward passes (the ``g`` extraction, the naive way's per-batch forwards) run
+on :func:`benchmarks.common.bench_device` (the GPU when there is one; ``BENCH_DEVICE=cpu`` for the CPU),
+model and images moved there first; the generators train there too (on the head's device).  Each setting records its
+``devices`` (``cifar10_k64``: extract, naive_forward, generator_training; ``synthetic_k512``:
+generator_training); the top-level ``device`` is where the generators trained (the comparison this
+benchmark is about), ``forward_device`` where the frozen model ran.  The device is synchronised before every
+clock read.
+
 Threads: ``CFE_BENCH_THREADS`` (default 1: on the shared 2-core machine 2 intra-op threads made a
 K = 64 step about 8x slower under load); restored afterwards.  The 1-minute load average is recorded
 around every timed part.  ``run(quick=True)``: a few hundred images, 1 epoch, a few seconds.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -43,6 +52,7 @@ from helpers.models import build_model, pooled_features, pooled_head
 from helpers.utils import seed_everything
 
 from .bench_lcr import DATA, MEAN, STD, WEIGHTS
+from .common import bench_device, clock, describe
 
 PROFILE = "cifar10-pretrained"
 K512, C512, N512 = 512, 100, 2700
@@ -52,11 +62,17 @@ def _load_time():
     return round(os.getloadavg()[0], 2)
 
 
-def _timed(fn):
+def _timed(fn, device=torch.device("cpu")):
     load0 = _load_time()
-    t = time.perf_counter()
+    t = clock(device)
     r = fn()
-    return time.perf_counter() - t, r, [load0, _load_time()]
+    return clock(device) - t, r, [load0, _load_time()]
+
+
+def _warm_up(device: torch.device, g: torch.Tensor, n: int, head: torch.nn.Linear, classes, cfg) -> torch.device:
+    """Warm-up of the generator training on ``device``."""
+    train_generators(g.to(device), n, copy.deepcopy(head).to(device), classes, cfg, seed=0)
+    return device
 
 
 def _lossless_train(n: int | None = None):
@@ -107,19 +123,23 @@ def _last(history) -> dict:
             "hits": round(float(row["hits"]), 4), "ce": round(float(row["ce"]), 4)}
 
 
-def _bench_cifar10(quick: bool) -> dict:
+def _bench_cifar10(quick: bool, dev: torch.device) -> dict:
     cfg = GeneratorConfig(epochs=1) if quick else GeneratorConfig()
     classes = list(range(10))
-    model = build_model("resnet20", 10, 3, weights=str(WEIGHTS) if WEIGHTS.is_file() else None).eval()
+    model = build_model("resnet20", 10, 3, weights=str(WEIGHTS) if WEIGHTS.is_file() else None).eval().to(dev)
     _, head = pooled_head(model)
     x, y, source, load_s = _images(quick)
+    x = x.to(dev)  # the labels y stay on the host
     n, bs = len(x), cfg.batch_size
     n_batches = math.ceil(n / bs)
 
     # ------------------------------------------------------------------ (a) batched, on cached g
-    extract_s, (G, pred), extract_load = _timed(lambda: _extract(model, x))
-    train_generators(G[:2 * bs], 2 * bs, head, classes, replace(cfg, epochs=1), seed=0)  # warm-up
-    batched_s, (_, hist), batched_load = _timed(lambda: train_generators(G, n, head, classes, cfg, seed=0))
+    extract_s, (G, pred), extract_load = _timed(lambda: _extract(model, x), dev)
+    train_dev = _warm_up(dev, G[:2 * bs], 2 * bs, head, classes, replace(cfg, epochs=1))
+    G = G.to(train_dev)
+    head_t = head if train_dev == dev else copy.deepcopy(head).to(train_dev)
+    batched_s, (_, hist), batched_load = _timed(lambda: train_generators(G, n, head_t, classes, cfg, seed=0),
+                                                train_dev)
 
     # ------------------------------------------------------------------ (b) naive: per class, full forward
     naive_classes = [0] if quick else [0, 1, 2]
@@ -128,24 +148,27 @@ def _bench_cifar10(quick: bool) -> dict:
     one_epoch = replace(cfg, epochs=1)
     xs = x[:n_sub]
 
-    def naive_features(idx):
-        return pooled_features(model, xs[idx])[0]
+    def naive_features(idx):  # the frozen model's forward on its device; g to where the generators train
+        return pooled_features(model, xs[idx])[0].to(train_dev)
 
     naive_times, naive_loads, diffs = [], [], []
     pooled_features(model, xs[:bs])  # warm-up
     for c in naive_classes:
-        dt, (gen_naive, _), ld = _timed(lambda: train_generators(naive_features, n_sub, head, [c], one_epoch, seed=0))
+        dt, (gen_naive, _), ld = _timed(lambda: train_generators(naive_features, n_sub, head_t, [c], one_epoch,
+                                                                 seed=0), dev)
         naive_times.append(dt)
         naive_loads.append(ld)
-        gen_cached, _ = train_generators(G[:n_sub], n_sub, head, [c], one_epoch, seed=0)
+        gen_cached, _ = train_generators(G[:n_sub], n_sub, head_t, [c], one_epoch, seed=0)
         diffs.append(float((gen_naive.weight - gen_cached.weight).abs().max().detach()))
     per_batch = float(np.mean(naive_times)) / sub_batches
     naive_s = per_batch * len(classes) * cfg.epochs * n_batches
 
     return {
+        "devices": {"extract": describe(dev), "naive_forward": describe(dev),
+                    "generator_training": describe(train_dev)},
         "model": f"resnet20 ({'pretrained ' + WEIGHTS.name if WEIGHTS.is_file() else 'random init'})",
         "data": source, "n": n, "k": G.shape[1], "c": len(classes),
-        "model_accuracy_on_these_images": round(float((pred == y).float().mean()), 4),
+        "model_accuracy_on_these_images": round(float((pred.cpu() == y).float().mean()), 4),
         "config": asdict(cfg), "batches_per_epoch": n_batches, "steps": n_batches * cfg.epochs,
         "load_images_s": round(load_s, 2),
         "extract_s": round(extract_s, 2), "extract_load": extract_load,
@@ -164,7 +187,7 @@ def _bench_cifar10(quick: bool) -> dict:
     }
 
 
-def _bench_k512(quick: bool) -> dict:
+def _bench_k512(quick: bool, dev: torch.device) -> dict:
     n = 32 if quick else N512
     cfg = GeneratorConfig(epochs=1) if quick else GeneratorConfig()
     g = torch.randn(n, K512, generator=torch.Generator().manual_seed(0)).abs()
@@ -175,12 +198,13 @@ def _bench_k512(quick: bool) -> dict:
     one_epoch = replace(cfg, epochs=1)
 
     # ------------------------------------------------------------------ batched: all 100 generators at once
-    train_generators(g[:cfg.batch_size], cfg.batch_size, head, classes[:2], one_epoch, seed=0)  # warm-up
-    probe_s, (_, hist), probe_load = _timed(lambda: train_generators(g, n, head, classes, one_epoch, seed=0))
+    dev = _warm_up(dev, g[:cfg.batch_size], cfg.batch_size, head, classes[:2], one_epoch)
+    g, head = g.to(dev), head.to(dev)
+    probe_s, (_, hist), probe_load = _timed(lambda: train_generators(g, n, head, classes, one_epoch, seed=0), dev)
     if cfg.epochs == 1:
         batched_s, extrapolated, how, batched_load = probe_s, False, "measured (1 epoch: the quick config)", probe_load
     elif probe_s * cfg.epochs <= 120.0:
-        batched_s, (_, hist), batched_load = _timed(lambda: train_generators(g, n, head, classes, cfg, seed=0))
+        batched_s, (_, hist), batched_load = _timed(lambda: train_generators(g, n, head, classes, cfg, seed=0), dev)
         extrapolated, how = False, f"measured ({cfg.epochs} epochs)"
     else:
         batched_s, extrapolated, batched_load = probe_s * cfg.epochs, True, probe_load
@@ -190,12 +214,13 @@ def _bench_k512(quick: bool) -> dict:
     seq_classes = [0] if quick else [0, 1, 2]
     seq_times, seq_loads = [], []
     for c in seq_classes:
-        dt, _, ld = _timed(lambda: train_generators(g, n, head, [c], one_epoch, seed=0))
+        dt, _, ld = _timed(lambda: train_generators(g, n, head, [c], one_epoch, seed=0), dev)
         seq_times.append(dt)
         seq_loads.append(ld)
     per_class_epoch = float(np.mean(seq_times))
     seq_s = per_class_epoch * C512 * cfg.epochs
     return {
+        "devices": {"generator_training": describe(dev)},
         "data": "synthetic |N(0,1)| g (non-negative, like post-ReLU GAP features), random nn.Linear(512, 100) head",
         "n": n, "k": K512, "c": C512, "config": asdict(cfg), "batches_per_epoch": n_batches,
         "batched_s": round(batched_s, 1), "batched_extrapolated": extrapolated, "batched_how": how,
@@ -217,12 +242,15 @@ def run(quick: bool = False) -> dict:
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
     load_start = [round(v, 2) for v in os.getloadavg()]
+    dev = bench_device()
     try:
-        cifar = _bench_cifar10(quick)
-        k512 = _bench_k512(quick)
+        cifar = _bench_cifar10(quick, dev)
+        k512 = _bench_k512(quick, dev)
     finally:
         torch.set_num_threads(threads_before)
     return {"cfe": {
+        "device": cifar["devices"]["generator_training"],  # where the measured comparison ran
+        "forward_device": describe(dev),  # the frozen model's forward passes
         "threads": threads, "threads_env": "CFE_BENCH_THREADS", "cpu_count": os.cpu_count(), "quick": quick,
         "loadavg_at_start": load_start, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
         "load_note": "loads are the 1-minute load average before/after each timed part; >2 on this 2-core "

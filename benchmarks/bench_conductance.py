@@ -9,6 +9,11 @@ Targets (stated, not asserted; see the report of a run):
   * exact   >= 20x captum and within 10% of plain inference (one forward pass);
   * riemann >= 1.5x captum.
 
+Device: the throughput parts run on :func:`benchmarks.common.bench_device` (the GPU when there is one;
+``BENCH_DEVICE=cpu`` for the CPU), model and images moved there first, and the device is synchronised
+before every clock read; ``setup.device`` says where they ran.  The memory part measures the resident set
+size of CPU processes: it runs on the CPU (``riemann_peak_mem.device``).
+
 Timing: warm-up once, then repeats interleaved across the methods (so that load
 from other processes on a shared machine hits all of them alike), best repeat
 kept, ``time.perf_counter``; torch's default thread count.  Best of 3 for the
@@ -38,6 +43,8 @@ import torch
 
 from helpers.conductance import conductance_dataset, layer_conductance
 from helpers.models import build_model
+
+from .common import bench_device, clock, describe
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "resnet20-12fca82f.th"
 REPEATS, REPEATS_FAST = 3, 10
@@ -71,10 +78,11 @@ def _model():
     return build_model("resnet20", 10, weights=weights).eval(), weights is not None
 
 
-def _timed(fns: dict, n_images: int, repeats: dict | int = 3) -> dict:
+def _timed(fns: dict, n_images: int, repeats: dict | int = 3, device=torch.device("cpu")) -> dict:
     """images/s per function: warm-up once, interleaved rounds, best round kept.
 
-    ``repeats``: rounds per function (an int for all, or a dict name -> rounds).
+    ``repeats``: rounds per function (an int for all, or a dict name -> rounds).  ``device``: where the
+    functions run (synchronised before each clock read).
     """
     reps = repeats if isinstance(repeats, dict) else {k: repeats for k in fns}
     for f in fns.values():
@@ -84,9 +92,9 @@ def _timed(fns: dict, n_images: int, repeats: dict | int = 3) -> dict:
         for k, f in fns.items():
             if i >= reps[k]:
                 continue
-            t0 = time.perf_counter()
+            t0 = clock(device)
             f()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[k] = min(best[k], clock(device) - t0)
     return {k: n_images / v for k, v in best.items()}
 
 
@@ -137,13 +145,14 @@ def _mem_probe(n: int, batch: int, layer: str, n_steps: int, ibs: int) -> dict:
 
 
 def _mem_child(n: int, batch: int, layer: str, n_steps: int, ibs: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--mem", str(n), str(batch), layer,
+    cmd = [sys.executable, "-m", "benchmarks.bench_conductance", "--mem", str(n), str(batch), layer,
            str(n_steps), str(ibs)]
     # glibc: return freed blocks >= 128 KiB to the OS at once, so that RSS follows the
     # live memory instead of what the allocator keeps around (otherwise the sampled
     # peak depends on fragmentation, not on the method).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -152,8 +161,10 @@ def run(quick: bool = False) -> dict:
     n = 128 if quick else 256          # images for the exact-applicable layer
     n_nl = 64 if quick else 128        # images for the nonlinear head (slower methods)
     batch, n_steps, ibs = 128, 10, 512
+    dev = bench_device()
     model, pretrained = _model()
-    x = _images(n)
+    model.to(dev)
+    x = _images(n).to(dev)
     batches = list(x.split(batch))
     layer = model.last_conv_layer       # layer3.2: GAP + linear head, exact applies
 
@@ -171,7 +182,7 @@ def run(quick: bool = False) -> dict:
         "captum": _loop(cond("captum", layer), batches),
         "inference": _loop(infer, batches),
     }, n, repeats={"exact": REPEATS_FAST, "riemann": REPEATS, "captum": REPEATS,
-                   "inference": REPEATS_FAST})
+                   "inference": REPEATS_FAST}, device=dev)
     resnet = {
         "layer": layer,
         "n_images": n,
@@ -191,7 +202,7 @@ def run(quick: bool = False) -> dict:
     r2 = _timed({
         "riemann": _loop(cond("riemann", nl_layer), nl_batches),
         "captum": _loop(cond("captum", nl_layer), nl_batches),
-    }, sum(len(b) for b in nl_batches), repeats=REPEATS)
+    }, sum(len(b) for b in nl_batches), repeats=REPEATS, device=dev)
     nonlinear = {
         "layer": f"resnet20 {nl_layer}",
         "n_images": sum(len(b) for b in nl_batches),
@@ -208,19 +219,21 @@ def run(quick: bool = False) -> dict:
     mem = {
         "layer": f"resnet20 {nl_layer}",
         "method": "riemann (conductance_dataset, fresh process per size)",
+        "device": "cpu",  # the resident set size of a CPU process
         "batch_size": mem_batch,
         "internal_batch_size": ibs,
         **{f"peak_rss_growth_mb_{k}_images": v["peak_growth_mb"] for k, v in runs.items()},
         **{f"rss_start_mb_{k}_images": v["rss_start_mb"] for k, v in runs.items()},
     }
     return {"conductance": {
+        "device": describe(dev),
         "resnet20": resnet,
         "nonlinear_head": nonlinear,
         "riemann_peak_mem": mem,
         "setup": {"n_steps": n_steps, "batch_size": batch, "internal_batch_size": ibs,
                   "pretrained_weights": pretrained, "torch_threads": torch.get_num_threads(),
                   "repeats": {"riemann_captum": REPEATS, "exact_inference": REPEATS_FAST},
-                  "device": "cpu", "quick": quick},
+                  "device": describe(dev), "quick": quick},
     }}
 
 

@@ -15,6 +15,11 @@ lossless CIFAR-10 test images of ../shared/data (random tensors when absent):
   mutants' seed order and averaged over random orders, next to fixed-N LCR at the
   SPRT's mean budget.  (The SPRT defaults were tuned on these same 1000 images.)
 
+Device: everything measured here runs on :func:`benchmarks.common.bench_device` (the GPU when there is
+one, ``BENCH_DEVICE=cpu`` for the CPU): model and images are moved there first, and the device is
+synchronised before every clock read; ``device`` in the result says where it ran.  On an accelerator
+the vmapped evaluator (``mode="vmap"``, what ``mode="auto"`` picks there) is timed as well.
+
 ``run(quick=True)`` shrinks everything for a smoke test.  ``LCR_BENCH_THREADS=n`` sets
 torch's intra-op threads (1 is faster when other jobs share a 2-core machine).
 """
@@ -38,6 +43,8 @@ from helpers.lcr import (
 from helpers.models import build_model
 from helpers.mutation import MutantSpec, make_patch
 from helpers.utils import seed_everything
+
+from .common import bench_device, clock, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
@@ -65,7 +72,8 @@ def _load():
 
 
 def _naive(model, specs, x, batch_size):
-    """Reference evaluator: a deep copy of the model per mutant, mutated, then the data loop."""
+    """Reference evaluator: a deep copy of the model per mutant, mutated, then the data loop (on the
+    model's and the data's device; the labels come back to the host once, at the end)."""
     out = []
     for spec in specs:
         m = copy.deepcopy(model)
@@ -73,13 +81,24 @@ def _naive(model, specs, x, batch_size):
         m.eval()
         with torch.inference_mode():
             out.append(torch.cat([m(x[s:s + batch_size]).argmax(1) for s in range(0, len(x), batch_size)]))
-    return torch.stack(out).numpy()
+    return torch.stack(out).cpu().numpy()
 
 
-def _timed(fn):
-    t = time.perf_counter()
+def _timed(fn, device=torch.device("cpu")):
+    t = clock(device)
     r = fn()
-    return time.perf_counter() - t, r
+    return clock(device) - t, r
+
+
+def _same_labels(a: np.ndarray, b: np.ndarray, device: torch.device, what: str) -> float:
+    """Fraction of equal labels; on the CPU they must all be equal (same kernels, same shapes).  On an
+    accelerator two evaluators may pick different kernels, so a near-tie may flip: 99 % at least."""
+    agree = float((a == b).mean())
+    if device.type == "cpu":
+        assert np.array_equal(a, b), f"{what} predictions differ"
+    else:
+        assert agree >= 0.99, f"{what} predictions differ on {1 - agree:.2%} of the labels"
+    return agree
 
 
 def run(quick: bool = False) -> dict:
@@ -87,7 +106,10 @@ def run(quick: bool = False) -> dict:
     if os.environ.get("LCR_BENCH_THREADS"):  # e.g. 1 on a shared, oversubscribed machine
         torch.set_num_threads(int(os.environ["LCR_BENCH_THREADS"]))
     t_start = time.perf_counter()
+    dev = bench_device()
     model, x, y, weights, source = _load()
+    model.to(dev)
+    x = x.to(dev)  # the labels y stay on the host: they are only compared with host predictions
     state = {k: v.clone() for k, v in model.state_dict().items()}
     bs = 250
 
@@ -97,29 +119,36 @@ def run(quick: bool = False) -> dict:
     xt = x[:n_tp]
     specs = [MutantSpec(OPERATOR, RATE, s) for s in range(8)]
     predict(model, xt[:bs], batch_size=bs)  # warm-up
-    t_inf, t_eval, t_naive = [], [], []
+    on_accel = dev.type != "cpu"
+    t_inf, t_eval, t_naive, t_vmap = [], [], [], []
     for _ in range(reps):  # interleaved so that load changes hit all three alike
         # the same number of forwards as the evaluator: len(specs) passes of the original model
-        dt, _ = _timed(lambda: [predict(model, xt, batch_size=bs) for _ in specs])
+        dt, _ = _timed(lambda: [predict(model, xt, batch_size=bs) for _ in specs], dev)
         t_inf.append(dt / len(specs))
-        dt, ev = _timed(lambda: mutant_predictions(model, specs, xt, batch_size=bs, progress=False, mode="loop"))
+        dt, ev = _timed(lambda: mutant_predictions(model, specs, xt, batch_size=bs, progress=False, mode="loop"), dev)
         t_eval.append(dt)
-        dt, nv = _timed(lambda: _naive(model, specs, xt, bs))
+        dt, nv = _timed(lambda: _naive(model, specs, xt, bs), dev)
         t_naive.append(dt)
-    assert np.array_equal(ev, nv), "evaluator and naive predictions differ"
+        if on_accel:  # what mode="auto" runs on an accelerator: all mutants of a batch in one vmapped forward
+            dt, vv = _timed(lambda: mutant_predictions(model, specs, xt, batch_size=bs, progress=False,
+                                                       mode="vmap"), dev)
+            t_vmap.append(dt)
+    naive_agreement = _same_labels(ev, nv, dev, "evaluator and naive")
+    vmap_agreement = _same_labels(ev, vv, dev, "loop and vmap evaluator") if on_accel else None
     compiled = compile_s = agreement = None
     if not quick:  # torch.compile'd evaluator (lcr.compile): the one-off compilation is timed apart
         compile_s, _ = _timed(lambda: mutant_predictions(model, specs[:1], xt, batch_size=bs, progress=False,
-                                                         compile=True))
+                                                         compile=True, mode="loop"), dev)
         t_comp = []
         for _ in range(reps):
             dt, cv = _timed(lambda: mutant_predictions(model, specs, xt, batch_size=bs, progress=False,
-                                                       compile=True))
+                                                       compile=True, mode="loop"), dev)
             t_comp.append(dt)
         compiled, agreement = n_tp * len(specs) / min(t_comp), float((cv == ev).mean())
     inference = n_tp / min(t_inf)
     evaluator = n_tp * len(specs) / min(t_eval)
     naive = n_tp * len(specs) / min(t_naive)
+    vmapped = n_tp * len(specs) / min(t_vmap) if t_vmap else None
 
     # ------------------------------------------------------------------ screening + SPRT
     n_val, n_test, n_mut = (100, 100, 20) if quick else (300, 400, 100)
@@ -127,7 +156,7 @@ def run(quick: bool = False) -> dict:
     xs, ys = x[n_val:n_val + n_test], y[n_val:n_val + n_test]
     scr = screen_mutants(model, xv, yv, OPERATOR, RATE, n_mut, batch_size=50, seed=0, progress=not quick)
     dt_pred, (P, o) = _timed(lambda: mutant_predictions(model, scr.accepted, xs, batch_size=bs,
-                                                        progress=not quick, with_original=True))
+                                                        progress=not quick, with_original=True), dev)
     wrong = o != ys.numpy()
     lcr = label_change_rate(P, o)
     decision, n_used = sprt_detect(P, o)
@@ -163,6 +192,7 @@ def run(quick: bool = False) -> dict:
         "early_abort_forward_saving": 1.0 - scr.samples_evaluated / max(1, without),
     }
     return {"lcr": {
+        "device": describe(dev),
         "model": f"resnet20 ({weights})", "data": source, "torch_threads": torch.get_num_threads(),
         "operator": OPERATOR, "rate": RATE, "batch_size": bs,
         "throughput_samples": n_tp, "throughput_mutants": len(specs), "repetitions": reps,
@@ -171,6 +201,10 @@ def run(quick: bool = False) -> dict:
         "inference_pred_s": inference,
         "evaluator_over_inference": evaluator / inference,
         "evaluator_over_naive": evaluator / naive,
+        "evaluator_naive_label_agreement": naive_agreement,
+        "evaluator_vmap_pred_s": vmapped,  # accelerator only (mode="auto" there)
+        "evaluator_vmap_over_naive": vmapped / naive if vmapped else None,
+        "evaluator_vmap_label_agreement_with_loop": vmap_agreement,
         "compiled_pred_s": compiled,
         "compiled_over_inference": compiled / inference if compiled else None,
         "compiled_over_naive": compiled / naive if compiled else None,

@@ -4,6 +4,10 @@ and batch 125 (``pipeline.LCR_BATCH``) vs 1,000, at 1 and 2 threads, on real CIF
 Same model, images and mutants for every cell (the pretrained ResNet20, 1,000 lossless
 CIFAR-10 test images, 4 ``bn_nai`` mutants at 1 %); compilation is done before timing and
 reported apart; labels are compared with eager mode.
+
+CPU only, by nature (``device: "cpu"`` in the result, whatever ``BENCH_DEVICE`` says): it measures the
+CPU loop's settings, thread counts and the inductor's CPU code; the accelerator's evaluator is timed in
+``bench_lcr`` (loop and vmap).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .bench_lcr import _load
 def run(quick: bool = False) -> dict:
     if quick:  # compilation alone takes about 30 s: nothing to smoke-test here
         return {}
-    model, x, _, weights, source = _load()
+    model, x, _, weights, source = _load()  # on the CPU
     x = x[:1000]
     specs = [MutantSpec("bn_nai", 0.01, s) for s in range(4)]
     threads0 = torch.get_num_threads()
@@ -45,5 +49,5 @@ def run(quick: bool = False) -> dict:
     for threads in (1, 2):
         old, new = cells[f"threads{threads}_batch1000"], cells[f"threads{threads}_batch125"]
         cells[f"threads{threads}_compiled_b125_over_eager_b1000"] = new["compiled_pred_s"] / old["eager_pred_s"]
-    return {"lcr_matrix": {"model": f"resnet20 ({weights})", "data": source, "n_images": len(x),
+    return {"lcr_matrix": {"device": "cpu", "model": f"resnet20 ({weights})", "data": source, "n_images": len(x),
                            "n_mutants": len(specs), "label_agreement_compiled_vs_eager": agree, **cells}}

@@ -10,6 +10,9 @@ threads (torch's default here).  Reported: the stage's seconds (rank 0's, from t
 the speedup of 2 processes over 1 and the parallel efficiency (speedup / 2), and whether the three label
 matrices are identical.  On a machine with N GPUs, N processes vs 1 is the same command with
 ``--nproc_per_node=N`` (not measured here: no GPU was lent).
+
+CPU only, by nature: the gloo processes run with ``device=cpu`` (the profile's ``auto`` would take a GPU
+when there is one), and the result says ``device: "cpu"``.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ N_MUTANTS = 20
 N_IMAGES = 2000
 SETTING = ["checkpoint=checkpoints/cifar10-resnet20.pt",  # the committed model, on a slice of its data
            *(f"split.limit_{s}={N_IMAGES}" for s in ("train", "val", "test")),
-           "lcr.operator=filter_gf", "lcr.rate=0.001", f"lcr.n_mutants={N_MUTANTS}", "lcr.compile=false"]
+           "lcr.operator=filter_gf", "lcr.rate=0.001", f"lcr.n_mutants={N_MUTANTS}", "lcr.compile=false",
+           "device=cpu"]  # CPU processes (gloo), whatever the machine has
 
 
 def _run(launcher: list[str], art: Path, threads: int) -> dict:
@@ -73,6 +77,7 @@ def run(quick: bool = False) -> dict:
     one, two = runs["1 process x 1 thread"]["stage_s"], runs["2 processes x 1 thread"]["stage_s"]
     ref = matrices["1 process x 1 thread"]
     return {"precompute_lcr_matrix": {
+        "device": "cpu",
         "what": f"cifar10 label matrix: {N_MUTANTS} filter_gf mutants x {N_IMAGES} train + {N_IMAGES} test images "
                 f"({2 * ((N_MUTANTS + 9) // 10)} chunks of 10 mutants)",
         "runs": runs, "speedup_2_processes": round(one / two, 2), "parallel_efficiency": round(one / two / 2, 2),

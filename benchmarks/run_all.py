@@ -5,24 +5,41 @@
     python -m benchmarks.run_all --only cfe debugging   # some benchmarks; the others' results are kept
 
 Each benchmark's result is written as soon as it is done, so a failure later loses nothing.
+
+Device: the benchmarks measure on the GPU when there is one (``BENCH_DEVICE=cpu`` for the CPU; see
+benchmarks/common.py); each records the device every part ran on.  The ``machine`` block names the CPU,
+the accelerator the benchmarks used (``accelerator``: None when they ran on the CPU) and, per benchmark,
+the device its main measurement ran on (``devices``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from helpers.regression import cpu_name
 from helpers.utils import atomic_write_json
 
 from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix, bench_precompute
+from .common import accelerator_name, bench_device
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 MODULES = {"conductance": bench_conductance, "lcr": bench_lcr, "lcr_matrix": bench_lcr_matrix, "cfe": bench_cfe,
            "debugging": bench_debugging, "precompute": bench_precompute}
+#: the result key of each benchmark
+KEYS = {"conductance": "conductance", "lcr": "lcr", "lcr_matrix": "lcr_matrix", "cfe": "cfe",
+        "debugging": "debugging", "precompute": "precompute_lcr_matrix"}
+
+
+def _devices(results: dict) -> dict:
+    """Per benchmark present in ``results``: the device its main measurement ran on (its own record)."""
+    return {name: results[key].get("device", "not recorded") for name, key in KEYS.items()
+            if isinstance(results.get(key), dict)}
 
 
 def main(argv=None):
@@ -33,16 +50,24 @@ def main(argv=None):
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     kept = json.loads(Path(a.out).read_text()) if a.only and Path(a.out).is_file() else {}
-    results = {**kept, "machine": {"cpu_count": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                           "torch": torch.__version__, "python": platform.python_version(), "quick": a.quick}}
+    dev = bench_device()
+    machine = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "accelerator": accelerator_name(dev),
+               "torch": torch.__version__, "python": platform.python_version(), "quick": a.quick}
+    if dev.type == "cpu" and torch.cuda.is_available():
+        machine["accelerator_not_used"] = torch.cuda.get_device_name(0)  # BENCH_DEVICE=cpu
     if a.only:
-        results["machine"]["only"] = a.only
+        machine["only"] = a.only
+    results = {**kept, "machine": machine}
     for name, mod in MODULES.items():
         if a.only and name not in a.only:
             continue
-        results.update(mod.run(quick=a.quick))
-        results["machine"]["total_s"] = round(time.perf_counter() - t0, 1)
+        out = mod.run(quick=a.quick)
+        results.update(out)
+        if not out:
+            machine.setdefault("not_run", []).append(name)  # nothing to measure in this setting (e.g. --quick)
+        machine["devices"] = _devices(results)
+        machine["total_s"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(a.out, results)
     print(json.dumps(results, indent=2))
 

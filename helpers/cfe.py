@@ -168,31 +168,33 @@ def train_generator_group(features, n_samples: int, head: nn.Linear, classes, sl
                           bar=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train the generators ``sl`` of ``classes`` (one group of :func:`train_generators`) from their
     seeded initial weights over the seeded data order every group shares; returns (weight, bias,
-    per-epoch loss sums (epochs, 5) float64).  Seeded by what it is (the seed and the slice), so any
-    process trains the same group."""
+    per-epoch loss sums (epochs, 5) float64), on the CPU.  Seeded by what it is (the seed and the slice),
+    so any process trains the same group.  Trains on the head's device (each batch of ``features`` is
+    moved there; the data order is drawn on the CPU, so every device sees the same batches)."""
     head = head.eval()
+    dev = head.weight.device
     batch_of = (lambda idx: features[idx]) if isinstance(features, torch.Tensor) else features
     init = CFEGenerators(head.in_features, list(classes)[sl], seed)  # per-class seeds: the rows of the full init
     hw, hb = head.weight.detach(), head.bias.detach()
     sums = torch.zeros(cfg.epochs, 5, dtype=torch.float64)
     ctx = torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx, torch.no_grad():
-        w, b = init.weight.data.clone(), init.bias.data.clone()
+        w, b = init.weight.data.clone().to(dev), init.bias.data.clone().to(dev)
         buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
-        target = torch.as_tensor(init.classes)
+        target = torch.as_tensor(init.classes, device=dev)
         order_gen = torch.Generator().manual_seed(int(seed))  # the same data order for every group
         step = 0
         for epoch in range(cfg.epochs):
             order = torch.randperm(n_samples, generator=order_gen)
-            acc = torch.zeros(5, dtype=torch.float64)
+            acc = torch.zeros(5, dtype=torch.float64, device=dev)
             for s in range(0, n_samples, cfg.batch_size):
-                g = batch_of(order[s:s + cfg.batch_size]).detach()
+                g = batch_of(order[s:s + cfg.batch_size]).detach().to(dev, non_blocking=True)
                 acc += _generator_step(w, b, buf_w, buf_b, g, hw, hb, target, cfg, first=step == 0)
                 step += 1
-            sums[epoch] += acc
+            sums[epoch] += acc.cpu()  # one read per epoch
             if bar is not None:
                 bar.update(1)
-    return w, b, sums
+    return w.cpu(), b.cpu(), sums
 
 
 def generator_history(sums: torch.Tensor, n_samples: int, n_gen: int, cfg: GeneratorConfig) -> pd.DataFrame:
@@ -220,8 +222,8 @@ def _generator_step(w: torch.Tensor, b: torch.Tensor, buf_w: torch.Tensor, buf_b
     m = sig * on
     z = torch.matmul(g * m, head_w.t()) + head_b                       # (C, B, classes)
     logp = torch.log_softmax(z, -1)
-    onehot = torch.zeros(c, 1, z.shape[-1], dtype=z.dtype)
-    onehot[torch.arange(c), 0, target] = 1.0
+    onehot = torch.zeros(c, 1, z.shape[-1], dtype=z.dtype, device=z.device)
+    onehot[torch.arange(c, device=z.device), 0, target] = 1.0
     dz = logp.exp() / bsz - onehot * (1.0 / bsz + cfg.loss_scale)
     dm = torch.matmul(dz, head_w) * g + cfg.sparsity * cfg.loss_scale
     dh = dm * on * sig * (1.0 - sig)

@@ -135,6 +135,15 @@ def _empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memor
     return SimTensor(torch.empty_strided(size, stride, dtype=dtype, layout=layout))
 
 
+def _copy_from(src, dst, non_blocking=False):
+    """A copy between the CPU and the device that reached the backend kernel (``torch.as_tensor(...,
+    device=sim)``): copy the data; a copy to the host is a sync."""
+    if isinstance(src, SimTensor) and not isinstance(dst, SimTensor):
+        stats["syncs"][_caller()] += 1
+    (dst.elem if isinstance(dst, SimTensor) else dst).copy_(src.elem if isinstance(src, SimTensor) else src)
+    return dst
+
+
 class _Backend:
     """What torch asks of a device module (``torch.sim``)."""
 
@@ -193,6 +202,7 @@ def register() -> torch.device:
     lib = torch.library.Library("aten", "IMPL")
     lib.impl("empty.memory_format", _empty, "PrivateUse1")
     lib.impl("empty_strided", _empty_strided, "PrivateUse1")
+    lib.impl("_copy_from", _copy_from, "PrivateUse1")
     globals()["_lib"] = lib  # the registrations live as long as the library object
     if os.environ.get(REPORT_ENV):
         atexit.register(_write_report, os.environ[REPORT_ENV])
