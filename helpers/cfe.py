@@ -341,6 +341,41 @@ def detection_counts(flagged: np.ndarray, correct: np.ndarray) -> dict:
             "new_errors": int((flagged & ~wrong).sum())}
 
 
+def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarray, msp_error_score: np.ndarray,
+                 rule_error_score: np.ndarray | None = None) -> dict:
+    """What Table 1's rule adds beyond its confidence gate (beyond the paper).  Inside the set the
+    gate does not skip (``considered``: max probability <= skip), the rule flags k predictions and
+    catches some errors.  Controls at the same budget k, inside the same set:
+
+    - random: flag k of the N considered predictions at random; the errors caught follow a
+      hypergeometric law (N, E errors, k draws): its mean and central 95 % interval;
+    - MSP: flag the k least confident considered predictions (ties broken by order).
+
+    Also the AUROC, inside the gate, of the rule's own continuous score (``rule_error_score``,
+    higher = more likely wrong, e.g. 1 - recall) and of MSP: 0.5 means no ranking beyond the gate."""
+    from scipy.stats import hypergeom
+
+    from .metrics import auroc
+
+    flagged, wrong, considered = (np.asarray(a, bool) for a in (flagged, ~np.asarray(correct, bool), considered))
+    if (flagged & ~considered).any():
+        raise ValueError("gate_control: a flagged prediction lies outside the considered set")
+    n, e, k = int(considered.sum()), int((wrong & considered).sum()), int(flagged.sum())
+    dist = hypergeom(n, e, k) if n else None
+    order = np.argsort(-np.asarray(msp_error_score, np.float64)[considered], kind="stable")[:k]
+    msp_caught = int(wrong[considered][order].sum())
+    out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": int((flagged & wrong).sum()),
+           "random_expected": float(dist.mean()) if dist else 0.0,
+           "random_low": float(dist.ppf(0.025)) if dist else 0.0, "random_high": float(dist.ppf(0.975)) if dist else 0.0,
+           "msp_caught": msp_caught}
+    both = 0 < e < n
+    for name, score in (("rule", rule_error_score), ("msp", msp_error_score)):
+        if score is not None:
+            out[f"{name}_auroc_in_gate"] = (float(auroc(wrong[considered], np.asarray(score, np.float64)[considered]))
+                                           if both else float("nan"))
+    return out
+
+
 def errors_at_same_new_errors(error_score: np.ndarray, correct: np.ndarray, new_errors: int) -> int:
     """How many errors a score (higher = more likely wrong, e.g. MSP's 1 - max p) flags when it is
     allowed exactly ``new_errors`` flagged correct predictions: the threshold is the
@@ -389,8 +424,12 @@ def out_of_fold_agreement(masks: np.ndarray, g: np.ndarray, labels: np.ndarray, 
 def disable_filters_check(head: nn.Linear, g: torch.Tensor, labels: np.ndarray, filters: np.ndarray,
                           n_random: int = 5, seed: int = 0) -> pd.DataFrame:
     """Tariq et al.'s check: zero class c's global MC filters in ``g`` and measure class c's recall
-    and the accuracy on the other classes, against zeroing the same number of random filters
-    (``n_random`` seeded draws, averaged).  One row per class with a non-empty filter set."""
+    and the accuracy on the other classes, against two controls of the same size: random filters
+    (``n_random`` seeded draws, averaged), and the filters with the largest head weight ``W[c]`` for
+    the class (beyond the paper: zeroing what carries the class's logit must lower its recall, so only
+    beating this control shows that the CFE generators find more than the head's own weights).  One
+    row per class with a non-empty filter set; ``beats_head_weight``: the MC filters' own-class drop
+    exceeds the head-weight control's."""
     labels = np.asarray(labels)
     base_pred = head(g).argmax(1).numpy()
     rng = np.random.default_rng(seed)
@@ -411,14 +450,20 @@ def disable_filters_check(head: nn.Linear, g: torch.Tensor, labels: np.ndarray, 
         recall0, other0 = float((base_pred[own] == c).mean()), float((base_pred[other] == labels[other]).mean())
         recall1, other1 = accuracies(sel)
         rand = [accuracies(rng.choice(k, len(sel), replace=False)) for _ in range(n_random)]
+        top_w = np.argsort(-head.weight[c].detach().cpu().numpy(), kind="stable")[:len(sel)]
+        head_recall, head_other = accuracies(top_w)
         rows.append({"class": c, "n_filters": len(sel), "own_recall": recall0, "own_recall_disabled": recall1,
                      "own_recall_drop": recall0 - recall1, "other_accuracy": other0,
                      "other_accuracy_disabled": other1, "other_accuracy_drop": other0 - other1,
                      "random_own_recall_drop": recall0 - float(np.mean([r[0] for r in rand])),
-                     "random_other_accuracy_drop": other0 - float(np.mean([r[1] for r in rand]))})
+                     "random_other_accuracy_drop": other0 - float(np.mean([r[1] for r in rand])),
+                     "head_weight_own_recall_drop": recall0 - head_recall,
+                     "head_weight_other_accuracy_drop": other0 - head_other,
+                     "beats_head_weight": (recall0 - recall1) > (recall0 - head_recall)})
     return pd.DataFrame(rows, columns=DISABLE_COLUMNS)
 
 
 DISABLE_COLUMNS = ["class", "n_filters", "own_recall", "own_recall_disabled", "own_recall_drop", "other_accuracy",
                    "other_accuracy_disabled", "other_accuracy_drop", "random_own_recall_drop",
-                   "random_other_accuracy_drop"]
+                   "random_other_accuracy_drop", "head_weight_own_recall_drop", "head_weight_other_accuracy_drop",
+                   "beats_head_weight"]

@@ -149,6 +149,7 @@ class FineTuneResult:
     best_epoch: int
     cached_prefix: bool
     seconds_per_epoch: float = 0.0
+    device: str = "cpu"   # where it trained
 
 
 @torch.no_grad()
@@ -246,31 +247,66 @@ def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, 
         history.append(row)
         if val_acc > best[0]:
             best = (val_acc, epoch + 1, _cpu_state(model))
-        bar.set_postfix(val_acc=f"{val_acc:.4f}")
+        bar.set_postfix(val_acc=f"{val_acc:.4f}", refresh=False)  # shown at the bar's own pace (mininterval)
     return FineTuneResult(best[2], pd.DataFrame(history), best[1], cache,
-                          float(np.mean(seconds)) if seconds else 0.0)
+                          float(np.mean(seconds)) if seconds else 0.0, str(dev))
 
 
 # --------------------------------------------------------------------------- is the gain real?
 def paired_statistics(correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap: int = 2000,
-                      seed: int = 0) -> dict:
-    """Debugged (a) against control (b), paired by seed (rows) and test image (columns): the mean
-    difference of test accuracy, a bootstrap 95 % interval over test images (the same resampled
-    images for every seed and both arms), and a paired t-test over seeds (NaN with one seed)."""
+                      seed: int = 0, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Debugged (a) against control (b), paired by seed (rows) and test image (columns); the
+    difference is always a - b (debugged minus control: positive = the debugging loss helped).
+
+    - ``mean``: the mean over seeds of the difference of test accuracy;
+    - ``ci_low`` / ``ci_high``: a bootstrap 95 % interval over test images (the same resampled images
+      for every seed and both arms): conditional on these trained runs;
+    - ``hier_ci_low`` / ``hier_ci_high``: a hierarchical bootstrap that resamples the seeds (paired runs)
+      and, within the resample, the test images: the interval for a new set of runs, the one that
+      speaks about the method (it is as wide as the seed-to-seed spread makes it);
+    - ``p_value``: a paired t-test over seeds (NaN with one seed);
+    - ``mde``: the minimum detectable effect of that t-test (two-sided ``alpha``, ``power``), from
+      the per-seed spread: (t_{1-alpha/2, n-1} + t_{power, n-1}) x sd / sqrt(n), NaN with one seed;
+      an effect smaller than it would usually go unnoticed with this many seeds."""
     from scipy import stats
 
     a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"paired_statistics: need two (seeds, images) arrays of one shape, got {a.shape}, {b.shape}")
-    diff_per_image = (a - b).mean(0)                  # mean over seeds, per test image
+    d = a - b                                         # (seeds, images)
+    diff_per_image = d.mean(0)                        # mean over seeds, per test image
     rng = np.random.default_rng(seed)
-    n = a.shape[1]
+    n_seeds, n = d.shape
     boots = np.array([diff_per_image[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
+    hier = np.empty(n_bootstrap)
+    for i in range(n_bootstrap):
+        rows = rng.integers(0, n_seeds, n_seeds)
+        hier[i] = d[rows][:, rng.integers(0, n, n)].mean()
     per_seed = a.mean(1) - b.mean(1)
-    if len(per_seed) > 1 and np.std(per_seed) > 0:
+    sd = float(np.std(per_seed, ddof=1)) if n_seeds > 1 else float("nan")
+    if n_seeds > 1 and sd > 0:
         p = float(stats.ttest_rel(a.mean(1), b.mean(1)).pvalue)
     else:  # one seed, or the same difference in every seed: the t-test is undefined (no difference: 1)
-        p = 1.0 if len(per_seed) > 1 and per_seed[0] == 0 else float("nan")
+        p = 1.0 if n_seeds > 1 and per_seed[0] == 0 else float("nan")
+    if n_seeds > 1:
+        df = n_seeds - 1
+        mde = float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd / np.sqrt(n_seeds))
+    else:
+        mde = float("nan")
     return {"mean": float(per_seed.mean()), "ci_low": float(np.quantile(boots, 0.025)),
-            "ci_high": float(np.quantile(boots, 0.975)), "p_value": p, "per_seed": per_seed.tolist(),
-            "n_seeds": int(a.shape[0])}
+            "ci_high": float(np.quantile(boots, 0.975)), "hier_ci_low": float(np.quantile(hier, 0.025)),
+            "hier_ci_high": float(np.quantile(hier, 0.975)), "p_value": p, "per_seed": per_seed.tolist(),
+            "sd_per_seed": sd, "mde": mde, "n_seeds": int(n_seeds)}
+
+
+def loss_terms(history: pd.DataFrame, first_epoch: int = 1) -> dict:
+    """How much each term of the debugging loss moved over a fine-tune: the per-batch sums of the
+    filter activations inside (``mc``) and outside (``non_mc``) the class masks at the first and last
+    epoch, and their rises.  The loss is not selective when ``non_mc`` rises about as much as ``mc``:
+    ``f = ThresholdedReLU_0.5(sigmoid(g))`` has zero gradient for a filter that is off, so the
+    terms can only act on filters that are already on, and both rise as the features grow."""
+    h = history.set_index("epoch")
+    first, last = h.loc[first_epoch], h.iloc[-1]
+    return {"mc_first": float(first["mc"]), "mc_last": float(last["mc"]), "mc_rise": float(last["mc"] - first["mc"]),
+            "non_mc_first": float(first["non_mc"]), "non_mc_last": float(last["non_mc"]),
+            "non_mc_rise": float(last["non_mc"] - first["non_mc"])}

@@ -158,6 +158,7 @@ class CFEAnalysis:
     filters: cfe.GlobalFilters
     frequency: float
     n_classes: int
+    source: str = "analysis_train"   # where G_c comes from (:data:`GC_SOURCES`)
 
     @property
     def class_filters(self) -> np.ndarray:
@@ -168,15 +169,65 @@ class CFEAnalysis:
         return self.table[self.table.split == split]
 
 
-def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnalysis:
-    """Masks of every prediction, global MC filters from the TRAINING split (the authors also scanned
-    their validation images; we keep validation for choosing and checking), agreement scores with
-    in-sample and out-of-fold global filters.  With the cached generators (``gens=None``) the result
-    is kept in ``exp.memory``: notebook 05 needs it for every fine-tune's class masks."""
+#: where the global filters G_c come from (:func:`analysis`)
+GC_SOURCES = ("analysis_train", "model_train")
+
+
+def gc_source(exp: Experiment, source: str | None = None) -> str:
+    """``source``, or the default: the model's own training images (paper 2, eq. 2) wherever the
+    analysis splits are held out from them (``split.analysis_from_test``: cub100), else the training
+    split, which then IS the model's training data."""
+    if source is None:
+        return "model_train" if exp.data.extra.get("model_splits") else "analysis_train"
+    if source not in GC_SOURCES:
+        raise ValueError(f"gc_source: {source!r} is not valid; valid: {', '.join(GC_SOURCES)}")
+    if source == "model_train" and not exp.data.extra.get("model_splits"):
+        raise ValueError(f"gc_source: 'model_train' needs held-out analysis splits (split.analysis_from_test); "
+                         f"profile {exp.name!r} has none: its training split is the model's")
+    return source
+
+
+def model_train_pooled(exp: Experiment) -> dict:
+    """``g`` and logits of the MODEL's own training photos (cached), where the analysis splits are
+    held out from them (cub100): what eq. 2 builds G_c from."""
+    ms = exp.data.extra["model_splits"]["train"]
+
+    def compute():
+        gs, zs = [], []
+        for x, _ in iterate_batches(ms.dataset, exp.eval_batch_size, **exp.loader_options):
+            g, z = pooled_features(exp.model, x.to(exp.device, non_blocking=True))
+            gs.append(g)
+            zs.append(z)
+        return {"id": np.asarray(ms.ids).astype(str), "label": np.asarray(ms.labels),
+                "g": torch.cat(gs).cpu().numpy().astype(np.float32), "logits": torch.cat(zs).cpu().numpy()}
+
+    return exp.stage("pooled_features_model_train", {**pooled_params(exp), "split": "model_train"}, compute,
+                     _save_npz, _load_npz, "npz")
+
+
+def _masked_predictions(head, g: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    return torch.cat([cfe.masked_logits(head, g[i:i + 8192], masks[i:i + 8192]).argmax(1)
+                      for i in range(0, len(g), 8192)]).numpy()
+
+
+def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None, source: str | None = None) -> CFEAnalysis:
+    """Masks of every prediction, global MC filters G_c, agreement scores with them.
+
+    ``source`` (:func:`gc_source`): where G_c comes from.  ``analysis_train``: the training split (the
+    authors also scanned their validation images; we keep validation for choosing and checking),
+    with out-of-fold scores for its rows.  ``model_train``: the model's own training photos, correct
+    and confident (eq. 2), where the analysis splits are held out (cub100); no analysis photo built
+    G_c, so every score is out of sample, and the Table 1 class means come from the analysis
+    training rows that would qualify (correct, p >= tau, masked prediction unchanged).
+
+    With the cached generators (``gens=None``) the result is kept in ``exp.memory``: notebook 05
+    needs it for every fine-tune's class masks."""
+    source = gc_source(exp, source)
     if gens is None:
-        if "cfe_analysis" not in exp.memory:
-            exp.memory["cfe_analysis"] = analysis(exp, generators(exp)[0])
-        return exp.memory["cfe_analysis"]
+        key = f"cfe_analysis_{source}"
+        if key not in exp.memory:
+            exp.memory[key] = analysis(exp, generators(exp)[0], source)
+        return exp.memory[key]
     cc = exp.cfg["cfe"]
     z = pooled_table(exp)
     pred = exp.predictions
@@ -184,16 +235,12 @@ def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnaly
     prediction = pred["prediction"].to_numpy()
     masks = gens.masks_for(g, prediction)
     head = frozen_head(exp)
-    masked_pred = torch.cat([cfe.masked_logits(head, g[i:i + 8192], masks[i:i + 8192]).argmax(1)
-                             for i in range(0, len(g), 8192)]).numpy()
+    masked_pred = _masked_predictions(head, g, masks)
     confidence = 1.0 - baseline_scores(logits_of(pred))["msp"]   # max softmax probability
     g, masks = g.numpy(), masks.numpy()
     n_classes = len(exp.data.classes)
     labels = pred["label"].to_numpy()
     train = (pred["split"] == "train").to_numpy()
-
-    gf = cfe.accumulate_global_filters(masks[train], g[train], labels[train], prediction[train], confidence[train],
-                                       masked_pred[train], n_classes, cc["tau"])
     mc = cfe.mc_filters(masks, g)
     table = pred[["id", "split", "label", "prediction", "correct"]].copy()
     table["confidence"] = confidence
@@ -201,27 +248,55 @@ def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None) -> CFEAnaly
     table["n_active"] = (masks > 0).sum(1)
     table["n_mc"] = mc.sum(1)
     contributed = np.zeros(len(table), bool)
-    contributed[np.flatnonzero(train)[gf.contributed]] = True
+    if source == "analysis_train":
+        gf = cfe.accumulate_global_filters(masks[train], g[train], labels[train], prediction[train],
+                                           confidence[train], masked_pred[train], n_classes, cc["tau"])
+        contributed[np.flatnonzero(train)[gf.contributed]] = True
+    else:
+        own = model_train_pooled(exp)
+        g_own = torch.from_numpy(own["g"])
+        p_own = own["logits"].argmax(1)
+        m_own = gens.masks_for(g_own, p_own)
+        conf_own = 1.0 - baseline_scores(own["logits"])["msp"]
+        gf = cfe.accumulate_global_filters(m_own.numpy(), own["g"], own["label"], p_own, conf_own,
+                                           _masked_predictions(head, g_own, m_own), n_classes, cc["tau"])
+        contributed = train & (prediction == labels) & (confidence >= cc["tau"]) & (masked_pred == labels)
     table["contributed"] = contributed
     for freq, suffix in ((cc["frequency"], ""), (0.0, "_f0")):
         scores = cfe.agreement(mc, gf.filters(freq)[prediction])
-        oof, _ = cfe.out_of_fold_agreement(masks[train], g[train], labels[train], prediction[train],
-                                           confidence[train], masked_pred[train], n_classes, cc["tau"], freq,
-                                           cc["folds"], exp.seed)
+        if source == "analysis_train":
+            oof, _ = cfe.out_of_fold_agreement(masks[train], g[train], labels[train], prediction[train],
+                                               confidence[train], masked_pred[train], n_classes, cc["tau"], freq,
+                                               cc["folds"], exp.seed)
         for key in ("recall", "precision", "f1"):
             table[key + suffix] = scores[key]
             col = scores[key].copy()
-            col[train] = oof[key]
+            if source == "analysis_train":
+                col[train] = oof[key]
             table[f"{key}{suffix}_oof"] = col
-    return CFEAnalysis(table.reset_index(drop=True), g, masks, gf, cc["frequency"], n_classes)
+    return CFEAnalysis(table.reset_index(drop=True), g, masks, gf, cc["frequency"], n_classes, source)
 
 
 def error_scores(a: CFEAnalysis) -> pd.DataFrame:
-    """Beyond the paper: 1 - recall and 1 - F1 as continuous error scores (higher = more likely wrong):
-    id, split, cfe_recall, cfe_f1.  Training rows are out of fold (for a joint classifier)."""
+    """Beyond the paper: the agreement of a prediction's MC filters with its class's global filters
+    as continuous error scores (higher = more likely wrong): id, split and
+
+    - ``cfe_recall``, ``cfe_f1``: 1 - recall, 1 - F1 (the paper's rules threshold these);
+    - ``cfe_precision``: 1 - precision, the share of the MC filters outside G_c;
+    - ``cfe_outside``: the number of MC filters outside G_c (|MC| x (1 - precision));
+    - ``cfe_mask_size``: |MC| itself, the control for the two above: wrong predictions get larger
+      masks, which recall against G_c rewards (issue 19), so a score must beat mask size alone.
+
+    Training rows are out of fold (for a joint classifier)."""
     t = a.table
+    n_mc = t["n_mc"].to_numpy(np.float64)
     return pd.DataFrame({"id": t["id"], "split": t["split"], "cfe_recall": 1.0 - t["recall_oof"],
-                         "cfe_f1": 1.0 - t["f1_oof"]})
+                         "cfe_f1": 1.0 - t["f1_oof"], "cfe_precision": 1.0 - t["precision_oof"],
+                         "cfe_outside": n_mc * (1.0 - t["precision_oof"].to_numpy()), "cfe_mask_size": n_mc})
+
+
+#: the CFE scores of :func:`error_scores`, in the order the notebooks show them
+CFE_SCORES = ["cfe_recall", "cfe_f1", "cfe_precision", "cfe_outside", "cfe_mask_size"]
 
 
 # --------------------------------------------------------------------------- Table 1 analogue
@@ -232,7 +307,10 @@ def _setting_value(exp: Experiment, v):
 def table1(exp: Experiment, a: CFEAnalysis, msp_score: np.ndarray | None = None, split: str = "test") -> pd.DataFrame:
     """Paper 2, Table 1: per setting and per threshold source (the authors' in-sample class means,
     or out-of-fold ones), the errors detected, their share and the new errors on ``split``; and
-    the errors MSP finds when it is allowed the same number of new errors."""
+    the errors MSP finds when it is allowed the same number of new errors.  With ``msp_score``, the
+    gate-only controls of :func:`cfe.gate_control` (``gate_*`` columns): inside the predictions the
+    skip gate leaves, the errors that random flagging (mean and 95 % interval) and MSP catch with
+    as many flags as the rule, and both scores' AUROC there."""
     cc = exp.cfg["cfe"]
     t = a.table
     tr = t[t.split == "train"]
@@ -262,6 +340,10 @@ def table1(exp: Experiment, a: CFEAnalysis, msp_score: np.ndarray | None = None,
             if msp_score is not None:
                 row["msp_errors_detected_at_same_new_errors"] = cfe.errors_at_same_new_errors(
                     msp_score, ev.correct.to_numpy(), counts["new_errors"])
+                considered = ~(ev.confidence.to_numpy() > skip) if skip > 0 else np.ones(len(ev), bool)
+                row.update({f"gate_{k}" if not k.startswith("gate_") else k: v for k, v in cfe.gate_control(
+                    flags, ev.correct.to_numpy(), considered, msp_score, 1.0 - ev[score].to_numpy()).items()
+                    if k not in ("flagged", "caught")})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -301,9 +383,10 @@ def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
 
 def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Both papers' detectors on the same predictions: conductance (paper 1), LCR (where cached),
-    the CFE scores, MSP, and a joint NN (out of fold, as in notebook 03) on [LCR, conductance
-    score, CFE recall].  Returns (scores by id, the names of the columns that are scores; the joint
-    NN last).
+    the CFE scores (:data:`CFE_SCORES`), MSP, a joint NN on [MSP, 1 - precision, MC filters outside
+    G_c] (``joint_nn_msp_cfe``: what CFE adds to confidence), and a joint NN (out of fold, as in
+    notebook 03) on [LCR, conductance score, CFE recall].  Returns (scores by id, the names of the
+    columns that are scores; the paper-1-style joint NN last).
 
     The joint NN's name says its features, so that one metrics key never means two computations:
     ``joint_nn_cfe`` with LCR, ``joint_nn_cfe_without_lcr`` when LCR is not cached (notebook 04 run
@@ -317,7 +400,7 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
     held = df.split != "train"
     df.loc[held, "conductance_oof"] = df.loc[held, "conductance"]
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
-    names = ["conductance", "cfe_recall", "cfe_f1", "msp"]
+    names = ["conductance", *CFE_SCORES, "msp"]
     feats = ["conductance_oof", "cfe_recall"]
     lcr = lcr_if_cached(exp) if include_lcr else None
     if lcr is not None:
@@ -326,11 +409,19 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
         feats.insert(0, "lcr")
     full = with_predictions(exp, df)
     tr = full[full.split == "train"]
-    est = fit_unified("nn", tr[feats].to_numpy(), (~tr.correct).to_numpy().astype(int), seed=exp.seed)
+    y_tr = (~tr.correct).to_numpy().astype(int)
+    # does CFE add anything beyond confidence?  The same joint NN on MSP and the two CFE scores that
+    # rank errors above chance, against MSP alone (beyond the paper, issue 19)
+    msp_feats = ["msp", "cfe_precision", "cfe_outside"]
+    est = fit_unified("nn", tr[msp_feats].to_numpy(), y_tr, seed=exp.seed)
+    df["joint_nn_msp_cfe"] = unified_score(est, df[msp_feats].to_numpy())
+    names.append("joint_nn_msp_cfe")
+    est = fit_unified("nn", tr[feats].to_numpy(), y_tr, seed=exp.seed)
     joint = "joint_nn_cfe" if lcr is not None else "joint_nn_cfe_without_lcr"
     df[joint] = unified_score(est, df[feats].to_numpy())
     names.append(joint)
     df.attrs["joint_features"] = feats
+    df.attrs["joint_msp_features"] = msp_feats
     return df, names
 
 
@@ -442,7 +533,8 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
                 logits[s] = torch.cat([step(inp[i:i + 1000].to(exp.device))[0]
                                        for i in range(0, len(inp), 1000)]).cpu().numpy()
         return {"state_dict": res.state_dict, "history": res.history.to_dict("records"), "best_epoch": res.best_epoch,
-                "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits}
+                "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits,
+                "device": res.device}
 
     return exp.stage("debug_run", params, compute, lambda o, p: torch.save(o, p),
                      lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")

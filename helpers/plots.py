@@ -42,6 +42,10 @@ DISPLAY_NAMES = {
     # paper 2
     "cfe_recall": "CFE filters: 1 - recall",
     "cfe_f1": "CFE filters: 1 - F1",
+    "cfe_precision": "CFE filters: 1 - precision",
+    "cfe_outside": "CFE filters: MC filters outside G_c",
+    "cfe_mask_size": "CFE filters: MC filters (mask size)",
+    "joint_nn_msp_cfe": "joint NN (MSP + CFE precision + outside G_c)",
     "joint_nn_cfe": "joint NN (LCR + conductance + CFE recall)",
     "joint_nn_cfe_without_lcr": "joint NN (conductance + CFE recall)",
     # operating points (pipeline.operating_points)
@@ -465,6 +469,39 @@ def mask_size_histogram(table: pd.DataFrame, n_filters: int, title: str, caption
     ax.set(xlabel=f"MC filters of the predicted class (of {n_filters})", ylabel="density (area 1 per group)",
            title=title)
     return _finish(fig, caption)
+
+
+def mask_size_vs_agreement(table: pd.DataFrame, n_bins: int = 6, caption: str | None = None):
+    """Why 1 - recall ranks errors below chance (issue 19): per bin of mask size |MC| (quantile bins),
+    correct vs wrong predictions: left, the mean recall against G_c (it grows with the mask);
+    right, the mean number of MC filters inside and outside G_c (``table``: an analysis split with
+    n_mc, recall, precision, correct)."""
+    d = table.assign(prediction=np.where(table.correct, "correct", "wrong"),
+                     inside=table.n_mc * table.precision, outside=table.n_mc * (1 - table.precision))
+    edges = np.unique(np.quantile(d.n_mc, np.linspace(0, 1, n_bins + 1)))
+    d["size_bin"] = pd.cut(d.n_mc, edges, include_lowest=True, duplicates="drop")
+    centres = d.groupby("size_bin", observed=True).n_mc.mean()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for kind, part in d.groupby("prediction"):
+        m = part.groupby("size_bin", observed=True).recall.mean()
+        a1.plot(centres.loc[m.index], m.values, "o-", color=PALETTE[kind], label=f"{kind} ({len(part)})")
+    a1.set(xlabel="MC filters of the predicted class (bin mean)", ylabel="mean recall against G_c",
+           title="Recall against G_c by mask size")
+    a1.legend(title="prediction", fontsize=8)
+    means = d.groupby("prediction")[["inside", "outside"]].mean()
+    x = np.arange(len(means))
+    a2.bar(x, means.inside, color=[PALETTE[k] for k in means.index], label="inside G_c")
+    a2.bar(x, means.outside, bottom=means.inside, color=[PALETTE[k] for k in means.index], alpha=0.4,
+           hatch="//", label="outside G_c")
+    for i, (k, r) in enumerate(means.iterrows()):
+        a2.text(i, r.inside + r.outside, f"{r.inside:.1f} + {r.outside:.1f}", ha="center", va="bottom", fontsize=8)
+    a2.set(xticks=x, xticklabels=list(means.index), ylabel="mean MC filters per prediction",
+           title="MC filters inside and outside G_c")
+    a2.legend(fontsize=8)
+    default = ("Look for: recall rising with mask size (it rewards large masks), and wrong predictions with larger "
+               "masks whose extra filters lie outside G_c. Where both hold, 1 - recall ranks errors low and "
+               "1 - precision / the outside count rank them high.")
+    return _finish(fig, default if caption is None else caption)
 
 
 def _upsample(maps, shape) -> np.ndarray:
