@@ -73,3 +73,22 @@ def test_digits_reference_profile_is_pinned_to_the_cpu():
     assert cfg["device"] == "cpu"
     assert Experiment("digits").device.type == "cpu"
     assert np.isfinite(cfg["training"]["eval_batch_size"])
+
+
+def test_vmap_chunk_is_bounded_by_free_memory(monkeypatch):
+    """LCR's vmapped mutants per forward: half the free device memory over one mutant's activations and
+    patched weights, between 1 and 64 (before: 16 whatever the model and the device)."""
+    from helpers.lcr import vmap_chunk_for
+    from helpers.models import build_model
+    from helpers.mutation import MutantSpec, make_patches
+
+    model = build_model("resnet20", 10).eval()
+    x = torch.randn(256, 3, 32, 32)
+    patches = make_patches(model, [MutantSpec("gf", 0.01, 0)])
+    dev = torch.device("cuda")
+    chunks = []
+    for free_gb in (0.05, 2, 16, 1000):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None, f=free_gb: (int(f * 2**30), 80 * 2**30))
+        chunks.append(vmap_chunk_for(model, x, patches, dev))
+    assert chunks[0] == 1 and chunks[-1] == 64 and chunks == sorted(chunks) and 1 < chunks[2] < 64, chunks
+    assert vmap_chunk_for(model, x[:8], patches, dev) >= chunks[-2]  # smaller batches: more mutants at once

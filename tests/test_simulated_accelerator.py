@@ -127,3 +127,8 @@ run("digits", {TINY_DIGITS!r}, output_dir={str(tmp_path / 'figs')!r})
     m = json.loads((tmp_path / "figs" / "metrics.json").read_text())
     assert m["profile"] == "digits"
     assert m["debugging"]["debugged"]["n_seeds"] == 2
+    # notebook 05's fine-tunes ran on the device (before: on a CPU copy of the model, one thread)
+    import torch
+
+    runs = sorted((tmp_path / "artifacts").rglob("debug_run*.pt"))
+    assert len(runs) >= 3 and {torch.load(p, weights_only=False)["device"] for p in runs} == {"sim:0"}
