@@ -336,24 +336,43 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
             _auroc_pm(det, k) for k in ("conductance", "lcr", "joint_nn", "msp")) + f" | {ref} |")
     t1 = PAPER2_TABLE1["avg_recall"]
     lines += ["", "**Paper 2**: CFE filters as an error detector (Table 1's first row: average recall, skip 0.9, "
-              "frequency 0.15, on the test split) and model debugging (test accuracy, debugged minus the "
-              "CE-only control).", "",
-              "| profile | errors detected (share) / new errors | MSP at the same new errors | "
-              "CFE 1 - recall as a score: val AUROC (MSP) | debugged - control [95% CI] |", "|---|---|---|---|---|",
-              f"| paper: VGG16, CUB-200 | {t1[1]} ({t1[2]:.0%}) / {t1[3]} | not reported | not reported | "
+              "frequency 0.15, on the test split, beside its controls at the same number of flags inside its "
+              "confidence gate: random flags, mean [95 % interval], and the least confident predictions), the best "
+              "CFE score's validation AUROC, and model debugging (test accuracy, debugged minus the CE-only control, "
+              "over paired seeds: the hierarchical 95 % interval over runs and images, and the t-test's minimum "
+              "detectable effect).", "",
+              "| profile | errors detected (share) / new errors | random flags in the gate | least confident in the gate "
+              "| best CFE score: val AUROC (MSP) | debugged - control [95% CI], seeds, MDE |", "|---|---|---|---|---|---|",
+              f"| paper: VGG16, CUB-200 | {t1[1]} ({t1[2]:.0%}) / {t1[3]} | not reported | not reported | not reported | "
               "+0.44 pt (one run each, no interval) |"]
     for p in profiles:
         m = runs[p]
         r = m.get("cfe", {}).get("table1", {}).get("avg_recall")
         det = m.get("detectors", {})
         d = m.get("debugging", {}).get("difference")
-        cells = ["not run yet", ""] if r is None else [
-            f"{r['errors_detected']} ({r['errors_detected_fraction']:.0%}) / {r['new_errors']}",
-            f"{r['msp_errors_detected_at_same_new_errors']}"]
-        cells.append("not run yet" if "cfe_recall" not in det else
-                     f"{det['cfe_recall']['val']['auroc']:.3f} ({det['msp']['val']['auroc']:.3f})")
-        cells.append("not run" if d is None else
-                     f"{100 * d['mean']:+.2f} pt [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
+        cells = ["not run yet"] if r is None else [
+            f"{r['errors_detected']} ({r['errors_detected_fraction']:.0%}) / {r['new_errors']}"]
+        if r is not None and "gate_random_expected" in r:
+            cells += [f"{r['gate_random_expected']:.1f} [{r['gate_random_low']:.0f}, {r['gate_random_high']:.0f}]",
+                      f"{r['gate_msp_caught']}"]
+        else:
+            cells += ["run predates the control"] * 2
+        scores = [k for k in ("cfe_recall", "cfe_f1", "cfe_precision", "cfe_outside") if k in det]
+        if scores:
+            best = max(scores, key=lambda k: det[k]["val"]["auroc"])
+            short = {"cfe_recall": "1 - recall", "cfe_f1": "1 - F1", "cfe_precision": "1 - precision",
+                     "cfe_outside": "outside G_c"}
+            cells.append(f"{short[best]} {det[best]['val']['auroc']:.3f} ({det['msp']['val']['auroc']:.3f})")
+        else:
+            cells.append("not run yet")
+        if d is None:
+            cells.append("not run")
+        elif "hier_ci_low" in d:
+            cells.append(f"{100 * d['mean']:+.2f} pt [{100 * d['hier_ci_low']:+.2f}, {100 * d['hier_ci_high']:+.2f}], "
+                         f"{m['debugging']['debugged']['n_seeds']} seeds, MDE {100 * d['mde']:.2f} pt")
+        else:
+            cells.append(f"{100 * d['mean']:+.2f} pt [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] over test "
+                         f"images only, {m['debugging']['debugged']['n_seeds']} seeds (before the controls)")
         lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
