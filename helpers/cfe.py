@@ -361,7 +361,7 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
     if (flagged & ~considered).any():
         raise ValueError("gate_control: a flagged prediction lies outside the considered set")
     n, e, k = int(considered.sum()), int((wrong & considered).sum()), int(flagged.sum())
-    dist = hypergeom(n, e, k) if n else None
+    dist = hypergeom(n, e, k) if n and e and k else None  # no error or no flag: random flags catch 0
     order = np.argsort(-np.asarray(msp_error_score, np.float64)[considered], kind="stable")[:k]
     msp_caught = int(wrong[considered][order].sum())
     out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": int((flagged & wrong).sum()),
