@@ -73,13 +73,37 @@ def _nav(profile: str, prev: tuple[str, str] | None, nxt: tuple[str, str] | None
     return "<nav>" + " · ".join(parts) + "</nav>"
 
 
+#: a relative link to a Markdown page of the repository (README.md, docs/*.md), with its anchor
+MD_LINK = re.compile(r'href="((?:\.\./)*(?:docs/)?[\w.-]+)\.md(#[^"]*)?"')
+
+
+def _html_links(html: str) -> str:
+    """Links to the repository's Markdown pages point to their rendered copies (``X.md`` -> ``X.html``)."""
+    return MD_LINK.sub(lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', html)
+
+
 def render_notebook(src: Path, dest: Path, title: str, nav: str) -> None:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter(template_name="lab").from_filename(str(src), resources={"metadata": {"name": title}})
     nav_html = f'<div style="font-family:system-ui,sans-serif;padding:.5rem 1rem">{nav}</div>'
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav_html, body, count=1)
-    dest.write_text(body, encoding="utf-8")
+    dest.write_text(_html_links(body), encoding="utf-8")
+
+
+def render_docs(out: Path, root: Path = REPO_ROOT) -> list[Path]:
+    """README.md and docs/*.md as HTML at the same relative paths under ``out`` (the notebooks link to
+    them); returns the pages written."""
+    import mistune
+
+    md = mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
+    pages = []
+    for src in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        dest = out / src.relative_to(root).with_suffix(".html")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(_page(src.stem, _html_links(md(src.read_text(encoding="utf-8")))), encoding="utf-8")
+        pages.append(dest)
+    return pages
 
 
 def render_report(src: Path, dest: Path, profile: str) -> list[str]:
@@ -143,6 +167,7 @@ def build_site(out: str | Path = REPO_ROOT / "build" / "html", profiles=None, fi
         if report.is_file():
             render_report(report, pdir / "report.html", prof)
             reports[prof] = f"{prof}/report.html"
+    render_docs(out)
     index = out / "index.html"
     index.write_text(_index(profiles, pages, titles, reports, figures_root), encoding="utf-8")
     return index
