@@ -79,16 +79,17 @@ def _two_class_sets(k: int = 8) -> np.ndarray:
     return g_sets
 
 
+def _predictions(n: int, seed: int):
+    """n predictions of two classes (alternating), every third one wrong, with empty MC sets to fill."""
+    pred = np.arange(n) % 2
+    return np.random.default_rng(seed), _two_class_sets(), pred, np.arange(n) % 3 == 0, np.zeros((n, 8), bool)
+
+
 def test_cfe_recall_ranks_low_recall_errors_above_chance():
     """Wrong predictions whose MC filters miss most of G_c (low recall) get HIGHER cfe_recall and cfe_f1:
     AUROC(wrong, score) > 0.5 (here 1: every error has recall <= 0.5, every correct one >= 0.75)."""
-    rng = np.random.default_rng(0)
-    g_sets = _two_class_sets()
-    n = 40
-    pred = np.arange(n) % 2
-    wrong = np.arange(n) % 3 == 0
-    mc = np.zeros((n, 8), bool)
-    for i in range(n):
+    rng, g_sets, pred, wrong, mc = _predictions(40, seed=0)
+    for i in range(len(pred)):
         own = np.flatnonzero(g_sets[pred[i]])
         if wrong[i]:    # 1-2 of its class's 4 filters and 0-1 others
             mc[i, rng.choice(own, rng.integers(1, 3), replace=False)] = True
@@ -105,13 +106,8 @@ def test_precision_outside_and_mask_size_rank_large_mask_errors_above_chance():
     """The issue-19 pattern: errors have LARGER masks that cover G_c plus extra filters (recall 1), correct
     predictions miss one filter of G_c (recall 0.75, precision 1).  1 - recall then ranks errors below
     chance, while 1 - precision, the count outside G_c and |MC| rank them above it."""
-    rng = np.random.default_rng(1)
-    g_sets = _two_class_sets()
-    n = 30
-    pred = np.arange(n) % 2
-    wrong = np.arange(n) % 3 == 0
-    mc = np.zeros((n, 8), bool)
-    for i in range(n):
+    rng, g_sets, pred, wrong, mc = _predictions(30, seed=1)
+    for i in range(len(pred)):
         own, rest = np.flatnonzero(g_sets[pred[i]]), np.flatnonzero(~g_sets[pred[i]])
         if wrong[i]:
             mc[i, own] = True
