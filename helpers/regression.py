@@ -88,7 +88,9 @@ RULES: list[Rule] = [                                                # largest m
     Rule("debugging.difference.ci_*", "interval", 0.001),            # 0
     Rule("debugging.difference.hier_ci_*", "interval", 0.001),       # (new)
     Rule("debugging.difference.mde", "interval", 0.001),             # (new)
-    Rule("debugging.difference.p_value", "none", 0.05),              # 0
+    # a p-value moves far more than the mean it tests: a move of the mean by one of its standard errors
+    # shifts |t| by about 1, and p by up to 0.3 (3 seeds of cifar10-pretrained, rerun on another CPU: 0.57 -> 0.77)
+    Rule("debugging.difference.p_value", "none", 0.3),               # 0 on digits (kernel matrix)
 ]
 
 
