@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from helpers.lcr import canonical_device
 from helpers.utils import DEVICES, get_device
 
 ENV = "BENCH_DEVICE"
@@ -27,10 +28,7 @@ def bench_device() -> torch.device:
     pref = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if pref not in DEVICES:
         raise ValueError(f"{ENV}={pref!r} is not valid; valid: {', '.join(DEVICES)}")
-    dev = get_device(pref)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
+    return canonical_device(get_device(pref))
 
 
 def describe(device) -> str:
@@ -39,8 +37,8 @@ def describe(device) -> str:
     if d.type == "cpu":
         return CPU
     if d.type == "cuda":
-        i = d.index if d.index is not None else torch.cuda.current_device()
-        return f"cuda:{i} ({torch.cuda.get_device_name(i)})"
+        d = canonical_device(d)
+        return f"{d} ({torch.cuda.get_device_name(d.index)})"
     from helpers import simdevice
 
     i = d.index if d.index is not None else 0

@@ -318,6 +318,13 @@ def agreement(mc: np.ndarray, class_filters: np.ndarray) -> dict[str, np.ndarray
 
 
 # --------------------------------------------------------------------------- detection (Table 1)
+def in_gate(confidence: np.ndarray, skip: float) -> np.ndarray:
+    """Table 1's confidence gate: the predictions the rule looks at, those with max probability at
+    most ``skip`` (skip 0 skips none); the others are assumed correct."""
+    confidence = np.asarray(confidence)
+    return ~(confidence > skip) if skip > 0 else np.ones(len(confidence), bool)
+
+
 def flag_predictions(score: np.ndarray, predictions: np.ndarray, confidence: np.ndarray, skip: float,
                      class_means: np.ndarray | None = None, fixed_threshold: float | None = None) -> np.ndarray:
     """Table 1's rule: predictions with max probability above ``skip`` are assumed correct (skip 0
@@ -326,9 +333,8 @@ def flag_predictions(score: np.ndarray, predictions: np.ndarray, confidence: np.
     if (class_means is None) == (fixed_threshold is None):
         raise ValueError("flag_predictions: give exactly one of class_means and fixed_threshold")
     score, predictions = np.asarray(score), np.asarray(predictions)
-    considered = ~(np.asarray(confidence) > skip) if skip > 0 else np.ones(len(score), bool)
     bar = np.asarray(class_means)[predictions] if class_means is not None else fixed_threshold
-    return considered & (score < bar)
+    return in_gate(confidence, skip) & (score < bar)
 
 
 def detection_counts(flagged: np.ndarray, correct: np.ndarray) -> dict:

@@ -36,6 +36,17 @@ def pooled_params(exp: Experiment) -> dict:
     return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "layer": pooled_head(exp.model)[0]}
 
 
+def _pooled_pass(exp: Experiment, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, logits)`` of every image of ``dataset`` (one forward pass on the experiment's device, in
+    its eval batches), on the CPU."""
+    gs, zs = [], []
+    for x, _ in iterate_batches(dataset, exp.eval_batch_size, **exp.loader_options):
+        g, z = pooled_features(exp.model, x.to(exp.device, non_blocking=True))
+        gs.append(g)
+        zs.append(z)
+    return torch.cat(gs).cpu(), torch.cat(zs).cpu()
+
+
 def pooled_table(exp: Experiment) -> dict:
     """``g`` of every sample (cached): {"id", "split", "g" (N, K) float32}, in prediction-table order.
     Checks that the head's linear layer on ``g`` gives the prediction table's logits."""
@@ -44,13 +55,12 @@ def pooled_table(exp: Experiment) -> dict:
         ids, splits, gs, logits = [], [], [], []
         for split in SPLIT_ORDER:
             sd = exp.data[split]
-            for x, _ in iterate_batches(sd.dataset, exp.eval_batch_size, **exp.loader_options):
-                g, z = pooled_features(exp.model, x.to(exp.device, non_blocking=True))
-                gs.append(g)
-                logits.append(z)
+            g, z = _pooled_pass(exp, sd.dataset)
+            gs.append(g)
+            logits.append(z)
             ids.append(sd.ids)
             splits += [split] * len(sd)
-        g, ref = torch.cat(gs).cpu(), torch.cat(logits).cpu()
+        g, ref = torch.cat(gs), torch.cat(logits)
         _, linear = pooled_head(exp.model)
         with torch.no_grad():
             z = linear.cpu()(g) if exp.device.type == "cpu" else linear(g.to(exp.device)).cpu()
@@ -193,13 +203,9 @@ def model_train_pooled(exp: Experiment) -> dict:
     ms = exp.data.extra["model_splits"]["train"]
 
     def compute():
-        gs, zs = [], []
-        for x, _ in iterate_batches(ms.dataset, exp.eval_batch_size, **exp.loader_options):
-            g, z = pooled_features(exp.model, x.to(exp.device, non_blocking=True))
-            gs.append(g)
-            zs.append(z)
+        g, z = _pooled_pass(exp, ms.dataset)
         return {"id": np.asarray(ms.ids).astype(str), "label": np.asarray(ms.labels),
-                "g": torch.cat(gs).cpu().numpy().astype(np.float32), "logits": torch.cat(zs).cpu().numpy()}
+                "g": g.numpy().astype(np.float32), "logits": z.numpy()}
 
     return exp.stage("pooled_features_model_train", {**pooled_params(exp), "split": "model_train"}, compute,
                      _save_npz, _load_npz, "npz")
@@ -340,7 +346,7 @@ def table1(exp: Experiment, a: CFEAnalysis, msp_score: np.ndarray | None = None,
             if msp_score is not None:
                 row["msp_errors_detected_at_same_new_errors"] = cfe.errors_at_same_new_errors(
                     msp_score, ev.correct.to_numpy(), counts["new_errors"])
-                considered = ~(ev.confidence.to_numpy() > skip) if skip > 0 else np.ones(len(ev), bool)
+                considered = cfe.in_gate(ev.confidence, skip)
                 row.update({f"gate_{k}" if not k.startswith("gate_") else k: v for k, v in cfe.gate_control(
                     flags, ev.correct.to_numpy(), considered, msp_score, 1.0 - ev[score].to_numpy()).items()
                     if k not in ("flagged", "caught")})

@@ -35,14 +35,16 @@ def get_device(pref: str = "auto") -> torch.device:
     before it falls back to the CPU."""
     if isinstance(pref, torch.device):  # a device already chosen (e.g. an experiment's, passed on)
         return pref
-    if isinstance(pref, str) and pref.startswith(("cuda:", "cpu:", "sim")):
+    if isinstance(pref, str) and pref.startswith("sim"):  # the simulated accelerator, by name (sim:0)
         from . import simdevice
 
-        if pref.startswith("sim") and not simdevice.enabled():
+        if not simdevice.enabled():
             raise ValueError(f"device: {pref!r} is the simulated accelerator; set {simdevice.ENV}=1 to use it")
-        if pref.startswith("sim"):
-            simdevice.register()
-        return get_device("cuda") if pref.startswith("cuda") and not torch.cuda.is_available() else torch.device(pref)
+        return simdevice.register()
+    if isinstance(pref, str) and pref.startswith(("cuda:", "cpu:")):  # an indexed device, e.g. a rank's GPU
+        if pref.startswith("cuda:") and not torch.cuda.is_available():
+            get_device("cuda")  # raises, with the reason
+        return torch.device(pref)
     if pref not in DEVICES:
         raise ValueError(f"device: {pref!r} is not valid; valid: {', '.join(DEVICES)}")
     if pref == "auto":
