@@ -105,6 +105,55 @@ def out_of_fold_scores(X_train, y_train, X_val, y_val, *, k: int = 5, seed: int 
     return fit_predict_out_of_fold(fit_fn, X_train, y_train, k=k, seed=seed)
 
 
+class CrossFit(NamedTuple):
+    """Cross-fitted detector scores of a whole pool (:func:`cross_fitted_detector`).
+
+    ``scores[i]`` comes from the detector trained without fold ``fold_ids[i]``; ``n_train[f]`` is the
+    number of photos fold f's detector learned from, ``train_auroc[f]`` its AUROC on them (in sample)."""
+
+    scores: np.ndarray
+    fold_ids: np.ndarray
+    n_train: np.ndarray
+    train_auroc: np.ndarray
+
+
+def cross_fitted_detector(X, y, *, k: int = 5, seed: int = 0, inner_val: float = 0.2, fraction: float = 1.0,
+                          **detector_kwargs) -> CrossFit:
+    """The conductance detector (paper 1, 4.1.2) cross-fitted over a whole pool of held-out photos.
+
+    For a pool too small to split once into a training and a validation split (``cub100``: 1,451
+    training photos for 512 features, train AUROC 0.9995 against 0.79 on validation), every photo of
+    the pool is scored by a detector trained on the other ``k - 1`` folds (``StratifiedKFold``, seeded).
+    Inside those folds a stratified ``inner_val`` share picks the epoch (as the validation split does
+    in the paper's protocol), never the scored fold.  ``fraction`` < 1 trains each fold's detector on a
+    stratified, seeded subsample of its training photos (the points of a learning curve); the scored
+    fold and the epoch-picking share stay the same.  Deviation from paper 1, which trains one detector
+    on its training split: here no photo is wasted and none is scored by a detector that saw it.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from .metrics import auroc
+
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"fraction: {fraction!r} is not valid; valid: a share in (0, 1]")
+    if not 0 < float(inner_val) < 1:
+        raise ValueError(f"inner_val: {inner_val!r} is not valid; valid: a share in (0, 1)")
+    n_train, train_auc = [], []
+
+    def fit_fn(X_fit, y_fit):
+        idx = np.arange(len(y_fit))
+        tr, va = train_test_split(idx, test_size=float(inner_val), stratify=y_fit, random_state=seed)
+        if fraction < 1:
+            tr, _ = train_test_split(tr, train_size=float(fraction), stratify=y_fit[tr], random_state=seed)
+        det = train_conductance_detector(X_fit[tr], y_fit[tr], X_fit[va], y_fit[va], seed=seed, **detector_kwargs)
+        n_train.append(len(tr))
+        train_auc.append(auroc(y_fit[tr], det.score(X_fit[tr])))
+        return det
+
+    res = fit_predict_out_of_fold(fit_fn, X, y, k=k, seed=seed)
+    return CrossFit(res.scores, res.fold_ids, np.array(n_train), np.array(train_auc))
+
+
 # --------------------------------------------------------------------------- unified classifiers
 def make_unified_classifier(name: str, seed: int = 0):
     """Unfitted unified classifier of paper 1, 4.3 (features: LCR, conductance score).

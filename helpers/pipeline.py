@@ -183,6 +183,75 @@ def conductance_detector(exp: Experiment) -> dict:
             "history": pd.DataFrame(json.loads(str(z["history"]))), "best_epoch": int(z["best_epoch"])}
 
 
+def cross_fit_folds(exp: Experiment) -> int | None:
+    """``conductance.cross_fit.folds`` of the profile; None where cross-fitting is off (the paper's protocol)."""
+    return exp.cfg["conductance"]["cross_fit"]["folds"]
+
+
+def conductance_cross_fit(exp: Experiment) -> dict:
+    """The conductance detector cross-fitted over every analysis photo (train + val + test), and its
+    learning curve (:func:`joint.cross_fitted_detector`; a deviation for small held-out pools).
+
+    Returns {"scores": DataFrame(id, split, conductance_cf, fold), "curve": DataFrame(fraction,
+    n_train, train_auroc, heldout_auroc, heldout_auroc_ci_low, heldout_auroc_ci_high, msp_auroc)}: one
+    curve row per ``cross_fit.fractions``, where n_train is the mean number of photos a fold's detector
+    learned from, train_auroc its mean AUROC on them, heldout_auroc the AUROC of the pooled out-of-fold
+    scores over all photos (95 % bootstrap interval) and msp_auroc MSP's AUROC on the same photos (the
+    control).  The scores are those of the largest fraction, 1."""
+    from .joint import cross_fitted_detector
+
+    cf = exp.cfg["conductance"]["cross_fit"]
+    if cf["folds"] is None:
+        raise ValueError(f"{exp.name}: conductance.cross_fit.folds is null (cross-fitting off); set it, e.g. 5")
+    params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"],
+              "cross_fit": cf, "seed": exp.seed}
+
+    def compute():
+        table = with_predictions(exp, conductance_table(exp))
+        cols = feature_columns(table)
+        X, y = table[cols].to_numpy(), (~table.correct).to_numpy().astype(int)
+        kw = detector_kwargs(exp)
+        seed = kw.pop("seed")
+        msp = table[["id"]].merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")["msp"].to_numpy()
+        rows, full = [], None
+        for fraction in sorted(set(float(f) for f in cf["fractions"])):
+            res = cross_fitted_detector(X, y, k=cf["folds"], seed=seed, inner_val=cf["inner_val"],
+                                        fraction=fraction, **kw)
+            lo, hi = metrics.auroc_ci(y, res.scores, n_bootstrap=exp.cfg["metrics"]["n_bootstrap"], seed=seed)
+            rows.append({"fraction": fraction, "n_train": float(res.n_train.mean()),
+                         "train_auroc": float(res.train_auroc.mean()), "heldout_auroc": metrics.auroc(y, res.scores),
+                         "heldout_auroc_ci_low": lo, "heldout_auroc_ci_high": hi, "msp_auroc": metrics.auroc(y, msp)})
+            if fraction == 1.0:
+                full = res
+        return {"id": table["id"].to_numpy().astype(str), "split": table["split"].to_numpy().astype(str),
+                "score": full.scores, "fold": full.fold_ids, "curve": np.array(json.dumps(rows))}
+
+    z = exp.stage("conductance_crossfit", params, compute, _save_npz, _load_npz, "npz")
+    return {"scores": pd.DataFrame({"id": z["id"].astype(str), "split": z["split"].astype(str),
+                                    "conductance_cf": z["score"], "fold": z["fold"]}),
+            "curve": pd.DataFrame(json.loads(str(z["curve"])))}
+
+
+def detector_learning_curve(exp: Experiment) -> pd.DataFrame:
+    """Learning curve of the conductance detector: the paper's protocol (one detector trained on the
+    train split, its epoch chosen on val; held-out AUROC on val) beside the cross-fitted points of
+    :func:`conductance_cross_fit` (held-out AUROC over every analysis photo), each with MSP's AUROC on
+    the same photos and the detector's in-sample AUROC on the photos it learned from."""
+    det = with_predictions(exp, conductance_detector(exp)["scores"].merge(
+        baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one"))
+    tr, va = det[det.split == "train"], det[det.split == "val"]
+    lo, hi = metrics.auroc_ci((~va.correct).astype(int), va.conductance, n_bootstrap=exp.cfg["metrics"]["n_bootstrap"],
+                              seed=exp.seed)
+    paper = {"protocol": "train split, epoch on val (paper 1)", "fraction": 1.0, "n_train": float(len(tr)),
+             "train_auroc": metrics.auroc((~tr.correct).astype(int), tr.conductance),
+             "heldout_auroc": metrics.auroc((~va.correct).astype(int), va.conductance),
+             "heldout_auroc_ci_low": lo, "heldout_auroc_ci_high": hi,
+             "msp_auroc": metrics.auroc((~va.correct).astype(int), va.msp)}
+    curve = conductance_cross_fit(exp)["curve"].assign(
+        protocol=f"cross-fitted over all photos ({cross_fit_folds(exp)} folds)")
+    return pd.concat([pd.DataFrame([paper]), curve], ignore_index=True)[list(paper)]
+
+
 # --------------------------------------------------------------------------- baselines (METHODS.md sec. 5)
 def baseline_table(exp: Experiment) -> pd.DataFrame:
     """One-forward-pass error scores of the same predictions: id, split, msp, entropy, energy, max_logit, doctor_alpha."""
@@ -267,6 +336,15 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
     return exp.stage("lcr_screen", params, compute, _save_npz, _load_npz, "npz")
 
 
+def lcr_grid_cells(exp: Experiment) -> list[tuple[str, float]]:
+    """The grid's (operator, rate) cells: ``grid_operators x grid_rates``, then the ``grid_extra`` pairs
+    (a stronger rate for one operator, without the product's other cells), each once, in that order."""
+    lc = exp.cfg["lcr"]
+    cells = [(op, float(r)) for op in lc["grid_operators"] for r in lc["grid_rates"]]
+    cells += [(str(op), float(r)) for op, r in lc["grid_extra"]]
+    return list(dict.fromkeys(cells))
+
+
 def lcr_grid(exp: Experiment) -> pd.DataFrame:
     """Table 3 analogue: per operator x rate, accepted / tried mutants and LCR of correct vs wrong
     validation predictions (mean +- std) and their difference; ``val_auroc`` (LCR from the cell's
@@ -277,21 +355,20 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
     val = exp.split_table("val")
     y_wrong = (~val.correct).to_numpy()
     rows = []
-    for op in lc["grid_operators"]:
-        for rate in lc["grid_rates"]:
-            z = screen(exp, op, float(rate), lc["grid_mutants"])
-            row = {"operator": op, "rate": float(rate)}
-            if "error" in z:
-                row.update(accepted=0, tried=lc["max_tries_factor"] * lc["grid_mutants"], note=str(z["error"]))
-            else:
-                if not np.array_equal(z["val_original"], val.prediction.to_numpy()):
-                    raise RuntimeError("lcr: the screening's original predictions disagree with the prediction "
-                                       "table; clear artifacts/<profile>/ (stale cache?)")
-                lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
-                row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
-                           val_auroc=metrics.auroc(y_wrong, lcr) if 0 < y_wrong.sum() < len(y_wrong) else np.nan,
-                           screen_seconds=float(z["seconds"]), note="")
-            rows.append(row)
+    for op, rate in lcr_grid_cells(exp):
+        z = screen(exp, op, rate, lc["grid_mutants"])
+        row = {"operator": op, "rate": rate}
+        if "error" in z:
+            row.update(accepted=0, tried=lc["max_tries_factor"] * lc["grid_mutants"], note=str(z["error"]))
+        else:
+            if not np.array_equal(z["val_original"], val.prediction.to_numpy()):
+                raise RuntimeError("lcr: the screening's original predictions disagree with the prediction "
+                                   "table; clear artifacts/<profile>/ (stale cache?)")
+            lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
+            row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
+                       val_auroc=metrics.auroc(y_wrong, lcr) if 0 < y_wrong.sum() < len(y_wrong) else np.nan,
+                       screen_seconds=float(z["seconds"]), note="")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -410,6 +487,11 @@ def joint_features(exp: Experiment) -> pd.DataFrame:
         raise RuntimeError("joint: a training sample has no out-of-fold conductance score (stale cache?)")
     held_out = df.split != "train"
     df.loc[held_out, "conductance_oof"] = df.loc[held_out, "conductance"]  # val/test: the full detector
+    if cross_fit_folds(exp) is not None:  # cross-fitted over every photo: each row's score is out of fold
+        cf = conductance_cross_fit(exp)["scores"].set_index("id")["conductance_cf"]
+        df["conductance_oof"] = df["id"].map(cf)
+        if df["conductance_oof"].isna().any():
+            raise RuntimeError("joint: a sample has no cross-fitted conductance score (stale cache?)")
     if len(df) != len(exp.predictions):
         raise RuntimeError(f"joint: {len(exp.predictions) - len(df)} samples lost joining the feature tables")
     return with_predictions(exp, df)

@@ -24,6 +24,7 @@ DISPLAY_NAMES = {
     # paper 1
     "conductance": "conductance detector",
     "conductance_oof": "conductance detector (out of fold)",
+    "conductance_cf": "conductance detector (cross-fitted, all photos)",
     "lcr": "LCR (label change rate)",
     "joint_nn": "joint NN (LCR + conductance)",
     "joint_rf": "joint random forest (LCR + conductance)",
@@ -385,6 +386,35 @@ def detector_curve(history: pd.DataFrame, best_epoch: int, title: str = "Conduct
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
     return _finish(fig, caption)
+
+
+def detector_learning_curve(curve: pd.DataFrame, title: str = "Conductance detector: learning curve",
+                            caption: str | None = None):
+    """AUROC against the number of photos the detector learned from (log axis): held out (95 %
+    interval) and in sample, the paper's single detector as its own point, MSP on the same photos as
+    the control (``curve``: rows of :func:`pipeline.detector_learning_curve`)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    cf, paper = curve.iloc[1:], curve.iloc[0]
+    err = np.vstack([cf.heldout_auroc - cf.heldout_auroc_ci_low, cf.heldout_auroc_ci_high - cf.heldout_auroc])
+    ax.errorbar(cf.n_train, cf.heldout_auroc, yerr=err, marker="o", capsize=3, color=PALETTE["correct"],
+                label="cross-fitted: held-out AUROC (95 % interval)")
+    ax.plot(cf.n_train, cf.train_auroc, marker="o", ls="--", color="grey", label="cross-fitted: in-sample AUROC")
+    ax.errorbar([paper.n_train], [paper.heldout_auroc], marker="s", capsize=3, color=PALETTE["wrong"], ls="none",
+                yerr=[[paper.heldout_auroc - paper.heldout_auroc_ci_low], [paper.heldout_auroc_ci_high - paper.heldout_auroc]],
+                label="paper's protocol (train split): validation AUROC")
+    ax.plot([paper.n_train], [paper.train_auroc], marker="s", mfc="none", color=PALETTE["wrong"], ls="none",
+            label="paper's protocol: in-sample AUROC")
+    ax.axhline(cf.msp_auroc.iloc[-1], color="k", ls=":", label="MSP on all photos (control)")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="photos the detector learned from", ylabel="AUROC of error detection", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _finish(fig, _caption(caption, "A gap between in-sample and held-out AUROC is memorisation; a held-out "
+                                          "curve still rising at the right is a detector short of photos."))
 
 
 def auroc_by_n(ns, aurocs, title: str = "Validation AUROC of LCR by number of mutants", caption: str | None = None):

@@ -199,7 +199,7 @@ def lcr_stage(exp, group, shared, crash_after=None) -> dict:
 
     lc = exp.cfg["lcr"]
     on_rank0(exp, group, shared, lambda: exp.predictions)
-    cells = [] if lc["operator"] and lc["rate"] else [(op, float(r)) for op in lc["grid_operators"] for r in lc["grid_rates"]]
+    cells = [] if lc["operator"] and lc["rate"] else pipeline.lcr_grid_cells(exp)
     n = run_units(exp, group, [lambda c=c: pipeline.screen(exp, c[0], c[1], lc["grid_mutants"]) for c in cells], shared,
                   crash_after)
     on_rank0(exp, group, shared, lambda: pipeline.lcr_final_screen(exp))  # serial: it stops at the n-th accepted mutant

@@ -103,10 +103,20 @@ SCHEMA: dict[str, Any] = {
             "lr": (_NUM, False, {"min": 0.0}),
             "patience": (int, False, {"min": 1}),
         },
+        # the detector cross-fitted over ALL analysis photos (train + val + test; k folds, each fold
+        # scored by a detector trained on the others) and its learning curve: for small held-out pools
+        # (cub100) where the train split alone is too small.  folds: null = off (the paper's protocol only)
+        "cross_fit": {
+            "folds": ((int, _OPT), False, {"min": 2, "max": 50}),
+            "inner_val": (_NUM, False, {"min": 0.05, "max": 0.5}),
+            "fractions": (list, False, None),
+        },
     },
     "lcr": {
         "grid_operators": (list, False, None),
         "grid_rates": (list, False, None),
+        # cells beyond grid_operators x grid_rates, as [operator, rate] pairs (a stronger rate for one operator)
+        "grid_extra": (list, False, None),
         "grid_mutants": (int, False, {"min": 1}),
         "operator": ((str, _OPT), False, None),
         "rate": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),
@@ -178,8 +188,9 @@ DEFAULTS: dict[str, Any] = {
                  "amp": True, "eval_batch_size": 512, "head_epochs": 0, "head_lr": 0.01, "trainable": "all"},
     "conductance": {"layer": None, "n_steps": 10, "method": "auto", "reduction": "sum",
                     "classes": [0, 1, 2], "top_k": 5,
-                    "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5}},
-    "lcr": {"grid_operators": ["filter_nai", "filter_gf", "gf"], "grid_rates": [0.01, 0.05],
+                    "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5},
+                    "cross_fit": {"folds": None, "inner_val": 0.2, "fractions": [0.125, 0.25, 0.5, 1.0]}},
+    "lcr": {"grid_operators": ["filter_nai", "filter_gf", "gf"], "grid_rates": [0.01, 0.05], "grid_extra": [],
             "grid_mutants": 10, "operator": None, "rate": None, "n_mutants": 100,
             "accept_threshold": 0.9, "max_tries_factor": 20,
             "sprt_alpha": 0.05, "sprt_beta": 0.05, "sprt_threshold": None, "sprt_indifference": 0.05,
@@ -328,11 +339,30 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
                 or abs(sum(pool) - 1) > 1e-6):
             raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} is not valid; valid: three fractions "
                                "in (0, 1) for train, val and test that sum to 1, e.g. [0.5, 0.25, 0.25], or null")
+    _check_lists(cfg, source)
     norm = cfg["normalize"]
     if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
         raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")
     _check_checkpoint_overrides(cfg, overrides)
     return cfg
+
+
+def _check_lists(cfg: dict, source: str) -> None:
+    """The list-valued keys whose items the schema cannot type: ``lcr.grid_extra`` and
+    ``conductance.cross_fit.fractions``."""
+    from .mutation import OPERATORS
+
+    extra = cfg["lcr"]["grid_extra"]
+    for cell in extra:
+        if (not isinstance(cell, list) or len(cell) != 2 or cell[0] not in OPERATORS
+                or isinstance(cell[1], bool) or not isinstance(cell[1], _NUM) or not 0 < cell[1] <= 1):
+            raise ProfileError(f"{source}: 'lcr.grid_extra' = {extra!r} is not valid at {cell!r}; valid: a list of "
+                               f"[operator, rate] pairs, operator one of {', '.join(OPERATORS)}, rate in (0, 1], "
+                               "e.g. [[gf, 0.003], [gf, 0.01]]")
+    fr = cfg["conductance"]["cross_fit"]["fractions"]
+    if not fr or not all(isinstance(f, _NUM) and not isinstance(f, bool) and 0 < f <= 1 for f in fr) or 1 not in fr:
+        raise ProfileError(f"{source}: 'conductance.cross_fit.fractions' = {fr!r} is not valid; valid: fractions in "
+                           "(0, 1] of each fold's training photos that include 1, e.g. [0.25, 0.5, 1.0]")
 
 
 def parse_overrides(overrides) -> dict:
