@@ -113,3 +113,40 @@ def test_relay_accuracy_and_curve():
         assert i.size == 1 and acc[i[0]] == pytest.approx(rr["accuracy"])
     with pytest.raises(ValueError, match="correct and flagged"):
         J.relay_accuracy(correct, flagged[:-1])
+
+
+def test_cross_fitted_detector_scores_every_photo_out_of_fold(monkeypatch):
+    """The cross-fitted detector (small held-out pools): no photo scored, or used to pick the epoch, by a
+    detector that learned from it; ``fraction`` subsamples only the photos a detector learns from."""
+    X, y = _noisy(400, 3)
+    X = np.c_[np.arange(len(y)), X]  # column 0 = photo id
+    fits = []
+    real = J.train_conductance_detector
+
+    def spy(X_fit, y_fit, X_val, y_val, **kw):
+        fits.append((X_fit[:, 0].astype(int), X_val[:, 0].astype(int)))
+        return real(X_fit, y_fit, X_val, y_val, **kw)
+
+    monkeypatch.setattr(J, "train_conductance_detector", spy)
+    full = J.cross_fitted_detector(X, y, k=4, seed=0, inner_val=0.25, epochs=2)
+    assert len(fits) == 4 and np.isfinite(full.scores).all()
+    for f, (fit_ids, val_ids) in enumerate(fits):
+        held = np.flatnonzero(full.fold_ids == f)
+        assert not np.isin(held, fit_ids).any() and not np.isin(held, val_ids).any()
+        assert not np.isin(val_ids, fit_ids).any()  # the epoch is picked on photos the detector did not learn from
+        assert len(fit_ids) + len(val_ids) + len(held) == len(y)
+    assert list(full.n_train) == [len(a) for a, _ in fits]
+    fits.clear()
+    half = J.cross_fitted_detector(X, y, k=4, seed=0, inner_val=0.25, fraction=0.5, epochs=2)
+    assert np.allclose(half.n_train, full.n_train / 2, atol=1)
+    assert np.array_equal(half.fold_ids, full.fold_ids)  # the same folds at every point of the curve
+    with pytest.raises(ValueError, match=r"fraction: 0 is not valid"):
+        J.cross_fitted_detector(X, y, fraction=0)
+
+
+def test_cross_fitted_detector_shows_memorisation():
+    """On weak-signal features the in-sample AUROC of each fold's detector is far above the held-out one."""
+    X, y = _noisy(600, 4)
+    res = J.cross_fitted_detector(X, y, k=3, seed=0, epochs=15, patience=15)
+    assert res.train_auroc.mean() > auroc(y, res.scores) + 0.05
+    assert 0.5 < auroc(y, res.scores) < 0.9

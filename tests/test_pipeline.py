@@ -115,3 +115,31 @@ def test_lcr_screening_on_a_file_dataset(tmp_path, monkeypatch):
                    progress=False)
     z = pipeline.screen(e, "filter_nai", 0.05, 2)
     assert "error" in z or len(z["seeds"]) == 2
+
+
+def test_grid_extra_cells_follow_the_product_once(exp):
+    e = Experiment("digits", {**TINY, "lcr.grid_extra": [["gf", 0.1], ["filter_nai", 0.05], ["gf", 0.1]]},
+                   output_dir=exp.output_dir, progress=False)
+    assert pipeline.lcr_grid_cells(e) == [("filter_nai", 0.05), ("gf", 0.1)]
+    grid = pipeline.lcr_grid(e)
+    assert list(zip(grid.operator, grid.rate)) == [("filter_nai", 0.05), ("gf", 0.1)]
+
+
+def test_cross_fitted_detector_feeds_the_learning_curve_and_the_joint_classifier(exp):
+    with pytest.raises(ValueError, match=r"conductance.cross_fit.folds is null"):
+        pipeline.conductance_cross_fit(exp)
+    e = Experiment("digits", {**TINY, "conductance.cross_fit.folds": 3, "conductance.cross_fit.fractions": [0.5, 1.0]},
+                   output_dir=exp.output_dir, progress=False)
+    cf = pipeline.conductance_cross_fit(e)
+    assert list(cf["scores"]["id"]) == list(e.predictions["id"])  # every analysis photo, train + val + test
+    assert set(cf["scores"]["fold"]) == {0, 1, 2}
+    curve = pipeline.detector_learning_curve(e)
+    assert len(curve) == 3 and curve.n_train.iloc[0] == (e.predictions.split == "train").sum()
+    assert curve.n_train.iloc[1] < curve.n_train.iloc[2] < len(e.predictions)
+    assert (curve.heldout_auroc_ci_low <= curve.heldout_auroc).all() and (curve.heldout_auroc <= curve.heldout_auroc_ci_high).all()
+    feats = pipeline.joint_features(e)  # notebook 03: every row's conductance score is the cross-fitted one
+    np.testing.assert_array_equal(feats.set_index("id").loc[cf["scores"]["id"], "conductance_oof"].to_numpy(),
+                                  cf["scores"]["conductance_cf"].to_numpy())
+    off = pipeline.joint_features(exp)
+    held = off.split != "train"
+    np.testing.assert_array_equal(off.loc[held, "conductance_oof"], off.loc[held, "conductance"])

@@ -55,3 +55,17 @@ def test_profile_by_relative_path(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text((PARAMS_DIR / "digits.yaml").read_text().replace("name: digits", "name: mine"))
     monkeypatch.chdir(tmp_path)
     assert load_profile("mine.yaml")["name"] == "mine"
+
+
+def test_grid_extra_and_cross_fit_are_checked():
+    cfg = load_profile("cub100")
+    assert cfg["lcr"]["grid_extra"] == [["gf", 0.003], ["gf", 0.01]] and cfg["conductance"]["cross_fit"]["folds"] == 5
+    assert load_profile("digits")["conductance"]["cross_fit"]["folds"] is None  # off unless a profile sets it
+    with pytest.raises(ProfileError, match=r"'lcr.grid_extra' = .* is not valid at \['gauss', 0.01\]; valid: .*gf"):
+        load_profile("digits", {"lcr.grid_extra": [["gauss", 0.01]]})
+    with pytest.raises(ProfileError, match=r"'lcr.grid_extra' .* is not valid at \['gf', 2\]"):
+        load_profile("digits", {"lcr.grid_extra": [["gf", 2]]})
+    with pytest.raises(ProfileError, match=r"'conductance.cross_fit.fractions' = \[0.5\] is not valid; .*include 1"):
+        load_profile("digits", {"conductance.cross_fit.fractions": [0.5]})
+    with pytest.raises(ProfileError, match=r"'conductance.cross_fit.folds' = 1 is below the minimum 2"):
+        load_profile("digits", {"conductance.cross_fit.folds": 1})
