@@ -297,7 +297,7 @@ def roc_figure(curves: dict, title: str = "ROC on validation", markers: dict | N
             ax.plot([flagged[~y].mean()], [flagged[y].mean()], "o", color=line.get_color(), ms=7, mec="k")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="false positive rate (correct predictions flagged)",
-           ylabel="true positive rate (wrong predictions flagged)", title=title, aspect="equal")
+           ylabel="true positive rate\n(wrong predictions flagged)", title=title, aspect="equal")
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], ls=":", c="grey"))
     labels.append("chance (AUROC 0.5)")
