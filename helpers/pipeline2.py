@@ -390,21 +390,19 @@ def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
 def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Both papers' detectors on the same predictions: conductance (paper 1), LCR (where cached),
     the CFE scores (:data:`CFE_SCORES`), MSP, a joint NN on [MSP, 1 - precision, MC filters outside
-    G_c] (``joint_nn_msp_cfe``: what CFE adds to confidence), and a joint NN (out of fold, as in
-    notebook 03) on [LCR, conductance score, CFE recall].  Returns (scores by id, the names of the
-    columns that are scores; the paper-1-style joint NN last).
+    G_c] (``joint_nn_msp_cfe``: what CFE adds to confidence), and a joint NN on [LCR, conductance
+    score, CFE recall] (the conductance score of notebook 03's joint classifier,
+    :func:`pipeline.conductance_for_joint`).  Returns (scores by id, the names of the columns that
+    are scores; the paper-1-style joint NN last).
 
     The joint NN's name says its features, so that one metrics key never means two computations:
     ``joint_nn_cfe`` with LCR, ``joint_nn_cfe_without_lcr`` when LCR is not cached (notebook 04 run
     before notebook 02)."""
     from .joint import fit_unified, unified_score
-    from .pipeline import baseline_table, conductance_detector, conductance_oof, with_predictions
+    from .pipeline import baseline_table, conductance_for_joint, with_predictions
 
     df = error_scores(a)
-    df = df.merge(conductance_detector(exp)["scores"][["id", "conductance"]], on="id", validate="one_to_one")
-    df = df.merge(conductance_oof(exp)[["id", "conductance_oof"]], on="id", how="left", validate="one_to_one")
-    held = df.split != "train"
-    df.loc[held, "conductance_oof"] = df.loc[held, "conductance"]
+    df = df.merge(conductance_for_joint(exp), on="id", validate="one_to_one")
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
     names = ["conductance", *CFE_SCORES, "msp"]
     feats = ["conductance_oof", "cfe_recall"]

@@ -393,7 +393,7 @@ def detector_learning_curve(curve: pd.DataFrame, title: str = "Conductance detec
     """AUROC against the number of photos the detector learned from (log axis): held out (95 %
     interval) and in sample, the paper's single detector as its own point, MSP on the same photos as
     the control (``curve``: rows of :func:`pipeline.detector_learning_curve`)."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig, ax = plt.subplots(figsize=(8.4, 3.8))
     cf, paper = curve.iloc[1:], curve.iloc[0]
     err = np.vstack([cf.heldout_auroc - cf.heldout_auroc_ci_low, cf.heldout_auroc_ci_high - cf.heldout_auroc])
     ax.errorbar(cf.n_train, cf.heldout_auroc, yerr=err, marker="o", capsize=3, color=PALETTE["correct"],
@@ -406,13 +406,14 @@ def detector_learning_curve(curve: pd.DataFrame, title: str = "Conductance detec
             label="paper's protocol: in-sample AUROC")
     ax.axhline(cf.msp_auroc.iloc[-1], color="k", ls=":", label="MSP on all photos (control)")
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import NullFormatter, NullLocator
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ticks = sorted({*cf.n_train.round(), round(paper.n_train)})  # the points' own sizes
+    ax.set_xticks(ticks, [f"{t:,.0f}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="photos the detector learned from", ylabel="AUROC of error detection", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set(xlabel="photos the detector learned from (log scale)", ylabel="AUROC of error detection", title=title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _finish(fig, _caption(caption, "A gap between in-sample and held-out AUROC is memorisation; a held-out "
                                           "curve still rising at the right is a detector short of photos."))
 
