@@ -477,8 +477,8 @@ def conductance_oof(exp: Experiment) -> pd.DataFrame:
 
 
 def conductance_for_joint(exp: Experiment) -> pd.DataFrame:
-    """id, conductance, conductance_oof: the conductance score a joint classifier learns from and is
-    applied to.  Training rows carry their out-of-fold score (:func:`conductance_oof`), val / test rows
+    """id, split, conductance, conductance_oof: the conductance score a joint classifier learns from
+    and is applied to.  Training rows carry their out-of-fold score (:func:`conductance_oof`), val / test rows
     the score of the detector trained on the whole train split; where ``conductance.cross_fit`` is on,
     every row carries its cross-fitted score (:func:`conductance_cross_fit`)."""
     det = conductance_detector(exp)["scores"][["id", "split", "conductance"]]
@@ -492,15 +492,13 @@ def conductance_for_joint(exp: Experiment) -> pd.DataFrame:
         df["conductance_oof"] = df["id"].map(cf)
         if df["conductance_oof"].isna().any():
             raise RuntimeError("joint: a sample has no cross-fitted conductance score (stale cache?)")
-    return df[["id", "conductance", "conductance_oof"]]
+    return df[["id", "split", "conductance", "conductance_oof"]]
 
 
 def joint_features(exp: Experiment) -> pd.DataFrame:
     """Per sample: id, split, label, prediction, correct, lcr, conductance (detector trained on all of
-    train: in-sample on train), conductance_oof (out-of-fold on train; = conductance on val/test), msp."""
-    df = conductance_detector(exp)["scores"][["id", "split"]].merge(conductance_for_joint(exp), on="id",
-                                                                     validate="one_to_one")
-    df = df.merge(lcr_table(exp)[["id", "lcr"]], on="id", validate="one_to_one")
+    train: in-sample on train), conductance_oof (:func:`conductance_for_joint`), msp."""
+    df = conductance_for_joint(exp).merge(lcr_table(exp)[["id", "lcr"]], on="id", validate="one_to_one")
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
     if len(df) != len(exp.predictions):
         raise RuntimeError(f"joint: {len(exp.predictions) - len(df)} samples lost joining the feature tables")

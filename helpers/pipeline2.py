@@ -402,7 +402,7 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
     from .pipeline import baseline_table, conductance_for_joint, with_predictions
 
     df = error_scores(a)
-    df = df.merge(conductance_for_joint(exp), on="id", validate="one_to_one")
+    df = df.merge(conductance_for_joint(exp), on=["id", "split"], validate="one_to_one")
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
     names = ["conductance", *CFE_SCORES, "msp"]
     feats = ["conductance_oof", "cfe_recall"]
