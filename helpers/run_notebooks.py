@@ -10,6 +10,7 @@ figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<p
 Each notebook is executed into a temporary file and moved into place only when it has finished, so
 an interrupted run leaves every notebook either as it was or complete.  No run writes the regression
 reference (tests/reference/<profile>/, :mod:`helpers.regression`): ``make reference`` does.
+Progress bars are off in the executed notebooks (``TQDM_DISABLE=1`` unless you set it yourself).
 
 The console shows only the progress lines: the kernels are started with transport encryption
 (CurveZMQ keys provisioned by the kernel manager; IPC sockets where pyzmq lacks CurveZMQ), so
@@ -155,6 +156,22 @@ def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: d
     return seconds
 
 
+@contextlib.contextmanager
+def progress_bars_off():
+    """``TQDM_DISABLE=1`` for the kernels this run starts (they inherit the environment), unless the
+    user set ``TQDM_DISABLE`` themselves: a progress bar in an executed notebook is hundreds of lines of
+    stderr output that only a cold run writes, so ``make figures`` would otherwise leave the committed
+    notebooks different from a warm run's for no reason.  The variable is restored afterwards."""
+    if "TQDM_DISABLE" in os.environ:
+        yield
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TQDM_DISABLE", None)
+
+
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
         kernel: str = "python3") -> dict:
     import papermill as pm
@@ -180,8 +197,9 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     config, manager = kernel_config(), kernel_manager_class()
     _remove_stale_partials(out_nb_dir)
     try:
-        for nb in notebooks(only):
-            timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager)
+        with progress_bars_off():
+            for nb in notebooks(only):
+                timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager)
     finally:
         with contextlib.suppress(OSError):
             (out_nb_dir / ".partial").rmdir()  # empty unless another run of the profile is still going

@@ -20,6 +20,7 @@ def fake_papermill(monkeypatch):
     mode = {"how": "finish"}
 
     def execute_notebook(src, out, **kw):
+        mode.setdefault("tqdm_disable", []).append(os.environ.get("TQDM_DISABLE"))  # what a kernel inherits
         nb = nbformat.read(src, as_version=4)
         nb.metadata["papermill"] = {"input_path": src, "output_path": out}
         nbformat.write(nb, out)
@@ -42,6 +43,19 @@ def test_a_finished_run_moves_each_notebook_into_place(tmp_path, fake_papermill)
     assert "<!-- executed -->" in nb.cells[0].source
     assert nb.metadata["papermill"]["output_path"] == "00_data_and_model.ipynb"  # not the temporary name
     assert not (nb_dir / ".partial").exists()
+
+
+@pytest.mark.parametrize("user_value", [None, "0"])
+def test_the_kernels_run_without_progress_bars_unless_the_user_asks(tmp_path, fake_papermill, monkeypatch,
+                                                                    user_value):
+    """A cold run would otherwise write hundreds of lines of tqdm output into the executed notebooks."""
+    if user_value is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", user_value)
+    run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00", "01"])
+    assert fake_papermill["tqdm_disable"] == [user_value or "1"] * 2
+    assert os.environ.get("TQDM_DISABLE") == user_value  # restored after the run
 
 
 @pytest.mark.parametrize("how", ["interrupt", "fail"])
