@@ -203,6 +203,15 @@ def denormalize(dataset, x) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- helpers
+def shown_path(path) -> str:
+    """``path`` as the notebooks print it: relative to the repository when it lies beside it (e.g.
+    ``../shared/data/cub100``), so that committed outputs carry no machine's absolute paths."""
+    path = Path(path).resolve()
+    if path.is_relative_to(REPO_ROOT.parent):
+        return os.path.relpath(path, REPO_ROOT)
+    return str(path)
+
+
 def explicit_data_dir(cfg: dict) -> Path | None:
     """The profile's ``data_dir`` as a path (a relative one is relative to the repository), or None when null."""
     if not cfg.get("data_dir"):
@@ -406,7 +415,7 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
             raise DataNotFoundError(f"dataset 'cifar10': torchvision could not load or download into {path} "
                                     f"({type(exc).__name__}: {exc}); see the offline options in docs/data-and-weights.md") from exc
         itr, ite = np.arange(len(ytr)), np.arange(len(yte))
-        source = f"torchvision CIFAR10 at {path}"
+        source = f"torchvision CIFAR10 at {shown_path(path)}"
     else:
         st = path.stat()
         key = params_hash(str(path.resolve()), st.st_size, int(st.st_mtime))
@@ -595,10 +604,10 @@ def load_cub200_bundle(cfg: dict) -> DataBundle:
             raise ValueError(f"split.analysis_from_test = {pool}: {len(test)} test photos of {len(classes)} classes "
                              f"cannot be split stratified this way ({exc}); use larger fractions or more data") from exc
         files = {s: [test[i] for i in p] for s, p in zip(SPLITS, pos)}
-        return _files_bundle(cfg, "cub200", classes, files, root, f"CUB-200-2011 at {root} (analysis splits "
+        return _files_bundle(cfg, "cub200", classes, files, root, f"CUB-200-2011 at {shown_path(root)} (analysis splits "
                              "from the official test photos)", model_files={"train": train, "val": val})
     return _files_bundle(cfg, "cub200", classes, {"train": train, "val": val, "test": items["test"]}, root,
-                         f"CUB-200-2011 at {root}")
+                         f"CUB-200-2011 at {shown_path(root)}")
 
 
 LOADERS = {

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,15 @@ def test_cifar10_offline_copy_has_paper_split_sizes():
     assert (len(b["train"]), len(b["val"]), len(b["test"])) == (50000, 5000, 5000)
     assert not (set(b["val"].ids) & set(b["test"].ids))
     assert np.bincount(b["train"].labels).tolist() == [5000] * 10
+
+
+def test_data_sources_are_shown_relative_to_the_repository_when_beside_it():
+    """Notebook 00 prints the data source: a committed output must not carry this machine's absolute path."""
+    from helpers.datasets import shown_path
+    from helpers.profiles import REPO_ROOT
+
+    assert shown_path(REPO_ROOT.parent / "shared" / "data" / "cub100") == "../shared/data/cub100"
+    assert shown_path(REPO_ROOT / "data") == "data"
+    elsewhere = Path("/") / "nonexistent-root-for-test" / "cub100"
+    if not elsewhere.is_relative_to(REPO_ROOT.parent):
+        assert shown_path(elsewhere) == str(elsewhere)
