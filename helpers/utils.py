@@ -38,6 +38,9 @@ def get_device(pref: str = "auto") -> torch.device:
     if isinstance(pref, str) and pref.startswith("sim"):  # the simulated accelerator, by name (sim:0)
         from . import simdevice
 
+        if pref not in ("sim", "sim:0"):  # there is one simulated device: never hand out sim:0 for sim:1
+            raise ValueError(f"device: {pref!r} is not valid; the simulated accelerator has one device: "
+                             "'sim' or 'sim:0'")
         if not simdevice.enabled():
             raise ValueError(f"device: {pref!r} is the simulated accelerator; set {simdevice.ENV}=1 to use it")
         return simdevice.register()

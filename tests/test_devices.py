@@ -38,6 +38,14 @@ def test_simulated_device_needs_its_switch(monkeypatch):
     assert utils.get_device(torch.device("cpu")) == torch.device("cpu")
 
 
+@pytest.mark.parametrize("name", ["sim:1", "simx"])
+def test_the_simulated_accelerator_has_one_device(monkeypatch, name):
+    """Before, any name starting with "sim" gave sim:0, so a rank asking for sim:1 silently shared it."""
+    monkeypatch.setenv("COMPANION_SIMULATED_ACCELERATOR", "1")
+    with pytest.raises(ValueError, match="one device"):
+        utils.get_device(name)
+
+
 def test_num_workers_reaches_every_image_loader(tmp_path, monkeypatch):
     """Before, training, prediction and pooled features built their DataLoaders with 0 workers
     whatever the profile said."""
