@@ -161,15 +161,21 @@ def progress_bars_off():
     """``TQDM_DISABLE=1`` for the kernels this run starts (they inherit the environment), unless the
     user set ``TQDM_DISABLE`` themselves: a progress bar in an executed notebook is hundreds of lines of
     stderr output that only a cold run writes, so ``make figures`` would otherwise leave the committed
-    notebooks different from a warm run's for no reason.  The variable is restored afterwards."""
-    if "TQDM_DISABLE" in os.environ:
-        yield
-        return
-    os.environ["TQDM_DISABLE"] = "1"
+    notebooks different from a warm run's for no reason.  ``TQDM_DISABLE=0`` (or false, no) keeps the
+    bars: the kernels then run without the variable, since tqdm reads any non-empty value as "disable".
+    The environment is restored afterwards."""
+    user = os.environ.get("TQDM_DISABLE")
+    if user is None:
+        os.environ["TQDM_DISABLE"] = "1"
+    elif user.strip().lower() in ("", "0", "false", "no"):
+        del os.environ["TQDM_DISABLE"]
     try:
         yield
     finally:
-        os.environ.pop("TQDM_DISABLE", None)
+        if user is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = user
 
 
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,

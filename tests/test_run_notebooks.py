@@ -45,16 +45,17 @@ def test_a_finished_run_moves_each_notebook_into_place(tmp_path, fake_papermill)
     assert not (nb_dir / ".partial").exists()
 
 
-@pytest.mark.parametrize("user_value", [None, "0"])
+@pytest.mark.parametrize("user_value, kernels_see", [(None, "1"), ("1", "1"), ("0", None), ("false", None)])
 def test_the_kernels_run_without_progress_bars_unless_the_user_asks(tmp_path, fake_papermill, monkeypatch,
-                                                                    user_value):
-    """A cold run would otherwise write hundreds of lines of tqdm output into the executed notebooks."""
+                                                                    user_value, kernels_see):
+    """A cold run would otherwise write hundreds of lines of tqdm output into the executed notebooks;
+    TQDM_DISABLE=0 keeps the bars (tqdm itself reads "0" as disable, so the kernels get no variable)."""
     if user_value is None:
         monkeypatch.delenv("TQDM_DISABLE", raising=False)
     else:
         monkeypatch.setenv("TQDM_DISABLE", user_value)
     run_notebooks.run("digits", output_dir=str(tmp_path / "out"), only=["00", "01"])
-    assert fake_papermill["tqdm_disable"] == [user_value or "1"] * 2
+    assert fake_papermill["tqdm_disable"] == [kernels_see] * 2
     assert os.environ.get("TQDM_DISABLE") == user_value  # restored after the run
 
 
