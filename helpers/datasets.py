@@ -204,11 +204,15 @@ def denormalize(dataset, x) -> np.ndarray:
 
 # --------------------------------------------------------------------------- helpers
 def shown_path(path) -> str:
-    """``path`` as the notebooks print it: relative to the repository when it lies beside it (e.g.
-    ``../shared/data/cub100``), so that committed outputs carry no machine's absolute paths."""
+    """``path`` as the notebooks print it: relative to the repository when it lies in it or beside it
+    (e.g. ``../shared/data/cub100``, also when ``../shared`` is a symbolic link, as the data search
+    resolves links), so that committed outputs carry no machine's absolute paths."""
     path = Path(path).resolve()
-    if path.is_relative_to(REPO_ROOT.parent):
-        return os.path.relpath(path, REPO_ROOT)
+    shared = REPO_ROOT.parent / "shared"
+    for shown, base in ((Path("."), REPO_ROOT), (Path("..") / "shared", shared), (Path(".."), REPO_ROOT.parent)):
+        base = base.resolve()
+        if path.is_relative_to(base):
+            return str(shown / path.relative_to(base))
     return str(path)
 
 

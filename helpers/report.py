@@ -28,6 +28,7 @@ import operator
 import re
 from pathlib import Path
 
+from .names import display_name
 from .profiles import REPO_ROOT
 from .utils import atomic_write_text
 
@@ -49,14 +50,18 @@ PAPER = {
         "joint_nn": (0.946, 0.882, 0.881, 0.858, 0.890), "joint_rf": (0.943, 0.875, 0.875, 0.847, 0.903),
         "joint_lda": (0.944, 0.875, 0.875, 0.849, 0.894), "joint_qda": (0.942, 0.874, 0.873, 0.852, 0.890)},
 }
-SETTINGS = {"conductance": "Conductance", "lcr": "LCR", "joint_nn": "NN both", "joint_rf": "RF both",
-            "joint_lda": "LDA both", "joint_qda": "QDA both", "joint_nn_msp": "NN both + MSP",
-            "joint_rf_msp": "RF both + MSP", "joint_lda_msp": "LDA both + MSP", "joint_qda_msp": "QDA both + MSP",
-            "msp": "MSP (baseline)", "doctor_alpha": "DOCTOR-alpha (baseline)", "energy": "energy (baseline)",
-            "entropy": "entropy (baseline)", "max_logit": "max logit (baseline)",
-            "cfe_recall": "CFE 1 - recall (paper 2)", "cfe_f1": "CFE 1 - F1 (paper 2)",
-            "joint_nn_cfe": "NN on LCR + conductance + CFE recall",
-            "joint_nn_cfe_without_lcr": "NN on conductance + CFE recall (LCR not cached)"}
+def points(fraction: float) -> str:
+    """An accuracy difference in percentage points, signed, two decimals; a difference that rounds to
+    zero is "0.00", never "-0.00" or "+0.00"."""
+    text = f"{100 * fraction:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
+#: the order of the detectors in the generated tables; their names come from :mod:`helpers.names`
+DETECTOR_ORDER = ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp",
+                  "joint_rf_msp", "joint_lda_msp", "joint_qda_msp", "msp", "doctor_alpha", "energy", "entropy",
+                  "max_logit", "cfe_recall", "cfe_f1", "cfe_precision", "cfe_outside", "cfe_mask_size",
+                  "joint_nn_msp_cfe", "joint_nn_cfe", "joint_nn_cfe_without_lcr")
 
 #: report sections: (title, [table files], [figure stems])
 SECTIONS = [
@@ -81,12 +86,12 @@ def headline_table(metrics: dict) -> str:
     det = metrics.get("detectors", {})
     lines = ["| detector | val AUROC [95% CI] | test AUROC | test correct recall | test wrong recall | "
              "test AUPR (errors) | test FPR@95%TPR | test AURC |", "|---|---|---|---|---|---|---|---|"]
-    order = [k for k in SETTINGS if k in det] + sorted(k for k in det if k not in SETTINGS)
+    order = [k for k in DETECTOR_ORDER if k in det] + sorted(k for k in det if k not in DETECTOR_ORDER)
     for name in order:
         v, t = det[name].get("val", {}), det[name].get("test", {})
         if not v or not t:
             continue
-        lines.append(f"| {SETTINGS.get(name, name)} | {v['auroc']:.3f} [{v['auroc_ci_low']:.3f}, "
+        lines.append(f"| {display_name(name)} | {v['auroc']:.3f} [{v['auroc_ci_low']:.3f}, "
                      f"{v['auroc_ci_high']:.3f}] | {t['auroc']:.3f} | {t['correct_recall']:.3f} | "
                      f"{t['wrong_recall']:.3f} | {t['aupr_error']:.3f} | {t['fpr_at_95_tpr']:.3f} | {t['aurc']:.3f} |")
     return "\n".join(lines)
@@ -203,7 +208,7 @@ def comparison_table(figures_root: str | Path = REFERENCE_DIR,
     lines = [head, "|" + "---|" * (1 + 2 * len(anchors) + 2 * len(profiles))]
     for key in ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp", "msp",
                 "doctor_alpha"):
-        row = [SETTINGS[key]]
+        row = [display_name(key)]
         for a in anchors:
             paper = PAPER[a]
             row += [f"{paper[key][0]:.3f}", f"{paper[key][3]:.3f} / {paper[key][4]:.3f}"] if key in paper else ["-", "-"]
@@ -266,7 +271,7 @@ def debugging_comparison(figures_root: str | Path = REFERENCE_DIR,
         lines.append(f"| `{p}` ({de['n_seeds']} seeds) | {100 * d['original']['test_accuracy']:.2f} % | "
                      f"{100 * co['test_accuracy_mean']:.2f} +- {100 * co['test_accuracy_std']:.2f} % | "
                      f"{100 * de['test_accuracy_mean']:.2f} +- {100 * de['test_accuracy_std']:.2f} % | "
-                     f"{100 * dif['mean']:+.2f} pt [{100 * dif['ci_low']:+.2f}, {100 * dif['ci_high']:+.2f}], "
+                     f"{points(dif['mean'])} pt [{points(dif['ci_low'])}, {points(dif['ci_high'])}], "
                      f"p = {dif['p_value']:.2f} | ({d['chosen']['l1']:g}, {d['chosen']['l2']:g}) |")
     return "\n".join(lines)
 
@@ -368,10 +373,10 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
         if d is None:
             cells.append("not run")
         elif "hier_ci_low" in d:
-            cells.append(f"{100 * d['mean']:+.2f} pt [{100 * d['hier_ci_low']:+.2f}, {100 * d['hier_ci_high']:+.2f}], "
+            cells.append(f"{points(d['mean'])} pt [{points(d['hier_ci_low'])}, {points(d['hier_ci_high'])}], "
                          f"{m['debugging']['debugged']['n_seeds']} seeds, MDE {100 * d['mde']:.2f} pt")
         else:
-            cells.append(f"{100 * d['mean']:+.2f} pt [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] over test "
+            cells.append(f"{points(d['mean'])} pt [{points(d['ci_low'])}, {points(d['ci_high'])}] over test "
                          f"images only, {m['debugging']['debugged']['n_seeds']} seeds (before the controls)")
         lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ def test_report_reflects_metrics(tmp_path):
                                                 "detectors": {"lcr": {"val": rep, "test": rep}}}))
     (d / "accuracy.md").write_text("| split | accuracy |\n")
     text = build_report(d)
-    assert "| LCR | 0.900 [0.800, 0.950] | 0.900 | 0.850 | 0.800 |" in text
+    assert "| LCR (label change rate) | 0.900 [0.800, 0.950] | 0.900 | 0.850 | 0.800 |" in text
     assert "val 0.500" in text and "### accuracy" in text
 
 
@@ -83,3 +83,26 @@ def test_stage_table_sums_chunks_and_marks_unlogged_memory():
     assert "| model | 1 | 30.0 s | n/a | cpu / ? |" in text
     assert text.index("| model |") < text.index("| lcr_preds |")  # pipeline order
     assert "| total | 3 | 3.5 min | | |" in text and "00_data_and_model.ipynb 12 s" in text
+
+
+def test_generated_tables_name_every_detector_as_the_figures_do():
+    """One mapping (helpers.names) for figures and tables: no metrics key shows up raw in a row label."""
+    import re
+
+    from helpers.names import display_name
+    from helpers.regression import reference_metrics
+    from helpers.report import headline_table
+
+    for profile in ("digits", "cifar10", "cifar10-pretrained", "cub100"):
+        metrics = reference_metrics(profile)
+        labels = [row.split("|")[1].strip() for row in headline_table(metrics).splitlines()[2:]]
+        assert labels and len(labels) == len(set(labels))
+        for key in metrics["detectors"]:
+            assert display_name(key) in labels
+        assert not [lab for lab in labels if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", lab)], labels
+
+
+def test_a_difference_that_rounds_to_zero_has_no_sign():
+    from helpers.report import points
+
+    assert [points(v) for v in (-0.0, -0.00004, 0.00004, 0.0016, -0.0015)] == ["0.00", "0.00", "0.00", "+0.16", "-0.15"]

@@ -1,0 +1,54 @@
+"""The names a reader sees: one mapping from the keys of the score columns, ``metrics.json`` and the
+tables to the names in figure legends, labels and ticks (:mod:`helpers.plots`) and in the generated
+tables of ``report.md``, ``docs/`` and the README (:mod:`helpers.report`)."""
+from __future__ import annotations
+
+import re
+
+# A key not listed is shown as it is (underscores as spaces).
+DISPLAY_NAMES = {
+    # paper 1
+    "conductance": "conductance detector",
+    "conductance_oof": "conductance detector (out of fold)",
+    "conductance_cf": "conductance detector (cross-fitted, all photos)",
+    "lcr": "LCR (label change rate)",
+    "joint_nn": "joint NN (LCR + conductance)",
+    "joint_rf": "joint random forest (LCR + conductance)",
+    "joint_lda": "joint LDA (LCR + conductance)",
+    "joint_qda": "joint QDA (LCR + conductance)",
+    "joint_nn_msp": "joint NN + MSP",
+    "joint_rf_msp": "joint random forest + MSP",
+    "joint_lda_msp": "joint LDA + MSP",
+    "joint_qda_msp": "joint QDA + MSP",
+    # baselines (helpers.baselines.BASELINES)
+    "msp": "max softmax prob. (MSP)",
+    "entropy": "softmax entropy",
+    "energy": "energy score",
+    "max_logit": "max logit",
+    "doctor_alpha": "DOCTOR (D_alpha)",
+    # paper 2
+    "cfe_recall": "CFE filters: 1 - recall",
+    "cfe_f1": "CFE filters: 1 - F1",
+    "cfe_precision": "CFE filters: 1 - precision",
+    "cfe_outside": "CFE filters: MC filters outside G_c",
+    "cfe_mask_size": "CFE filters: MC filters (mask size)",
+    "joint_nn_msp_cfe": "joint NN (MSP + CFE precision + outside G_c)",
+    "joint_nn_cfe": "joint NN (LCR + conductance + CFE recall)",
+    "joint_nn_cfe_without_lcr": "joint NN (conductance + CFE recall)",
+    # operating points (pipeline.operating_points)
+    "equal_recall": "equal recall",
+    "high_correct_recall": "high correct recall (few correct inputs discarded)",
+    "high_wrong_recall": "high wrong recall (few errors kept)",
+    # debugging runs (notebook 05)
+    "debugged": "debugged (filter loss)",
+    "control": "control (l1 = l2 = 0)",
+}
+
+
+def display_name(key) -> str:
+    """The reader's name of a score / operating point / run key (``joint_nn_msp`` -> "joint NN + MSP");
+    an unknown identifier-like key with its underscores as spaces, any other label unchanged."""
+    key = str(key)
+    if key in DISPLAY_NAMES:
+        return DISPLAY_NAMES[key]
+    return key.replace("_", " ") if re.fullmatch(r"[a-z0-9_]+", key) else key
