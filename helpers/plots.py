@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.patches import Patch
 
 from .datasets import denormalize
 from .names import DISPLAY_NAMES, display_name  # noqa: F401  (the one mapping; re-exported)
@@ -478,10 +479,15 @@ def mask_size_vs_agreement(table: pd.DataFrame, n_bins: int = 6, caption: str | 
     a2.bar(x, means.outside, bottom=means.inside, color=[PALETTE[k] for k in means.index], alpha=0.4,
            hatch="//", label="outside G_c")
     for i, (k, r) in enumerate(means.iterrows()):
-        a2.text(i, r.inside + r.outside, f"{r.inside:.1f} + {r.outside:.1f}", ha="center", va="bottom", fontsize=8)
+        a2.annotate(f"{r.inside:.1f} + {r.outside:.1f}", (i, r.inside + r.outside),
+                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    a2.set_ylim(0, 1.4 * float((means.inside + means.outside).max()))  # room for the labels and the legend
+    a2.grid(axis="x", visible=False)  # a vertical grid line would run through the translucent segment
     a2.set(xticks=x, xticklabels=list(means.index), ylabel="mean MC filters per prediction",
            title="MC filters inside and outside G_c")
-    a2.legend(fontsize=8)
+    a2.legend(handles=[Patch(facecolor="0.45", label="inside G_c"),
+                       Patch(facecolor="0.45", alpha=0.4, hatch="//", label="outside G_c (hatched)")],
+              fontsize=8, loc="upper center", ncol=2)
     default = ("Look for: recall rising with mask size (it rewards large masks), and wrong predictions with larger "
                "masks whose extra filters lie outside G_c. Where both hold, 1 - recall ranks errors low and "
                "1 - precision / the outside count rank them high.")
@@ -505,21 +511,35 @@ def _colorbar(fig, mappable, cax, label: str):
     return cb
 
 
-def _image_axes(fig, n_rows: int, n_images: int, one_bar: bool = False):
+def _image_axes(fig, n_rows: int, n_images: int, one_bar: bool = False, height_ratios=None):
     """Rows of image panels with a narrow colour-bar column at the right: one bar per row, or
     (``one_bar``) one for the whole figure, in the middle row."""
-    gs = fig.add_gridspec(n_rows, n_images + 1, width_ratios=[1] * n_images + [0.06])
+    gs = fig.add_gridspec(n_rows, n_images + 1, width_ratios=[1] * n_images + [0.06], height_ratios=height_ratios)
     panels = [[fig.add_subplot(gs[r, c]) for c in range(n_images)] for r in range(n_rows)]
     if one_bar:
         return panels, fig.add_subplot(gs[n_rows // 2, n_images])
     return panels, [fig.add_subplot(gs[r, n_images]) for r in range(n_rows)]
 
 
+def _image_rows(width_in: float, n_images: int, row_titles: list[list[str]], size: float):
+    """Figure height and row height ratios for rows of square image panels whose titles may wrap (long
+    class names, e.g. CUB's species): each row gets its image's height plus its longest title's lines,
+    so a wrapped title never runs into the images of the row above."""
+    panel_in = width_in * 0.9 / (n_images + 0.06)
+    heights = []
+    for titles in row_titles:
+        lines = max(_wrap(t, panel_in * 72 * 0.98, size, "bold").count("\n") + 1 for t in titles)
+        heights.append(panel_in + 0.25 + lines * size * 1.3 / 72)
+    return sum(heights), heights
+
+
 def mc_overlays(examples: list[dict], caption: str | None = None):
     """Each example: its image, and the summed activation maps of its MC filters (upsampled to the
     image) over it.  ``examples``: dicts with image (H, W, C in [0, 1]), maps (h, w), title."""
-    fig = plt.figure(figsize=(6.0, 2.9 * len(examples)))
-    rows, cbars = _image_axes(fig, len(examples), 2)
+    height, ratios = _image_rows(6.0, 2, [[ex["title"], ex.get("overlay_title", "MC filters' activations")]
+                                          for ex in examples], 9)
+    fig = plt.figure(figsize=(6.0, height))
+    rows, cbars = _image_axes(fig, len(examples), 2, height_ratios=ratios)
     for row, cax, ex in zip(rows, cbars, examples):
         img = ex["image"]
         gray = img.shape[-1] == 1
@@ -611,8 +631,9 @@ def gradcam_pairs(examples: list[dict], caption: str | None = None):
     ``examples``: dicts with image (H, W, C in [0, 1]), cams (two (h, w) maps), titles (three).
     Each map is shown relative to its own maximum (where a model looks, not how strongly), with one
     colour bar for all."""
-    fig = plt.figure(figsize=(8.4, 2.9 * len(examples)))
-    rows, cax = _image_axes(fig, len(examples), 3, one_bar=True)
+    height, ratios = _image_rows(8.4, 3, [list(ex["titles"]) for ex in examples], 8)
+    fig = plt.figure(figsize=(8.4, height))
+    rows, cax = _image_axes(fig, len(examples), 3, one_bar=True, height_ratios=ratios)
     im = None
     for row, ex in zip(rows, examples):
         img = ex["image"]
