@@ -231,7 +231,8 @@ def check_data_dir(cfg: dict, layout: str) -> None:
     if d is not None and not d.is_dir():
         raise DataDirError(f"data_dir: {cfg['data_dir']!r} ({d}) is not an existing folder for dataset "
                            f"{cfg['dataset']!r}; valid: an existing folder that holds {layout}, or null to search "
-                           "$COMPANION_DATA_DIR, ./data and ../shared/data")
+                           "$COMPANION_DATA_DIR, ./data and ../shared/data (docs/data-and-weights.md: how to get "
+                           "each dataset)")
 
 
 def data_search_dirs(cfg: dict) -> list[Path]:

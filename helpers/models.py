@@ -264,8 +264,8 @@ def _load_squeezenet_features(model: SqueezeNetGAP, weights: str, search_dirs) -
         raise FileNotFoundError(
             "weights: could not find SqueezeNet 1.1 features; looked at:\n  " + "\n  ".join(map(str, cands))
             + (f"\n(torchvision download failed: {reason})" if reason else "")
-            + "\nGive a path such as ../shared/weights/squeezenet1_1-imagenet-caffe.pth (Caffe normalisation, "
-              "see its README) or go online for `pretrained`.")
+            + "\nGive a path such as ../shared/weights/squeezenet1_1-imagenet-caffe.pth (Caffe normalisation; "
+              "docs/data-and-weights.md says which public file it comes from) or go online for `pretrained`.")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
