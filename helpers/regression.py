@@ -86,8 +86,10 @@ RULES: list[Rule] = [                                                # largest m
     # interval, floors far below the effects in question (0.44 pt in the paper)
     Rule("debugging.difference.mean", "interval", 0.001),            # 0
     Rule("debugging.difference.ci_*", "interval", 0.001),            # 0
-    Rule("debugging.difference.hier_ci_*", "interval", 0.001),       # (new)
-    Rule("debugging.difference.mde", "interval", 0.001),             # (new)
+    Rule("debugging.difference.hier_ci_*", "interval", 0.001),       # 0
+    # the MDE is a multiple of the seed-to-seed SD of the difference: its SE is that of an SD
+    # estimated from n seeds, MDE / sqrt(2 (n - 1)), not the bootstrap interval of the mean
+    Rule("debugging.difference.mde", "sd_estimate", 0.001),          # 0
     # a p-value moves far more than the mean it tests: a move of the mean by one of its standard errors
     # shifts |t| by about 1, and p by up to 0.3 (3 seeds of cifar10-pretrained, rerun on another CPU: 0.57 -> 0.77)
     Rule("debugging.difference.p_value", "none", 0.3),               # 0 on digits (kernel matrix)
@@ -185,6 +187,11 @@ def _standard_error(key: str, kind: str, ref: dict) -> tuple[float | None, str]:
             return float("nan"), "no split size"
         m = size[1] if kind == "share_of_test_errors" else size[0]
         return binomial_se(value, m), f"binomial, n={m}{' errors' if kind == 'share_of_test_errors' else ''}"
+    if kind == "sd_estimate":
+        n = ref.get("debugging.debugged.n_seeds")  # paired seeds: as many as the control's
+        if not n or n < 2:
+            return float("nan"), "no seed count"
+        return abs(value) / math.sqrt(2 * (n - 1)), f"SD estimated from {int(n)} seeds"
     if kind == "interval":
         se = _interval_se(ref, key.rsplit(".", 1)[0])
         return (se, "bootstrap interval") if se is not None else (float("nan"), "no interval")

@@ -176,3 +176,14 @@ def test_write_reference_refuses_a_partial_run_and_writes_atomically(tmp_path):
     src.write_text(json.dumps({**REFERENCE, "profile": "cifar10"}))
     with pytest.raises(SystemExit, match="not 'digits'"):
         regression.write_reference("digits", src, root)
+
+
+def test_the_mde_tolerance_follows_the_seed_count_not_the_mean_interval():
+    """The MDE is a multiple of the seeds' SD: its SE is that of an SD from n seeds, MDE / sqrt(2 (n - 1)),
+    whatever the interval of the mean difference (which gave cub100's MDE a tolerance of 0.0038 for 0.0056)."""
+    ref = {"debugging.difference.mde": 0.0056, "debugging.debugged.n_seeds": 6.0,
+           "debugging.difference.ci_low": -0.0069, "debugging.difference.ci_high": 0.0080}
+    tol = regression.tolerance_of("debugging.difference.mde", ref)
+    assert tol.value == pytest.approx(0.0056 / 10 ** 0.5) and "6 seeds" in tol.basis
+    ref["debugging.debugged.n_seeds"] = 51.0
+    assert regression.tolerance_of("debugging.difference.mde", ref).value == 0.001  # the floor
