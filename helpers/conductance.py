@@ -53,7 +53,6 @@ Methods (all give the same numbers where they apply):
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from typing import Callable, Iterable
 
@@ -62,6 +61,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .utils import tqdm_disabled_by_env
 
 METHODS = ("auto", "exact", "riemann", "captum")
 REDUCTIONS = ("sum", "mean")
@@ -419,10 +420,6 @@ def layer_conductance(model: nn.Module, layer: str, inputs: Tensor, target: Tens
     return cond
 
 
-def _tqdm_disabled_by_env() -> bool:
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
                         target_fn: Callable[[Tensor, Tensor], Tensor] | None = None, n_steps: int = 10,
                         method: str = "auto", reduction: str = "sum", device=None, progress: bool = True,
@@ -460,7 +457,7 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
     except TypeError:
         total = None
     bar = tqdm(loader, total=total, desc=f"conductance {layer}", unit="batch",
-               disable=(not progress) or _tqdm_disabled_by_env())
+               disable=(not progress) or tqdm_disabled_by_env())
     for batch in bar:
         if isinstance(batch, (list, tuple)):
             x, y = batch[0], (batch[1] if len(batch) > 1 else None)

@@ -31,7 +31,7 @@ import yaml
 
 from .experiment import default_output_dir, output_root
 from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile
-from .utils import atomic_write_json
+from .utils import atomic_write_json, tqdm_disabled_by_env
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -167,7 +167,7 @@ def progress_bars_off():
     user = os.environ.get("TQDM_DISABLE")
     if user is None:
         os.environ["TQDM_DISABLE"] = "1"
-    elif user.strip().lower() in ("", "0", "false", "no"):
+    elif not tqdm_disabled_by_env():
         del os.environ["TQDM_DISABLE"]
     try:
         yield

@@ -188,6 +188,11 @@ def json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def tqdm_disabled_by_env() -> bool:
+    """Whether ``TQDM_DISABLE`` asks for no progress bars: set, and not empty, 0, false or no."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block with ``n`` intra-op threads, then restore the count.  Loops of many tiny ops
