@@ -511,46 +511,40 @@ def _colorbar(fig, mappable, cax, label: str):
     return cb
 
 
-def _image_axes(fig, n_rows: int, n_images: int, one_bar: bool = False, height_ratios=None):
-    """Rows of image panels with a narrow colour-bar column at the right: one bar per row, or
-    (``one_bar``) one for the whole figure, in the middle row."""
-    gs = fig.add_gridspec(n_rows, n_images + 1, width_ratios=[1] * n_images + [0.06], height_ratios=height_ratios)
+def _image_grid(width_in: float, row_titles: list[list[str]], title_size: float, one_bar: bool = False):
+    """A figure of rows of square image panels, one per title, with a narrow colour-bar column at the
+    right: one bar per row, or (``one_bar``) one for the whole figure, in the middle row.  Each row is
+    its image's height plus its longest title's wrapped lines (long class names, e.g. CUB's species),
+    so a wrapped title never runs into the images of the row above.  Returns (fig, panels, bars)."""
+    n_rows, n_images = len(row_titles), len(row_titles[0])
+    panel_in = width_in * 0.9 / (n_images + 0.06)
+    heights = [panel_in + 0.25 + title_size * 1.3 / 72 *
+               max(_wrap(t, panel_in * 72 * 0.98, title_size, "bold").count("\n") + 1 for t in titles)
+               for titles in row_titles]
+    fig = plt.figure(figsize=(width_in, sum(heights)))
+    gs = fig.add_gridspec(n_rows, n_images + 1, width_ratios=[1] * n_images + [0.06], height_ratios=heights)
     panels = [[fig.add_subplot(gs[r, c]) for c in range(n_images)] for r in range(n_rows)]
     if one_bar:
-        return panels, fig.add_subplot(gs[n_rows // 2, n_images])
-    return panels, [fig.add_subplot(gs[r, n_images]) for r in range(n_rows)]
-
-
-def _image_rows(width_in: float, n_images: int, row_titles: list[list[str]], size: float):
-    """Figure height and row height ratios for rows of square image panels whose titles may wrap (long
-    class names, e.g. CUB's species): each row gets its image's height plus its longest title's lines,
-    so a wrapped title never runs into the images of the row above."""
-    panel_in = width_in * 0.9 / (n_images + 0.06)
-    heights = []
-    for titles in row_titles:
-        lines = max(_wrap(t, panel_in * 72 * 0.98, size, "bold").count("\n") + 1 for t in titles)
-        heights.append(panel_in + 0.25 + lines * size * 1.3 / 72)
-    return sum(heights), heights
+        return fig, panels, fig.add_subplot(gs[n_rows // 2, n_images])
+    return fig, panels, [fig.add_subplot(gs[r, n_images]) for r in range(n_rows)]
 
 
 def mc_overlays(examples: list[dict], caption: str | None = None):
     """Each example: its image, and the summed activation maps of its MC filters (upsampled to the
     image) over it.  ``examples``: dicts with image (H, W, C in [0, 1]), maps (h, w), title."""
-    height, ratios = _image_rows(6.0, 2, [[ex["title"], ex.get("overlay_title", "MC filters' activations")]
-                                          for ex in examples], 9)
-    fig = plt.figure(figsize=(6.0, height))
-    rows, cbars = _image_axes(fig, len(examples), 2, height_ratios=ratios)
-    for row, cax, ex in zip(rows, cbars, examples):
+    titles = [[ex["title"], ex.get("overlay_title", "MC filters' activations")] for ex in examples]
+    fig, rows, cbars = _image_grid(6.0, titles, 9)
+    for row, cax, ex, (title, overlay_title) in zip(rows, cbars, examples, titles):
         img = ex["image"]
         gray = img.shape[-1] == 1
         show = img[..., 0] if gray else img
         row[0].imshow(show, cmap="gray" if gray else None)
-        _title(row[0], ex["title"], fontsize=9)
+        _title(row[0], title, fontsize=9)
         heat = _upsample(ex["maps"], img.shape[:2])
         row[1].imshow(show, cmap="gray" if gray else None)
         im = row[1].imshow(heat, cmap="jet", alpha=0.5, vmin=min(0.0, float(heat.min())),
                            vmax=max(float(heat.max()), 1e-12))
-        _title(row[1], ex.get("overlay_title", "MC filters' activations"), fontsize=9)
+        _title(row[1], overlay_title, fontsize=9)
         for ax in row:
             ax.axis("off")
         _colorbar(fig, im, cax, "summed activation")
@@ -631,9 +625,7 @@ def gradcam_pairs(examples: list[dict], caption: str | None = None):
     ``examples``: dicts with image (H, W, C in [0, 1]), cams (two (h, w) maps), titles (three).
     Each map is shown relative to its own maximum (where a model looks, not how strongly), with one
     colour bar for all."""
-    height, ratios = _image_rows(8.4, 3, [list(ex["titles"]) for ex in examples], 8)
-    fig = plt.figure(figsize=(8.4, height))
-    rows, cax = _image_axes(fig, len(examples), 3, one_bar=True, height_ratios=ratios)
+    fig, rows, cax = _image_grid(8.4, [list(ex["titles"]) for ex in examples], 8, one_bar=True)
     im = None
     for row, ex in zip(rows, examples):
         img = ex["image"]
