@@ -1,15 +1,17 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
-#   make test      set up, then run the unit tests and the nbval regression of the notebooks
+#   make test      set up, then lint (ruff) and run every test: the unit tests and the nbval regression of the notebooks
 #   make lab       set up, then open JupyterLab on notebooks/ with the project's kernel (LAB_ARGS="--no-browser --port 8890")
 #   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
 # For developers:
+#   make test-fast       the edit loop: lint and the tests not marked slow (no subprocesses, no notebooks; about a minute)
+#   make lint            ruff over helpers/, tests/, benchmarks/ and the notebooks (settings in pyproject.toml)
 #   make reference       the run in figures/$(PROFILE)/ becomes the committed regression reference
 #                        (tests/reference/$(PROFILE)/), when a change is meant to move the numbers
 #   make kernel-matrix   $(PROFILE) from an empty cache under every CPU instruction set and 1 / 2 threads,
 #                        each compared with the reference (not part of make test; about 6 min for digits)
 #   make gpu-check       on a machine with a CUDA GPU: the gpu tests, PROFILE=cifar10 end to end with stage
-#                        timings, and the benchmarks, results in gpu-check/ (helpers/gpu_check.py)
+#                        timings, and the benchmarks, results in gpu-check/ (helpers/tools/gpu_check.py)
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -21,7 +23,7 @@ LAB_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYTHONHASHSEED := 0
 
-.PHONY: setup figures test lab html bench reference kernel-matrix gpu-check clean-artifacts
+.PHONY: setup figures test test-fast lint lab html bench reference kernel-matrix gpu-check clean-artifacts
 
 setup: $(STAMP)
 
@@ -33,11 +35,18 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 figures: $(STAMP)
-	$(PY) -m helpers.run_notebooks --profile $(PROFILE)
+	$(PY) -m helpers.tools.run_notebooks --profile $(PROFILE)
 
-test: $(STAMP)
+test: lint
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax \
 		--nbval-kernel-name python3 -p no:cacheprovider
+
+test-fast: lint
+	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -m "not slow and not gpu" \
+		-p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check helpers tests benchmarks notebooks docs/tools
 
 # The venv's JupyterLab; JUPYTER_PATH (above) puts the venv's "python3" kernel ("Python 3 (companion)") first.
 # As root (a container), JupyterLab refuses to start without --allow-root: added then.
@@ -45,20 +54,20 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 html: $(STAMP)
-	$(PY) -m helpers.html_site --out build/html
+	$(PY) -m helpers.tools.html_site --out build/html
 
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all
 
 reference: $(STAMP)
-	$(PY) -m helpers.regression update $(PROFILE)
+	$(PY) -m helpers.tools.regression update $(PROFILE)
 
 kernel-matrix: $(STAMP)
-	$(PY) -m helpers.kernel_matrix --profile $(PROFILE)
+	$(PY) -m helpers.tools.kernel_matrix --profile $(PROFILE)
 
 GPU_PROFILE ?= cifar10
 gpu-check: $(STAMP)
-	$(PY) -m helpers.gpu_check --profile $(GPU_PROFILE)
+	$(PY) -m helpers.tools.gpu_check --profile $(GPU_PROFILE)
 
 clean-artifacts:
 	rm -rf artifacts

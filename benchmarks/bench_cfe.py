@@ -1,7 +1,7 @@
-"""Benchmark of the CFE generators (paper 2 sections 3 and 4.2; METHODS.md section 6; helpers/cfe.py).
+"""Benchmark of the CFE generators (paper 2 sections 3 and 4.2; docs/methods.md section 6; helpers/paper2/cfe.py).
 
 Training one CFE generator per class needs only the pooled features ``g`` of the frozen model, so
-:func:`helpers.cfe.train_generators` takes them cached, with all C generators as one batched layer.
+:func:`helpers.paper2.cfe.train_generators` takes them cached, with all C generators as one batched layer.
 Two settings, each timed against the per-class way:
 
 * ``cifar10``: K = 64 filters, C = 10 classes.  The pretrained CIFAR-10 ResNet20 (akamaster weights in
@@ -30,8 +30,8 @@ generator_training); the top-level ``device`` is where the generators trained (t
 benchmark is about), ``forward_device`` where the frozen model ran.  The device is synchronised before every
 clock read.
 
-Threads: ``CFE_BENCH_THREADS`` (default 1: on the shared 2-core machine 2 intra-op threads made a
-K = 64 step about 8x slower under load); restored afterwards.  The 1-minute load average is recorded
+Threads: ``CFE_BENCH_THREADS`` (default 1: with more intra-op threads than free cores each tiny K = 64
+step waits for a descheduled worker; docs/benchmarks.md); restored afterwards.  The 1-minute load average is recorded
 around every timed part.  ``run(quick=True)``: a few hundred images, 1 epoch, a few seconds.
 """
 from __future__ import annotations
@@ -47,8 +47,8 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from helpers.cfe import GeneratorConfig, train_generators
 from helpers.models import build_model, pooled_features, pooled_head
+from helpers.paper2.cfe import GeneratorConfig, train_generators
 from helpers.utils import seed_everything
 
 from .bench_lcr import DATA, MEAN, STD, WEIGHTS
@@ -58,11 +58,14 @@ PROFILE = "cifar10-pretrained"
 K512, C512, N512 = 512, 100, 2700
 
 
+CPU = torch.device("cpu")
+
+
 def _load_time():
     return round(os.getloadavg()[0], 2)
 
 
-def _timed(fn, device=torch.device("cpu")):
+def _timed(fn, device=CPU):
     load0 = _load_time()
     t = clock(device)
     r = fn()
@@ -154,7 +157,7 @@ def _bench_cifar10(quick: bool, dev: torch.device) -> dict:
     naive_times, naive_loads, diffs = [], [], []
     pooled_features(model, xs[:bs])  # warm-up
     for c in naive_classes:
-        dt, (gen_naive, _), ld = _timed(lambda: train_generators(naive_features, n_sub, head_t, [c], one_epoch,
+        dt, (gen_naive, _), ld = _timed(lambda c=c: train_generators(naive_features, n_sub, head_t, [c], one_epoch,
                                                                  seed=0), dev)
         naive_times.append(dt)
         naive_loads.append(ld)
@@ -214,7 +217,7 @@ def _bench_k512(quick: bool, dev: torch.device) -> dict:
     seq_classes = [0] if quick else [0, 1, 2]
     seq_times, seq_loads = [], []
     for c in seq_classes:
-        dt, _, ld = _timed(lambda: train_generators(g, n, head, [c], one_epoch, seed=0), dev)
+        dt, _, ld = _timed(lambda c=c: train_generators(g, n, head, [c], one_epoch, seed=0), dev)
         seq_times.append(dt)
         seq_loads.append(ld)
     per_class_epoch = float(np.mean(seq_times))

@@ -18,12 +18,12 @@ Timing: warm-up once, then repeats interleaved across the methods (so that load
 from other processes on a shared machine hits all of them alike), best repeat
 kept, ``time.perf_counter``; torch's default thread count.  Best of 3 for the
 slow methods (riemann, captum); best of 10 for the two one-forward ones (exact,
-plain inference), whose 0.2-second rounds are otherwise dominated by noise on a
-shared 2-core machine.
+plain inference), whose short rounds are otherwise dominated by noise on a
+shared machine.
 
 Memory: growth of the resident set size (sampled every 2 ms by a thread) over its
 value at the start, while streaming N and then 4N images through
-:func:`helpers.conductance.conductance_dataset` (riemann), each in a fresh
+:func:`helpers.paper1.conductance.conductance_dataset` (riemann), each in a fresh
 process with glibc told to hand freed blocks back at once (so RSS follows live
 memory); the images are generated on the fly from their index so the dataset
 itself takes no memory.  Flat = the same peak for N and 4N.
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from helpers.conductance import conductance_dataset, layer_conductance
 from helpers.models import build_model
+from helpers.paper1.conductance import conductance_dataset, layer_conductance
 
 from .common import bench_device, clock, describe
 
@@ -50,6 +50,9 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "resnet20
 REPEATS, REPEATS_FAST = 3, 10
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+CPU = torch.device("cpu")
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -78,7 +81,7 @@ def _model():
     return build_model("resnet20", 10, weights=weights).eval(), weights is not None
 
 
-def _timed(fns: dict, n_images: int, repeats: dict | int = 3, device=torch.device("cpu")) -> dict:
+def _timed(fns: dict, n_images: int, repeats: dict | int = 3, device=CPU) -> dict:
     """images/s per function: warm-up once, interleaved rounds, best round kept.
 
     ``repeats``: rounds per function (an int for all, or a dict name -> rounds).  ``device``: where the

@@ -17,9 +17,9 @@ import copy
 
 import torch
 
-from helpers.debugging import DebugConfig, Forward, fine_tune
+from helpers.paper2.debugging import DebugConfig, Forward, fine_tune
 
-from .bench_lcr import _load
+from .bench_lcr import load_cifar_sample
 from .common import bench_device, clock, describe
 
 
@@ -53,7 +53,7 @@ def _pair(model, data, masks, cfg, device: torch.device) -> dict:
 
 def run(quick: bool = False) -> dict:
     dev = bench_device()
-    model, x, y, weights, source = _load()
+    model, x, y, weights, source = load_cifar_sample()
     n = 200 if quick else 800   # of the 1,000 sample images; the last 200 validate
     data = (x[:n], y[:n], x[n:n + 200], y[n:n + 200])
     k = model.linear.in_features

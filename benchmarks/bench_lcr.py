@@ -5,7 +5,7 @@ present, else a random init), one mutant operator (``bn_nai`` at rate 0.01), the
 lossless CIFAR-10 test images of ../shared/data (random tensors when absent):
 
 * throughput, in (sample x mutant) predictions per second, of
-  (a) :func:`helpers.lcr.mutant_predictions` (in-place patches, data read once),
+  (a) :func:`helpers.paper1.lcr.mutant_predictions` (in-place patches, data read once),
   (b) a naive evaluator (``copy.deepcopy`` the model per mutant, mutate, loop over
       the data), (c) plain inference of the original model (samples / second: the
       limit).  Interleaved repetitions, best time of each;
@@ -21,7 +21,7 @@ synchronised before every clock read; ``device`` in the result says where it ran
 the vmapped evaluator (``mode="vmap"``, what ``mode="auto"`` picks there) is timed as well.
 
 ``run(quick=True)`` shrinks everything for a smoke test.  ``LCR_BENCH_THREADS=n`` sets
-torch's intra-op threads (1 is faster when other jobs share a 2-core machine).
+torch's intra-op threads (1 is faster when other jobs share a machine with few cores).
 """
 from __future__ import annotations
 
@@ -36,12 +36,19 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers.lcr import (
-    SPRT_INDIFFERENCE, SPRT_THRESHOLD, label_change_rate, lcr_summary, mutant_predictions, predict,
-    screen_mutants, sprt_detect, sprt_score,
-)
 from helpers.models import build_model
-from helpers.mutation import MutantSpec, make_patch
+from helpers.paper1.lcr import (
+    SPRT_INDIFFERENCE,
+    SPRT_THRESHOLD,
+    label_change_rate,
+    lcr_summary,
+    mutant_predictions,
+    predict,
+    screen_mutants,
+    sprt_detect,
+    sprt_score,
+)
+from helpers.paper1.mutation import MutantSpec, make_patch
 from helpers.utils import seed_everything
 
 from .common import bench_device, clock, describe
@@ -55,7 +62,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPERATOR, RATE = "bn_nai", 0.01
 
 
-def _load():
+CPU = torch.device("cpu")
+
+
+def load_cifar_sample():
     model = build_model("resnet20", 10, weights=str(WEIGHTS) if WEIGHTS.is_file() else None).eval()
     if DATA.is_file():
         d = np.load(DATA)
@@ -84,7 +94,7 @@ def _naive(model, specs, x, batch_size):
     return torch.stack(out).cpu().numpy()
 
 
-def _timed(fn, device=torch.device("cpu")):
+def _timed(fn, device=CPU):
     t = clock(device)
     r = fn()
     return clock(device) - t, r
@@ -107,7 +117,7 @@ def run(quick: bool = False) -> dict:
         torch.set_num_threads(int(os.environ["LCR_BENCH_THREADS"]))
     t_start = time.perf_counter()
     dev = bench_device()
-    model, x, y, weights, source = _load()
+    model, x, y, weights, source = load_cifar_sample()
     model.to(dev)
     x = x.to(dev)  # the labels y stay on the host: they are only compared with host predictions
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,5 +1,5 @@
 """The label-matrix settings of the CIFAR-10 runs: eager vs ``torch.compile`` (``lcr.compile``)
-and batch 125 (``pipeline.LCR_BATCH``) vs 1,000, at 1 and 2 threads, on real CIFAR-10 images.
+and batch 125 (``paper1.LCR_BATCH``) vs 1,000, at 1 and 2 threads, on real CIFAR-10 images.
 
 Same model, images and mutants for every cell (the pretrained ResNet20, 1,000 lossless
 CIFAR-10 test images, 4 ``bn_nai`` mutants at 1 %); compilation is done before timing and
@@ -15,16 +15,16 @@ import time
 
 import torch
 
-from helpers.lcr import mutant_predictions
-from helpers.mutation import MutantSpec
+from helpers.paper1.lcr import mutant_predictions
+from helpers.paper1.mutation import MutantSpec
 
-from .bench_lcr import _load
+from .bench_lcr import load_cifar_sample
 
 
 def run(quick: bool = False) -> dict:
     if quick:  # compilation alone takes about 30 s: nothing to smoke-test here
         return {}
-    model, x, _, weights, source = _load()  # on the CPU
+    model, x, _, weights, source = load_cifar_sample()  # on the CPU
     x = x[:1000]
     specs = [MutantSpec("bn_nai", 0.01, s) for s in range(4)]
     threads0 = torch.get_num_threads()

@@ -1,7 +1,7 @@
-"""``helpers.precompute`` on 1 vs 2 processes (torch.distributed, gloo), on a real stage: the LCR label
+"""``helpers.tools.precompute`` on 1 vs 2 processes (torch.distributed, gloo), on a real stage: the LCR label
 matrix of the ``cifar10`` profile (the committed ResNet20 on the 50,000 + 5,000 train and test images of
-the offline CIFAR-10 copy), sliced to ``N_MUTANTS`` mutants of its chosen setting (``filter_gf`` at 0.1 %, as the committed run chose) on
-``N_IMAGES`` images of each split: 4 chunks of 10 mutants, so 2 processes get equal shares.
+the offline CIFAR-10 copy), sliced to ``N_MUTANTS`` mutants of its chosen setting (``filter_gf`` at 0.1 %, as the
+committed run chose) on ``N_IMAGES`` images of each split: 4 chunks of 10 mutants, so 2 processes get equal shares.
 
 One cache folder holds the upstream stages (data, predictions, the final screening), computed once
 first; then the label-matrix chunks are removed before each timed run, so every run computes exactly
@@ -41,7 +41,7 @@ def _run(launcher: list[str], art: Path, threads: int) -> dict:
     env.pop("COMPANION_OUTPUT_DIR", None)
     env["PYTHONWARNINGS"] = "ignore::UserWarning"  # the checkpoint's data-hash warning: a slice, on purpose
     t0 = time.perf_counter()
-    proc = subprocess.run([*launcher, "-m", "helpers.precompute", "--profile", "cifar10", "--only", "lcr",
+    proc = subprocess.run([*launcher, "-m", "helpers.tools.precompute", "--profile", "cifar10", "--only", "lcr",
                            "--set", *SETTING, f"threads={threads}"], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -61,7 +61,8 @@ def _clear_chunks(art: Path) -> None:
 
 
 def run(quick: bool = False) -> dict:
-    if quick or not any((ROOT.parent / "shared" / "data" / n).exists() for n in ("cifar10-jpeg.tar.gz", "cifar10-jpeg")):
+    if quick or not any((ROOT.parent / "shared" / "data" / n).exists()
+                        for n in ("cifar10-jpeg.tar.gz", "cifar10-jpeg")):
         return {}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:

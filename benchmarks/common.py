@@ -1,6 +1,6 @@
 """What the benchmarks share: the device they measure on, and an honest clock on it.
 
-``BENCH_DEVICE`` (default ``auto``): ``auto`` = :func:`helpers.utils.get_device` ("auto": CUDA when
+``BENCH_DEVICE`` (default ``auto``): ``auto`` = :func:`helpers.devices.get_device` ("auto": CUDA when
 available, else the CPU; with ``COMPANION_SIMULATED_ACCELERATOR=1`` the simulated accelerator of
 :mod:`helpers.simdevice`), ``cpu`` = the CPU even when a GPU is present (``cuda`` is accepted too and
 fails without a GPU, as ``device: cuda`` does in a profile).
@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from helpers.lcr import canonical_device
-from helpers.utils import DEVICES, get_device
+from helpers.devices import DEVICES, canonical_device, get_device
 
 ENV = "BENCH_DEVICE"
 CPU = "cpu"

@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark in one process, print JSON, write benchmarks/results.json.
 
-    python -m benchmarks.run_all            # full (a few minutes on 2 CPU cores)
+    python -m benchmarks.run_all            # full
     python -m benchmarks.run_all --quick    # smoke-sized
     python -m benchmarks.run_all --only cfe debugging   # some benchmarks; the others' results are kept
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.regression import cpu_name
+from helpers.tools.regression import cpu_name
 from helpers.utils import atomic_write_json
 
 from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix, bench_precompute

@@ -1,4 +1,4 @@
-"""One-forward-pass error-detection baselines a reviewer expects (METHODS.md section 5).
+"""One-forward-pass error-detection baselines a reviewer expects (docs/methods.md section 5).
 
 Not in paper 1; they put its conductance detector (section 4.1.2) in context.  Every
 score is a likelihood of being WRONG (higher = more likely wrong), computed from the
@@ -41,7 +41,7 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
 
 
 def baseline_scores(logits, temperature: float = 1.0) -> dict[str, np.ndarray]:
-    """All baseline wrong-likelihood scores from one matrix of logits (METHODS.md section 5).
+    """All baseline wrong-likelihood scores from one matrix of logits (docs/methods.md section 5).
 
     ``logits``: (n, C) NumPy array or torch tensor (pre-softmax outputs).
     Returns ``{name: (n,) float64 array}`` for every name in :data:`BASELINES`.

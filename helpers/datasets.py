@@ -1,9 +1,9 @@
-"""Datasets and seeded splits (paper 1, sections 4.1-4.3; METHODS.md section 2).
+"""Datasets and seeded splits (paper 1, sections 4.1-4.3; docs/methods.md section 2).
 
 Every split is a list of stable sample ids (``train/00012`` = official CIFAR-10
 training index 12, a relative file path for folder datasets, ...).  All later
 per-sample arrays are joined on these ids, never on positions: the authors' code
-kept LCR and conductance arrays in different orders (METHODS.md section 8).
+kept LCR and conductance arrays in different orders (docs/methods.md section 9).
 
 Loaders:
 
@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .profiles import REPO_ROOT, ProfileError, params_hash
-from .utils import atomic_path, file_sha256
+from helpers.cache import params_hash
+from helpers.paths import REPO_ROOT, cache_root
+from helpers.profiles import ProfileError
+from helpers.utils import atomic_path, file_sha256
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -134,7 +136,7 @@ class FileImages(Dataset):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images decoded once into one normalised float tensor, and the labels (for splits that
-        are read many times, e.g. by every LCR mutant; :func:`pipeline.split_inputs` checks the size)."""
+        are read many times, e.g. by every LCR mutant; :func:`evaluation.split_inputs` checks the size)."""
         return torch.stack([self[i][0] for i in range(len(self))]) if len(self) else torch.zeros(0), self.labels
 
     def __getitem__(self, i):
@@ -249,10 +251,6 @@ def data_search_dirs(cfg: dict) -> list[Path]:
             out.append(d)
     return out
 
-
-def cache_root() -> Path:
-    """$COMPANION_ARTIFACTS (when set and not empty), else artifacts/ in the repository."""
-    return Path(os.environ.get("COMPANION_ARTIFACTS") or REPO_ROOT / "artifacts")
 
 
 def _rng(seed: int, *salt) -> np.random.Generator:
@@ -418,7 +416,8 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
             (xtr, ytr), (xte, yte) = _cifar_from_torchvision(path, download=(kind == "download"))
         except Exception as exc:
             raise DataNotFoundError(f"dataset 'cifar10': torchvision could not load or download into {path} "
-                                    f"({type(exc).__name__}: {exc}); see the offline options in docs/data-and-weights.md") from exc
+                                    f"({type(exc).__name__}: {exc}); see the offline options in "
+                                    "docs/data-and-weights.md") from exc
         itr, ite = np.arange(len(ytr)), np.arange(len(yte))
         source = f"torchvision CIFAR10 at {shown_path(path)}"
     else:
@@ -482,19 +481,20 @@ def file_digest(path) -> str:
 def content_digest(files: dict) -> str:
     """One hash of every file's content, keyed by sample id (``{id: path}``): the same tree gives the same
     digest on any machine and at any mtime; replacing, fixing or corrupting one file in place changes it.
-    Files are read by a few threads (hashing releases the GIL): about 0.2 s for cub100's 56 MB."""
+    Files are read by a few threads (hashing releases the GIL)."""
     ids = sorted(files)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(file_digest, [files[i] for i in ids]))
     return params_hash("sha256 of each file", list(zip(ids, digests)), length=32)
 
 
-def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, model_files: dict | None = None) -> DataBundle:
+def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str,
+                  model_files: dict | None = None) -> DataBundle:
     """files: split -> list of (path, label).  ``model_files`` (train, val): the model's own training
     photos when the analysis splits are carved from the test photos (``split.analysis_from_test``)."""
     def ids_labels(items):
         return (np.array([str(Path(p).relative_to(root)).replace(os.sep, "/") for p, _ in items]),
-                np.array([l for _, l in items], dtype=np.int64))
+                np.array([label for _, label in items], dtype=np.int64))
 
     ids, lab = {}, {}
     for s in SPLITS:
@@ -512,7 +512,8 @@ def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str, mode
     model_splits = {}
     for s, items in (model_files or {}).items():
         m_ids, m_lab = ids_labels(items)
-        model_splits[s] = SplitData(m_ids, m_lab, FileImages([p for p, _ in items], m_lab, mean, std, cfg["image_size"]))
+        model_splits[s] = SplitData(m_ids, m_lab,
+                                    FileImages([p for p, _ in items], m_lab, mean, std, cfg["image_size"]))
         fp_parts[f"model_{s}"] = list(m_ids)
         paths.update(zip(m_ids, (p for p, _ in items)))
     # the names AND the bytes: an image replaced or damaged in place changes the data key (not mtimes:
@@ -572,11 +573,13 @@ def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
         ps = sorted(p for p in (root / "train" / w).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         ps = [ps[i] for i in _rng(cfg["seed"], "per-class", w).permutation(len(ps))]
         if len(ps) < n_tr + n_va:
-            raise ValueError(f"split.train_per_class + val_per_class = {n_tr + n_va} but class {w} has {len(ps)} images")
+            raise ValueError(f"split.train_per_class + val_per_class = {n_tr + n_va} "
+                             f"but class {w} has {len(ps)} images")
         files["train"] += [(p, ci) for p in sorted(ps[:n_tr])]
         files["val"] += [(p, ci) for p in sorted(ps[n_tr:n_tr + n_va])]
         vd = root / "val" / w
-        files["test"] += [(p, ci) for p in sorted(vd.iterdir()) if p.suffix.lower() in IMAGE_EXTS] if vd.is_dir() else []
+        files["test"] += ([(p, ci) for p in sorted(vd.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+                          if vd.is_dir() else [])
     return _files_bundle(cfg, "imagenet_subset", chosen, files, root, f"ImageNet layout at {root}")
 
 
@@ -604,13 +607,14 @@ def load_cub200_bundle(cfg: dict) -> DataBundle:
     if pool:  # the model trains on the official train photos; every analysis split is unseen test photos
         test = items["test"]
         try:
-            pos = _stratified_three_way(np.array([l for _, l in test]), pool[1], pool[2], cfg["seed"])
+            pos = _stratified_three_way(np.array([label for _, label in test]), pool[1], pool[2], cfg["seed"])
         except ValueError as exc:  # scikit-learn: a split smaller than the number of classes
             raise ValueError(f"split.analysis_from_test = {pool}: {len(test)} test photos of {len(classes)} classes "
                              f"cannot be split stratified this way ({exc}); use larger fractions or more data") from exc
         files = {s: [test[i] for i in p] for s, p in zip(SPLITS, pos)}
-        return _files_bundle(cfg, "cub200", classes, files, root, f"CUB-200-2011 at {shown_path(root)} (analysis splits "
-                             "from the official test photos)", model_files={"train": train, "val": val})
+        return _files_bundle(cfg, "cub200", classes, files, root,
+                             f"CUB-200-2011 at {shown_path(root)} (analysis splits from the official test photos)",
+                             model_files={"train": train, "val": val})
     return _files_bundle(cfg, "cub200", classes, {"train": train, "val": val, "test": items["test"]}, root,
                          f"CUB-200-2011 at {shown_path(root)}")
 

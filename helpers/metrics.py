@@ -1,6 +1,6 @@
 """Error-detection metrics: AUROC (with bootstrap CI), AUPR, FPR@95TPR, AURC, recalls, thresholds.
 
-Conventions (used by every function here; METHODS.md sections 2, 4, 5):
+Conventions (used by every function here; docs/methods.md sections 2, 4, 5):
 
 ``y_wrong``
     0/1 array, 1 = the classifier's prediction is WRONG (the positive class).
@@ -12,7 +12,7 @@ correct recall
     section 4.1.2).
 wrong recall
     fraction of wrong predictions flagged ("recall of class 1").  The original
-    CIFAR report swapped the two labels (METHODS.md section 8); here they are
+    CIFAR report swapped the two labels (docs/methods.md section 9); here they are
     never swapped: ``recalls_at`` always returns ``(correct_recall, wrong_recall)``.
 
 Threshold-free metrics use scikit-learn (``roc_auc_score``, ``roc_curve``,
@@ -107,7 +107,7 @@ def _roc_counts(y: np.ndarray, s: np.ndarray):
 
 # --------------------------------------------------------------------------- threshold-free metrics
 def auroc(y_wrong, score) -> float:
-    """Area under the ROC curve of error detection (paper 1, section 4.1.2; METHODS.md section 2).
+    """Area under the ROC curve of error detection (paper 1, section 4.1.2; docs/methods.md section 2).
 
     Positives are wrong predictions (``y_wrong == 1``). 1 = perfect, 0.5 = chance,
     0 = perfectly reversed. Uses ``sklearn.metrics.roc_auc_score``; ties count 1/2.
@@ -146,7 +146,7 @@ def auroc_ci(y_wrong, score, n_bootstrap: int = 1000, alpha: float = 0.05, seed:
     AUROC of all resamples is computed at once from resample multiplicities (rank /
     Mann-Whitney form, ties 1/2: identical to ``roc_auc_score`` on the resample).
     Deterministic under ``seed``.  Reported beside the paper's validation AUROCs
-    (paper 1, Tables 4-6 give point values only; METHODS.md section 4).
+    (paper 1, Tables 4-6 give point values only; docs/methods.md section 4).
     """
     y, s = _check(y_wrong, score)
     n_bootstrap = int(n_bootstrap)
@@ -173,7 +173,7 @@ def auroc_ci(y_wrong, score, n_bootstrap: int = 1000, alpha: float = 0.05, seed:
 
 
 def aupr_error(y_wrong, score) -> float:
-    """Area under the precision-recall curve with ERRORS as positives (METHODS.md section 5).
+    """Area under the precision-recall curve with ERRORS as positives (docs/methods.md section 5).
 
     ``sklearn.metrics.average_precision_score``; a perfect score gives 1, a random
     one gives about the error rate.  Needs at least one wrong prediction.
@@ -188,7 +188,7 @@ def fpr_at_95_tpr(y_wrong, score) -> float:
     """Fraction of CORRECT predictions flagged at the first threshold flagging >= 95% of wrong ones.
 
     From ``sklearn.metrics.roc_curve`` (all thresholds): the smallest FPR whose TPR
-    (wrong recall) is at least 0.95 (METHODS.md section 5).  Lower is better.
+    (wrong recall) is at least 0.95 (docs/methods.md section 5).  Lower is better.
     """
     y, s = _check(y_wrong, score)
     fp, tp, _thr, n_neg, n_pos = _roc_counts(y, s)
@@ -197,7 +197,7 @@ def fpr_at_95_tpr(y_wrong, score) -> float:
 
 
 def risk_coverage_curve(y_wrong, score) -> tuple[np.ndarray, np.ndarray]:
-    """Risk-coverage curve of selective prediction (Geifman et al. 2019; METHODS.md section 5).
+    """Risk-coverage curve of selective prediction (Geifman et al. 2019; docs/methods.md section 5).
 
     Samples are accepted in order of increasing ``score`` (most confident first).
     For ``k = 1..n`` accepted samples, ``coverage = k / n`` and ``risk`` = error
@@ -235,7 +235,8 @@ def aurc(y_wrong, score) -> float:
 
 
 def optimal_aurc(y_wrong) -> float:
-    """AURC of a perfect ranking (all correct accepted before any wrong; Geifman et al. 2019; METHODS.md 5)."""
+    """AURC of a perfect ranking (all correct accepted before any wrong; Geifman et al. 2019;
+    docs/methods.md section 5)."""
     y = _as_1d(y_wrong, "y_wrong")
     return aurc(y, y.astype(np.float64))
 
@@ -252,7 +253,7 @@ def recalls_at(y_wrong, score, threshold: float) -> tuple[float, float]:
 
     correct recall = fraction of correct predictions NOT flagged (recall of class 0);
     wrong recall = fraction of wrong predictions flagged (recall of class 1)
-    (paper 1, section 4.1.2 and Tables 4-6; never swapped, cf. METHODS.md section 8).
+    (paper 1, section 4.1.2 and Tables 4-6; never swapped, cf. docs/methods.md section 9).
     """
     y, s = _check(y_wrong, score)
     t = float(threshold)
@@ -265,7 +266,7 @@ def recalls_at(y_wrong, score, threshold: float) -> tuple[float, float]:
 
 
 def equal_recall_threshold(y_wrong, score) -> float:
-    """Threshold where correct recall ~= wrong recall on this data (paper 1, 4.1.2; METHODS.md 2).
+    """Threshold where correct recall ~= wrong recall on this data (paper 1, 4.1.2; docs/methods.md section 2).
 
     The authors chose this point on the validation ROC by hand and hard-coded it;
     here it is computed from ``sklearn.metrics.roc_curve`` (every distinct score a
@@ -321,7 +322,7 @@ def detection_report(y_wrong, score, threshold: float, n_bootstrap: int = 1000, 
     bootstrap), aupr_error, fpr_at_95_tpr, aurc (RAW Geifman AURC; see
     :func:`excess_aurc` for E-AURC), correct_recall, wrong_recall (at ``score >=
     threshold``).  Written to metrics.json as ``detectors.<name>.<split>.<metric>``
-    (paper 1, Tables 4-6; METHODS.md sections 2, 4, 5).
+    (paper 1, Tables 4-6; docs/methods.md sections 2, 4, 5).
     """
     y, s = _check(y_wrong, score)
     low, high = auroc_ci(y, s, n_bootstrap=n_bootstrap, seed=seed)
@@ -349,7 +350,8 @@ def results_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.D
     recall``, ``test wrong recall``.
     """
     if not isinstance(rows, Mapping):
-        raise ValueError(f"rows: {type(rows).__name__} is not valid; a dict name -> {{'val': report, 'test': report}} is needed")
+        raise ValueError(f"rows: {type(rows).__name__} is not valid; "
+                         "a dict name -> {'val': report, 'test': report} is needed")
     records = {}
     for name, splits in rows.items():
         for split in ("val", "test"):

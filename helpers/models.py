@@ -10,7 +10,7 @@ read instead of hard-coding layer names:
 
 ``model.last_conv_layer``
     dotted module name of the last conv block (the layer conductance and the CFE
-    filters use; METHODS.md section 1).
+    filters use; docs/methods.md section 1).
 ``model.gap_linear_head``
     ``(layer_name, linear_name)`` when the output of ``layer_name`` reaches the
     logits only through global average pooling followed by the linear layer
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
+from helpers.names import MODEL_NAMES
 
 #: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
 RESNET20_URL = (
@@ -210,7 +210,7 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None):
 
 
 class VGG16GAP(nn.Module):
-    """Paper 2's VGG16 (METHODS.md section 6; the authors' Keras model): ``vgg16.features`` (13 conv
+    """Paper 2's VGG16 (docs/methods.md section 6; the authors' Keras model): ``vgg16.features`` (13 conv
     layers, ending with the 5th max-pool: 512x7x7 at 224x224) -> global average pool -> dropout 0.5
     -> one linear layer.  torchvision's MLP head is not used, so ``g`` (the pooled vector) and the
     CFE head of paper 2 exist, and conductance of ``features.30`` is exact."""
@@ -329,7 +329,7 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
 
 
 def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Paper 2's pooled features ``g`` and final linear layer (METHODS.md section 6): the name of the
+    """Paper 2's pooled features ``g`` and final linear layer (docs/methods.md section 6): the name of the
     module whose output, globally average-pooled, is ``g``, and the linear layer that maps ``g`` to
     the logits.  Read from the model's declaration in :data:`LAYERS` (``gap_linear_head``)."""
     head = getattr(model, "gap_linear_head", None)

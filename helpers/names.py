@@ -1,9 +1,18 @@
-"""The names a reader sees: one mapping from the keys of the score columns, ``metrics.json`` and the
-tables to the names in figure legends, labels and ticks (:mod:`helpers.plots`) and in the generated
-tables of ``report.md``, ``docs/`` and the README (:mod:`helpers.report`)."""
+"""Names, in one place: the models, datasets and mutation operators a profile may name (the profile
+schema and the modules that build them read them from here), and the names a reader sees: one mapping
+from the keys of the score columns, ``metrics.json`` and the tables to the names in figure legends,
+labels and ticks (:mod:`helpers.plots`) and in the generated tables of ``report.md``, ``docs/`` and the
+README (:mod:`helpers.tools.report`)."""
 from __future__ import annotations
 
 import re
+
+#: the models :func:`helpers.models.build_model` builds (``model:`` in a profile)
+MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
+#: the datasets :func:`helpers.datasets.load_data` reads (``dataset:`` in a profile)
+DATASET_NAMES = ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")
+#: the mutation operators of :mod:`helpers.paper1.mutation` (``lcr.*operator*`` in a profile; paper 1, sec. 4.2)
+MUTATION_OPERATORS = ("gf", "nai", "ws", "ns", "filter_nai", "filter_gf", "bn_nai")
 
 # A key not listed is shown as it is (underscores as spaces).
 DISPLAY_NAMES = {
@@ -35,7 +44,7 @@ DISPLAY_NAMES = {
     "joint_nn_msp_cfe": "joint NN (MSP + CFE precision + outside G_c)",
     "joint_nn_cfe": "joint NN (LCR + conductance + CFE recall)",
     "joint_nn_cfe_without_lcr": "joint NN (conductance + CFE recall)",
-    # operating points (pipeline.operating_points)
+    # operating points (paper1.operating_points)
     "equal_recall": "equal recall",
     "high_correct_recall": "high correct recall (few correct inputs discarded)",
     "high_wrong_recall": "high wrong recall (few errors kept)",

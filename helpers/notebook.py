@@ -12,7 +12,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from .profiles import ProfileError
+from helpers.profiles import ProfileError
 
 #: the names each notebook's parameters cell defines
 PARAMETERS = ("profile", "overrides", "output_dir")
@@ -30,7 +30,8 @@ def injected_names(history) -> list[str]:
         except SyntaxError:
             continue
         for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
             names += [t.id for t in targets if isinstance(t, ast.Name)]
     return names
 
@@ -52,7 +53,7 @@ class PlainTcpWarningFilter:
     ``make setup``): drops ipykernel's "Kernel is running over TCP without encryption" warning and
     nothing else.  The plain papermill CLI (nbclient) starts kernels over localhost TCP without
     CurveZMQ keys and offers no setting to provision them, so the warning would appear on every
-    run with nothing a user could do; ``make figures`` (helpers.run_notebooks) encrypts instead."""
+    run with nothing a user could do; ``make figures`` (helpers.tools.run_notebooks) encrypts instead."""
 
     def filter(self, record) -> bool:
         return "running over TCP without encryption" not in record.getMessage()

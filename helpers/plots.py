@@ -15,8 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Patch
 
-from .datasets import denormalize
-from .names import DISPLAY_NAMES, display_name  # noqa: F401  (the one mapping; re-exported)
+from helpers.datasets import denormalize
+from helpers.names import display_name
 
 PALETTE = {"correct": "#4C72B0", "wrong": "#C44E52"}
 
@@ -346,7 +346,7 @@ def detector_learning_curve(curve: pd.DataFrame, title: str = "Conductance detec
                             caption: str | None = None):
     """AUROC against the number of photos the detector learned from (log axis): held out (95 %
     interval) and in sample, the paper's single detector as its own point, MSP on the same photos as
-    the control (``curve``: rows of :func:`pipeline.detector_learning_curve`)."""
+    the control (``curve``: rows of :func:`paper1.detector_learning_curve`)."""
     fig, ax = plt.subplots(figsize=(8.4, 3.8))
     cf, paper = curve.iloc[1:], curve.iloc[0]
     err = np.vstack([cf.heldout_auroc - cf.heldout_auroc_ci_low, cf.heldout_auroc_ci_high - cf.heldout_auroc])
@@ -354,7 +354,8 @@ def detector_learning_curve(curve: pd.DataFrame, title: str = "Conductance detec
                 label="cross-fitted: held-out AUROC (95 % interval)")
     ax.plot(cf.n_train, cf.train_auroc, marker="o", ls="--", color="grey", label="cross-fitted: in-sample AUROC")
     ax.errorbar([paper.n_train], [paper.heldout_auroc], marker="s", capsize=3, color=PALETTE["wrong"], ls="none",
-                yerr=[[paper.heldout_auroc - paper.heldout_auroc_ci_low], [paper.heldout_auroc_ci_high - paper.heldout_auroc]],
+                yerr=[[paper.heldout_auroc - paper.heldout_auroc_ci_low],
+                      [paper.heldout_auroc_ci_high - paper.heldout_auroc]],
                 label="paper's protocol (train split): validation AUROC")
     ax.plot([paper.n_train], [paper.train_auroc], marker="s", mfc="none", color=PALETTE["wrong"], ls="none",
             label="paper's protocol: in-sample AUROC")
@@ -457,7 +458,7 @@ def mask_size_histogram(table: pd.DataFrame, n_filters: int, title: str, caption
 
 
 def mask_size_vs_agreement(table: pd.DataFrame, n_bins: int = 6, caption: str | None = None):
-    """Why 1 - recall ranks errors below chance (issue 19): per bin of mask size |MC| (quantile bins),
+    """Why 1 - recall ranks errors below chance (docs/methods.md section 8): per bin of mask size |MC| (quantile bins),
     correct vs wrong predictions: left, the mean recall against G_c (it grows with the mask);
     right, the mean number of MC filters inside and outside G_c (``table``: an analysis split with
     n_mc, recall, precision, correct)."""
@@ -478,7 +479,7 @@ def mask_size_vs_agreement(table: pd.DataFrame, n_bins: int = 6, caption: str | 
     a2.bar(x, means.inside, color=[PALETTE[k] for k in means.index], label="inside G_c")
     a2.bar(x, means.outside, bottom=means.inside, color=[PALETTE[k] for k in means.index], alpha=0.4,
            hatch="//", label="outside G_c")
-    for i, (k, r) in enumerate(means.iterrows()):
+    for i, (_, r) in enumerate(means.iterrows()):
         a2.annotate(f"{r.inside:.1f} + {r.outside:.1f}", (i, r.inside + r.outside),
                     xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8)
     a2.set_ylim(0, 1.4 * float((means.inside + means.outside).max()))  # room for the labels and the legend

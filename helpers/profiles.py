@@ -10,16 +10,15 @@ valid.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PARAMS_DIR = REPO_ROOT / "params"
+from helpers.names import DATASET_NAMES, MODEL_NAMES, MUTATION_OPERATORS
+from helpers.paths import PARAMS_DIR, REPO_ROOT
+
 DEFAULT_PROFILE = "digits"
 
 
@@ -36,10 +35,10 @@ _OPT = type(None)
 SCHEMA: dict[str, Any] = {
     "name": (str, True, None),
     "description": (str, False, None),
-    "dataset": (str, True, ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")),
+    "dataset": (str, True, DATASET_NAMES),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
-    "model": (str, True, ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")),
+    "model": (str, True, MODEL_NAMES),
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
     "if_no_checkpoint": (str, False, ("error", "train")),
@@ -137,7 +136,7 @@ SCHEMA: dict[str, Any] = {
     "metrics": {
         "n_bootstrap": (int, False, {"min": 10}),
     },
-    "cfe": {  # paper 2, sec. 3 and 4.2 (METHODS.md section 6)
+    "cfe": {  # paper 2, sec. 3 and 4.2 (docs/methods.md section 6)
         "sparsity": (_NUM, False, {"min": 0.0}),
         "loss_scale": (_NUM, False, {"min": 0.0}),
         "lr": (_NUM, False, {"min": 0.0, "max": 10.0}),
@@ -151,7 +150,7 @@ SCHEMA: dict[str, Any] = {
         "folds": (int, False, {"min": 2}),
         "disable_draws": (int, False, {"min": 1}),
     },
-    "debugging": {  # paper 2, eq. 4-8, sec. 4.3-4.4 (METHODS.md section 7)
+    "debugging": {  # paper 2, eq. 4-8, sec. 4.3-4.4 (docs/methods.md section 7)
         "grid": (list, False, None),
         "seeds": (int, False, {"min": 1, "max": 100}),
         "frequency": (_NUM, False, {"min": 0.0, "max": 1.0}),
@@ -197,11 +196,11 @@ DEFAULTS: dict[str, Any] = {
             "compile": False},
     "joint": {"folds": 5, "correct_recall_target": 0.982, "wrong_recall_target": 0.995},
     "metrics": {"n_bootstrap": 1000},
-    # the authors' values (METHODS.md 6): lambda = 2, both extra terms x 0.001, SGD 1e-3 / 0.9,
+    # the authors' values (docs/methods.md section 6): lambda = 2, both extra terms x 0.001, SGD 1e-3 / 0.9,
     # batch 16, 10 epochs; tau 0.9, frequency 0.15, skip 0.9; the fixed rule recall < 0.3
     "cfe": {"sparsity": 2.0, "loss_scale": 0.001, "lr": 0.001, "momentum": 0.9, "batch_size": 16, "epochs": 10,
             "tau": 0.9, "frequency": 0.15, "skip": 0.9, "recall_threshold": 0.3, "folds": 5, "disable_draws": 5},
-    # the authors' values (METHODS.md 7): SGD 1e-4 / 0.9, batch 16, 20 epochs, last conv layer + head,
+    # the authors' values (docs/methods.md section 7): SGD 1e-4 / 0.9, batch 16, 20 epochs, last conv layer + head,
     # class masks with frequency threshold 0; the grid holds the control (0, 0) and their two cells
     "debugging": {"grid": [[0.0, 0.0], [1e-3, 2e-5], [4e-4, 2e-5], [1e-2, 2e-5], [1e-3, 2e-4], [1e-2, 2e-4]],
                   "seeds": 3, "frequency": 0.0, "lr": 1e-4, "momentum": 0.9, "batch_size": 16, "epochs": 20,
@@ -350,15 +349,14 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
 def _check_lists(cfg: dict, source: str) -> None:
     """The list-valued keys whose items the schema cannot type: ``lcr.grid_extra`` and
     ``conductance.cross_fit.fractions``."""
-    from .mutation import OPERATORS
 
     extra = cfg["lcr"]["grid_extra"]
     for cell in extra:
-        if (not isinstance(cell, list) or len(cell) != 2 or cell[0] not in OPERATORS
+        if (not isinstance(cell, list) or len(cell) != 2 or cell[0] not in MUTATION_OPERATORS
                 or isinstance(cell[1], bool) or not isinstance(cell[1], _NUM) or not 0 < cell[1] <= 1):
             raise ProfileError(f"{source}: 'lcr.grid_extra' = {extra!r} is not valid at {cell!r}; valid: a list of "
-                               f"[operator, rate] pairs, operator one of {', '.join(OPERATORS)}, rate in (0, 1], "
-                               "e.g. [[gf, 0.003], [gf, 0.01]]")
+                               f"[operator, rate] pairs, operator one of {', '.join(MUTATION_OPERATORS)}, "
+                               "rate in (0, 1], e.g. [[gf, 0.003], [gf, 0.01]]")
     fr = cfg["conductance"]["cross_fit"]["fractions"]
     if not fr or not all(isinstance(f, _NUM) and not isinstance(f, bool) and 0 < f <= 1 for f in fr) or 1 not in fr:
         raise ProfileError(f"{source}: 'conductance.cross_fit.fractions' = {fr!r} is not valid; valid: fractions in "
@@ -426,8 +424,3 @@ def _validate_partial(ov: dict, schema: dict, where: str, source: str) -> None:
         else:
             _validate({key: val}, {key: (spec[0], False, spec[2])}, where, source)
 
-
-def params_hash(*parts: Any, length: int = 10) -> str:
-    """A short stable hash of JSON-serialisable parameters (the cache key of a stage)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,7 +1,7 @@
-"""A simulated accelerator: the GPU code path, exercised on a machine without a GPU (issue 23).
+"""A simulated accelerator: the GPU code path, exercised on a machine without a GPU.
 
 ``COMPANION_SIMULATED_ACCELERATOR=1`` registers PrivateUse1 from Python as the device ``sim``
-(``torch.utils.backend_registration``) and makes ``device: auto`` pick it (:func:`helpers.utils.get_device`).
+(``torch.utils.backend_registration``) and makes ``device: auto`` pick it (:func:`helpers.devices.get_device`).
 A ``sim`` tensor is a wrapper subclass that holds CPU data and checks every aten op as CUDA does:
 
 - an op that mixes ``sim`` tensors with CPU tensors raises, except where CUDA allows it: 0-dim CPU

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .datasets import ArrayImages, DataBundle
-from .utils import seed_everything
+from helpers.datasets import ArrayImages, DataBundle
+from helpers.utils import seed_everything
 
 
 def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -21,7 +21,7 @@ def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: 
     """Yield (x, y) batches; in-memory datasets are sliced as whole tensors (no per-item Python).
 
     ``start`` / ``stop`` (no shuffle): only the samples in [start, stop); with ``start`` a multiple of
-    ``batch_size`` the batches are exactly those of the whole pass (a work unit of helpers.precompute).
+    ``batch_size`` the batches are exactly those of the whole pass (a work unit of helpers.tools.precompute).
     ``num_workers`` (the profile's): processes that decode image files while the model computes;
     ``pin_memory`` (on CUDA, :meth:`Experiment.loader_options`): page-locked batches, so that
     ``.to(device, non_blocking=True)`` overlaps the copy with compute."""
@@ -116,7 +116,7 @@ def train_head(model: nn.Module, g: dict, y: dict, tcfg: dict, seed: int) -> lis
     profile's weight decay); the weights of the epoch
     with the best validation accuracy (the earliest on a tie) are kept.  Seconds on a CPU, because
     the convolutional part never runs."""
-    from .models import pooled_head
+    from helpers.models import pooled_head
 
     _, linear = pooled_head(model)
     gen = seed_everything(seed)
@@ -221,7 +221,8 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
         tot, correct = float(tot), int(correct)
         val_logits = predict_logits(model, data["val"].dataset, device, tcfg.get("eval_batch_size", 512), loader)
         val_acc = float((val_logits.argmax(1) == data["val"].labels).mean())
-        history.append({"epoch": epoch + 1, "phase": "train", "loss": tot / max(n, 1), "train_acc_running": correct / max(n, 1),
+        history.append({"epoch": epoch + 1, "phase": "train", "loss": tot / max(n, 1),
+                        "train_acc_running": correct / max(n, 1),
                         "val_acc": val_acc, "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_acc=f"{val_acc:.3f}")
     for p in model.parameters():

@@ -21,7 +21,7 @@ def _isolated_outputs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a shared 2-core machine."""
+    """Tiny models: one intra-op thread avoids oversubscription on a machine with few, shared cores."""
     import torch
 
     n = torch.get_num_threads()
@@ -44,3 +44,10 @@ def write_images(root: Path, n: int, size=(12, 10), mode="RGB", seed=0):
         Image.fromarray(arr, mode=None).convert(mode).save(p)
         paths.append(p)
     return paths
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebooks (nbval items) run in a kernel process each: they are part of the slow tier."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)

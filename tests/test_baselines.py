@@ -1,4 +1,4 @@
-"""Tests of helpers.baselines (METHODS.md section 5)."""
+"""Tests of helpers.baselines (docs/methods.md section 5)."""
 import numpy as np
 import pytest
 import torch

@@ -1,12 +1,12 @@
-"""`make bench` measures on the device when there is one and records only what ran there (issue 23).
+"""`make bench` measures on the device when there is one and records only what ran there.
 
 ``python -m benchmarks.run_all --quick`` on the simulated accelerator (helpers/simdevice.py: tensors that
 raise like CUDA tensors on mixed devices and on ``.numpy()``), in a subprocess: the device-capable parts
 record ``sim``, the CPU-only parts ``cpu``.  And with ``BENCH_DEVICE=cpu`` nothing claims an accelerator,
 even with one present.
 
-Left out of the runs: ``conductance`` (about 40 s on its own at one thread, on the CPU as on ``sim``:
-Captum's stepped attribution; its device path is :func:`helpers.conductance.layer_conductance`, covered
+Left out of the runs: ``conductance`` (slow on its own at one thread, on the CPU as on ``sim``:
+Captum's stepped attribution; its device path is :func:`helpers.paper1.conductance.layer_conductance`, covered
 by tests/test_simulated_accelerator.py).  ``lcr_matrix`` and ``precompute`` measure nothing with
 ``--quick`` (CPU-only, and recorded as not run); they are in the sim run for that.
 """
@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from helpers.profiles import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 SIM_ONLY = ["lcr", "cfe", "debugging", "lcr_matrix", "precompute"]
 CPU_ONLY = ["cfe", "debugging"]
@@ -61,6 +61,7 @@ def test_bench_device_choice(monkeypatch):
         bench_device()
 
 
+@pytest.mark.slow
 def test_benchmarks_run_on_the_simulated_accelerator(tmp_path):
     r = _run_all(tmp_path, SIM_ONLY, COMPANION_SIMULATED_ACCELERATOR="1", BENCH_DEVICE=None)
     m = r["machine"]
@@ -85,6 +86,7 @@ def test_benchmarks_run_on_the_simulated_accelerator(tmp_path):
     assert not any("cuda" in v for v in records.values()), records
 
 
+@pytest.mark.slow
 def test_benchmarks_on_the_cpu_claim_no_accelerator(tmp_path):
     """BENCH_DEVICE=cpu with an accelerator present (the simulated one): everything says "cpu"."""
     r = _run_all(tmp_path, CPU_ONLY, COMPANION_SIMULATED_ACCELERATOR="1", BENCH_DEVICE="cpu")

@@ -1,4 +1,4 @@
-"""CFE filters (paper 2, section 3 and 4.2; METHODS.md section 6): generators, global MC filters,
+"""CFE filters (paper 2, section 3 and 4.2; docs/methods.md section 6): generators, global MC filters,
 agreement, Table 1's detection rules, the out-of-fold scores and the disabling check."""
 from __future__ import annotations
 
@@ -9,12 +9,25 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers.cfe import (
-    CFEGenerators, GeneratorConfig, GlobalFilters, accumulate_global_filters, agreement, class_means,
-    detection_counts, disable_filters_check, errors_at_same_new_errors, flag_predictions, generator_loss,
-    global_filters, mc_filters, out_of_fold_agreement, thresholded_relu, train_generators,
-)
 from helpers.models import build_model, pooled_features, pooled_head
+from helpers.paper2.cfe import (
+    CFEGenerators,
+    GeneratorConfig,
+    GlobalFilters,
+    accumulate_global_filters,
+    agreement,
+    class_means,
+    detection_counts,
+    disable_filters_check,
+    errors_at_same_new_errors,
+    flag_predictions,
+    generator_loss,
+    global_filters,
+    mc_filters,
+    out_of_fold_agreement,
+    thresholded_relu,
+    train_generators,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,87 +1,88 @@
 """The committed checkpoints (checkpoints/*.pt: digits, CIFAR-10, cub100) are what their JSON records say:
-its file hash, the hash of the data it was trained on, and its test accuracy on that data."""
+its file hash, the profile and training settings it was made with, the hash of the data it was trained on,
+and its accuracy on that data."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.evaluation import split_inputs
 from helpers.experiment import Experiment
-from helpers.lcr import predict
-from helpers.pipeline import split_inputs
-from helpers.profiles import REPO_ROOT, load_profile, stable_section
+from helpers.paper1.lcr import predict
+from helpers.paths import REPO_ROOT
+from helpers.profiles import load_profile, stable_section
 from helpers.utils import file_sha256
 
 from .conftest import SHARED_DATA
 
-CK = REPO_ROOT / "checkpoints" / "cifar10-resnet20.pt"
+CHECKPOINTS = {"digits": "digits-small_cnn.pt", "cifar10": "cifar10-resnet20.pt", "cub100": "cub100-squeezenet1_1.pt"}
 
 
-def test_cifar10_profile_reuses_the_committed_checkpoint():
-    cfg = load_profile("cifar10")
-    assert REPO_ROOT / cfg["checkpoint"] == CK and cfg["if_no_checkpoint"] == "train"
-    info = json.loads(CK.with_suffix(".json").read_text())
-    assert file_sha256(CK) == info["sha256"]
-    assert info["profile"] == "cifar10" and info["training"] == stable_section(cfg, "training") and info["seed"] == cfg["seed"]
+def record(profile: str) -> dict:
+    return json.loads((REPO_ROOT / "checkpoints" / CHECKPOINTS[profile]).with_suffix(".json").read_text())
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
-def test_committed_checkpoint_reproduces_its_recorded_accuracy(one_thread):
-    info = json.loads(CK.with_suffix(".json").read_text())
-    exp = Experiment("cifar10")
-    assert exp.data_key == info["data_key"]  # the data it saw
-    model = exp.model
-    assert "model" not in exp.timings  # loaded, not trained
-    preds = predict(model, split_inputs(exp, "test"), batch_size=1000)
-    acc = float((preds == exp.data["test"].labels).mean())
-    assert acc == pytest.approx(info["accuracy"]["test"], abs=4e-4)  # at most 2 float-rounding ties of 5,000
+@pytest.mark.parametrize("profile", sorted(CHECKPOINTS))
+def test_profile_reuses_its_committed_checkpoint(profile):
+    cfg = load_profile(profile)
+    ck = REPO_ROOT / "checkpoints" / CHECKPOINTS[profile]
+    assert REPO_ROOT / cfg["checkpoint"] == ck and cfg["if_no_checkpoint"] == "train"
+    info = record(profile)
+    assert file_sha256(ck) == info["sha256"]
+    assert info["profile"] == profile and info["model"] == cfg["model"] and info["seed"] == cfg["seed"]
+    # the training settings (records written before a key existed lack it while it keeps its default)
+    assert info["training"] in (cfg["training"], stable_section(cfg, "training"))
+    assert info["normalize"] == cfg["normalize"]
 
 
-CUB = REPO_ROOT / "checkpoints" / "cub100-squeezenet1_1.pt"
-
-
-def test_cub100_profile_reuses_the_committed_checkpoint():
-    cfg = load_profile("cub100")
-    assert REPO_ROOT / cfg["checkpoint"] == CUB and cfg["if_no_checkpoint"] == "train"
-    info = json.loads(CUB.with_suffix(".json").read_text())
-    assert file_sha256(CUB) == info["sha256"]
-    assert info["profile"] == "cub100" and info["training"] == cfg["training"] and info["seed"] == cfg["seed"]
-    assert info["model"] == "squeezenet1_1" and info["normalize"] == cfg["normalize"]
-    acc = info["accuracy"]  # the model's own photos, then the analysis splits (unseen official test photos)
+def test_cub100_record_holds_both_kinds_of_accuracy():
+    acc = record("cub100")["accuracy"]  # the model's own photos, then the analysis splits (unseen official test photos)
     assert acc["model_train"] > acc["model_val"] > 0.5 and abs(acc["test"] - acc["val"]) < 0.1
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "cub100" / "images.txt").is_file(), reason="../shared/data/cub100 absent")
-def test_cub100_checkpoint_reproduces_its_recorded_val_accuracy(monkeypatch):
-    info = json.loads(CUB.with_suffix(".json").read_text())
-    # the checkpoint alone makes the model: the pretrained features file is not needed
+def _cifar10_test(exp):
+    return split_inputs(exp, "test"), exp.data["test"].labels, 1000
+
+
+def _cub100_own_val(exp):
+    val = exp.data.model_bundle()["val"]  # the model's own 300 validation photos
+    return torch.stack([val.dataset[i][0] for i in range(len(val))]), val.labels, 100
+
+
+REPRODUCE = {  # profile: (data it needs, its inputs and labels, recorded accuracy key, tolerance)
+    # at most 2 float-rounding ties of 5,000 test images; of 300 validation photos
+    "cifar10": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
+    "cub100": (SHARED_DATA / "cub100" / "images.txt", _cub100_own_val, "model_val", 2 / 300 + 1e-9),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", sorted(REPRODUCE))
+def test_committed_checkpoint_reproduces_its_recorded_accuracy(profile, monkeypatch, one_thread):
+    needs, inputs, key, tol = REPRODUCE[profile]
+    if not needs.is_file():
+        pytest.skip(f"{needs} absent")
+    info = record(profile)
+    # the checkpoint alone makes the model: no pretrained weights file is read
     monkeypatch.setattr("helpers.models._load_squeezenet_features",
                         lambda *a, **k: pytest.fail("loaded pretrained weights under a checkpoint"))
-    exp = Experiment("cub100")
-    assert exp.data_key == info["data_key"] and len(exp.data.classes) == 100
+    exp = Experiment(profile)
+    assert exp.data_key == info["data_key"]  # the data it saw
     model = exp.model
-    assert "model" not in exp.timings
-    val = exp.data.model_bundle()["val"]  # the model's own 300 validation photos
-    preds = predict(model, torch.stack([val.dataset[i][0] for i in range(len(val))]), batch_size=100)
-    acc = float((preds == val.labels).mean())
-    assert acc == pytest.approx(info["accuracy"]["model_val"], abs=2 / 300 + 1e-9)  # at most 2 rounding ties
-
-
-DIGITS = REPO_ROOT / "checkpoints" / "digits-small_cnn.pt"
+    assert "model" not in exp.cache.timings  # loaded, not trained
+    x, labels, batch = inputs(exp)
+    acc = float((predict(model, x, batch_size=batch) == labels).mean())
+    assert acc == pytest.approx(info["accuracy"][key], abs=tol)
 
 
 def test_default_profile_loads_its_committed_checkpoint_and_reproduces_it(tmp_path, monkeypatch):
-    """The default model is committed so that every CPU analyses the same weights (issue: retraining
-    moved the model between AVX2 and AVX-512 kernels); it reproduces its record on any CPU."""
+    """The default model is committed so that every CPU analyses the same weights (a model
+    retrained on each CPU differs between AVX2 and AVX-512 kernels); it reproduces its record on any CPU."""
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "artifacts"))
-    cfg = load_profile("digits")
-    assert REPO_ROOT / cfg["checkpoint"] == DIGITS and cfg["if_no_checkpoint"] == "train"
-    info = json.loads(DIGITS.with_suffix(".json").read_text())
-    assert file_sha256(DIGITS) == info["sha256"]
-    assert info["profile"] == "digits" and info["training"] == cfg["training"] and info["seed"] == cfg["seed"]
+    cfg, info = load_profile("digits"), record("digits")
     exp = Experiment("digits", output_dir=tmp_path / "digits", progress=False)
     assert exp.data_key == info["data_key"]
-    assert "model" not in exp.timings and len(exp.history) == cfg["training"]["epochs"]  # loaded, with its curves
+    assert "model" not in exp.cache.timings and len(exp.history) == cfg["training"]["epochs"]  # loaded, with its curves
     acc = exp.predictions.groupby("split")["correct"].mean()
     for split in ("train", "val", "test"):
         assert acc[split] == pytest.approx(info["accuracy"][split], abs=1e-6)

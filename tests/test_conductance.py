@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers.conductance import (
+from helpers.models import build_model
+from helpers.paper1.conductance import (
     conductance_dataset,
     exact_applicable,
     feature_map_summary,
     layer_conductance,
 )
-from helpers.models import build_model
 
 
 def _rel(a, b):

@@ -1,4 +1,4 @@
-"""Data inputs that used to give silent wrong numbers (damaged or stale input), on tiny synthetic trees.
+"""Damaged or stale data inputs are caught instead of giving silently wrong numbers, on tiny synthetic trees.
 
 An image-folder dataset's data key follows each file's content (not its name or mtime); a damaged image
 is named in the error; an explicit ``data_dir`` that does not exist is refused instead of falling back
@@ -17,7 +17,7 @@ from helpers.profiles import ProfileError, load_profile
 from .conftest import write_images
 
 
-def _tree(root):
+def image_tree(root):
     """train/ and test/ with classes a and b (PNGs), no val/: validation is a seeded fraction of train."""
     for split, n in (("train", 6), ("test", 3)):
         for ci, c in enumerate(("a", "b")):
@@ -25,7 +25,7 @@ def _tree(root):
     return root
 
 
-def _profile(data_dir, dataset="imagefolder", **split):
+def folder_profile(data_dir, dataset="imagefolder", **split):
     """A complete tiny profile (no checkpoint): what a user's YAML would say."""
     return {"name": "tiny", "dataset": dataset, "data_dir": None if data_dir is None else str(data_dir),
             "model": "small_cnn", "image_size": 8, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3},
@@ -42,7 +42,7 @@ def artifacts(tmp_path, monkeypatch):
 
 def _key(root) -> str:
     """The data key of the tiny profile on the tree at ``root``."""
-    return Experiment(_profile(root), progress=False).data_key
+    return Experiment(folder_profile(root), progress=False).data_key
 
 
 def _repaint(path, value):
@@ -53,16 +53,16 @@ def _repaint(path, value):
 
 
 def test_replacing_an_image_in_place_changes_the_data_key(tmp_path, artifacts):
-    root = _tree(tmp_path / "tree")
-    before, ids = _key(root), load_data(load_profile(_profile(root)))["train"].ids.tolist()
+    root = image_tree(tmp_path / "tree")
+    before, ids = _key(root), load_data(load_profile(folder_profile(root)))["train"].ids.tolist()
     _repaint(root / "train" / "a" / "img_002.png", 7)  # fixed, replaced or corrupted: same name
-    after = load_data(load_profile(_profile(root)))
+    after = load_data(load_profile(folder_profile(root)))
     assert after["train"].ids.tolist() == ids  # same file names ...
     assert _key(root) != before  # ... other bytes: other data, other caches
 
 
 def test_the_same_tree_elsewhere_with_other_mtimes_has_the_same_key(tmp_path, artifacts):
-    root = _tree(tmp_path / "tree")
+    root = image_tree(tmp_path / "tree")
     key = _key(root)
     copy = shutil.copytree(root, tmp_path / "elsewhere" / "copy", copy_function=shutil.copyfile)
     for p in copy.rglob("*.png"):
@@ -76,14 +76,14 @@ def test_the_same_tree_elsewhere_with_other_mtimes_has_the_same_key(tmp_path, ar
 def test_a_damaged_image_is_named_in_the_error(tmp_path, damage):
     from PIL import Image
 
-    root = _tree(tmp_path / "tree")
+    root = image_tree(tmp_path / "tree")
     bad = root / "test" / "a" / "img_900.jpg"
     if damage == "truncated JPEG":
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad, quality=95)
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     else:
         bad.write_text("<html>404 Not Found</html>\n")
-    test = load_data(load_profile(_profile(root)))["test"]
+    test = load_data(load_profile(folder_profile(root)))["test"]
     i = test.ids.tolist().index("test/a/img_900.jpg")
     with pytest.raises(OSError) as e:
         test.dataset[i]
@@ -100,15 +100,15 @@ def _no_reading(monkeypatch):
 
 
 def test_an_explicit_data_dir_that_does_not_exist_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("COMPANION_DATA_DIR", str(_tree(tmp_path / "other-data")))  # a default place WITH data
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(image_tree(tmp_path / "other-data")))  # a default place WITH data
     missing = tmp_path / "nowhere"
     with monkeypatch.context() as m, pytest.raises(ProfileError) as e:
         _no_reading(m)
-        load_data(load_profile(_profile(missing)))
+        load_data(load_profile(folder_profile(missing)))
     msg = str(e.value)
     assert isinstance(e.value, DataNotFoundError)
     assert msg.startswith("data_dir:") and str(missing) in msg and "existing folder" in msg and "null" in msg
-    assert len(load_data(load_profile(_profile(None)))["test"]) == 6  # data_dir: null still searches
+    assert len(load_data(load_profile(folder_profile(None)))["test"]) == 6  # data_dir: null still searches
 
 
 def _cub_tree(parent):
@@ -130,9 +130,9 @@ def _cub_tree(parent):
 @pytest.mark.parametrize("dataset,key", [("imagefolder", "val_fraction"), ("cub200", "val_fraction"),
                                          ("digits", "val_fraction"), ("digits", "test_fraction")])
 def test_a_zero_split_fraction_is_refused_not_replaced_by_the_default(tmp_path, monkeypatch, dataset, key):
-    root = {"imagefolder": lambda: _tree(tmp_path / "tree"), "cub200": lambda: _cub_tree(tmp_path),
+    root = {"imagefolder": lambda: image_tree(tmp_path / "tree"), "cub200": lambda: _cub_tree(tmp_path),
             "digits": lambda: None}[dataset]()
-    cfg = load_profile(_profile(root, dataset, **{key: 0.0}))  # the schema's range starts at 0
+    cfg = load_profile(folder_profile(root, dataset, **{key: 0.0}))  # the schema's range starts at 0
     with monkeypatch.context() as m, pytest.raises(
             ProfileError, match=rf"'split\.{key}' = 0\.0 .*valid: a fraction in \(0, 0\.9\], or null"):
         _no_reading(m)

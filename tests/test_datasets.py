@@ -66,8 +66,8 @@ def test_imagenet_subset_layout(tmp_path):
     for i, w in enumerate(wnids):
         write_images(root / "train" / w, 7, seed=i)
         write_images(root / "val" / w, 2, seed=10 + i)
-    cfg = load_profile("digits", {"checkpoint": None, "dataset": "imagenet_subset", "data_dir": str(root), "image_size": 8,
-                                  "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3},
+    cfg = load_profile("digits", {"checkpoint": None, "dataset": "imagenet_subset", "data_dir": str(root),
+                                  "image_size": 8, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3},
                                   "split": {"n_classes": 3, "train_per_class": 4, "val_per_class": 2}})
     b = load_data(cfg)
     assert len(b.classes) == 3 and set(b.classes) <= set(wnids)
@@ -142,7 +142,7 @@ def test_cifar10_offline_copy_has_paper_split_sizes():
 def test_data_sources_are_shown_relative_to_the_repository_when_beside_it():
     """Notebook 00 prints the data source: a committed output must not carry this machine's absolute path."""
     from helpers.datasets import shown_path
-    from helpers.profiles import REPO_ROOT
+    from helpers.paths import REPO_ROOT
 
     assert shown_path(REPO_ROOT.parent / "shared" / "data" / "cub100") == "../shared/data/cub100"
     assert shown_path(REPO_ROOT / "data") == "data"

@@ -1,5 +1,5 @@
 """Model debugging by retraining (paper 2 eq. 4-8, sec. 4.3-4.4): loss, trainable layers, fine-tuning,
-selection rule, paired statistics, and the profile-level checks of pipeline2."""
+selection rule, paired statistics, and the profile-level checks of paper 2's stages."""
 from __future__ import annotations
 
 import copy
@@ -10,10 +10,16 @@ import pytest
 import torch
 from scipy import stats
 
-from helpers.debugging import (
-    DebugConfig, debugging_loss, filter_activations, fine_tune, paired_statistics, set_trainable, trainable_names,
-)
 from helpers.models import build_model
+from helpers.paper2.debugging import (
+    DebugConfig,
+    debugging_loss,
+    filter_activations,
+    fine_tune,
+    paired_statistics,
+    set_trainable,
+    trainable_names,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -271,7 +277,7 @@ def test_paired_statistics_rejects_mismatched_shapes():
         paired_statistics(np.ones(10), np.ones(10))
 
 
-# --------------------------------------------------------------------------- pipeline2
+# --------------------------------------------------------------------------- paper 2's stages (profile level)
 @pytest.fixture
 def experiment(tmp_path, monkeypatch):
     """Experiment("digits", overrides) with its caches under tmp_path; restores the thread count."""
@@ -296,7 +302,7 @@ def experiment(tmp_path, monkeypatch):
 ])
 def test_debug_grid_rejects_bad_cells(experiment, grid):
     """A malformed or negative cell, or a grid with no cell other than (0, 0), raises naming debugging.grid."""
-    from helpers.pipeline2 import debug_grid
+    from helpers.paper2.stages import debug_grid
 
     with pytest.raises(ValueError, match=r"debugging\.grid"):
         debug_grid(experiment({"debugging.grid": grid}))
@@ -304,7 +310,7 @@ def test_debug_grid_rejects_bad_cells(experiment, grid):
 
 def test_debug_grid_and_config_from_profile(experiment):
     """A valid grid comes back as float pairs; the profile's debugging block becomes a DebugConfig."""
-    from helpers.pipeline2 import debug_config, debug_grid
+    from helpers.paper2.stages import debug_config, debug_grid
 
     exp = experiment({"debugging.grid": [[0, 0], [1e-3, 2e-5], [0, 1]], "debugging.trainable": ["block", "linear"],
                       "debugging.epochs": 3})
@@ -317,7 +323,7 @@ def test_debug_grid_and_config_from_profile(experiment):
 
 def test_class_recall_table(experiment):
     """Per-class recall averaged over seeds, n per class, and debugged - control, on the digits test split."""
-    from helpers.pipeline2 import class_recall_table
+    from helpers.paper2.stages import class_recall_table
 
     exp = experiment()
     y = np.asarray(exp.data["test"].labels)
@@ -337,7 +343,7 @@ def test_class_recall_table(experiment):
 
 def test_msp_auroc():
     """MSP AUROC: confident correct / flat wrong predictions -> 1; the reverse -> 0; all equal -> 0.5."""
-    from helpers.pipeline2 import msp_auroc
+    from helpers.paper2.stages import msp_auroc
 
     confident, flat = [8.0, 0.0, 0.0], [0.2, 0.1, 0.0]
     logits = np.array([confident, confident, flat, flat, confident, flat])

@@ -1,10 +1,10 @@
-"""Tests of helpers.detectors (paper 1, 4.1.2; METHODS.md section 2)."""
+"""Tests of helpers.paper1.detectors (paper 1, 4.1.2; docs/methods.md section 2)."""
 import numpy as np
 import pytest
 import torch
 
-from helpers.detectors import ConductanceDetector, train_conductance_detector
 from helpers.metrics import auroc
+from helpers.paper1.detectors import ConductanceDetector, train_conductance_detector
 
 
 def _toy(n, seed, d=8):

@@ -1,54 +1,55 @@
-"""Device choice and data loading (issue 23): what ``device: auto`` says when a GPU is present but
+"""Device choice and data loading: what ``device: auto`` says when a GPU is present but
 unusable, the profile's ``num_workers`` reaching every image-file loader, pinned memory only on CUDA,
 and evaluation batches scaled on an accelerator."""
 import numpy as np
 import pytest
 import torch
 
-from helpers import utils
+from helpers import devices
 from helpers.experiment import Experiment
 
-from .test_data_integrity import _profile, _tree
+from .test_data_integrity import folder_profile, image_tree
 
 
 def test_driver_older_than_the_cuda_build_is_named(monkeypatch):
-    why = utils.cuda_unusable_reason(driver="535.104.05", cuda="13.0")
+    why = devices.cuda_unusable_reason(driver="535.104.05", cuda="13.0")
     assert "535.104.05" in why and "13.0" in why and ">= 580.65" in why
-    assert "no usable GPU" in utils.cuda_unusable_reason(driver="590.10", cuda="13.0")
-    monkeypatch.setattr(utils, "nvidia_driver_version", lambda: None)
-    assert utils.cuda_unusable_reason(cuda="13.0") is None  # no NVIDIA driver: no GPU to speak of
-    assert utils.cuda_unusable_reason(driver="590.10", cuda="") is None  # a CPU-only torch: nothing to say
+    assert "no usable GPU" in devices.cuda_unusable_reason(driver="590.10", cuda="13.0")
+    monkeypatch.setattr(devices, "nvidia_driver_version", lambda: None)
+    assert devices.cuda_unusable_reason(cuda="13.0") is None  # no NVIDIA driver: no GPU to speak of
+    assert devices.cuda_unusable_reason(driver="590.10", cuda="") is None  # a CPU-only torch: nothing to say
 
 
 def test_auto_says_why_it_falls_back_to_the_cpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils, "nvidia_driver_version", lambda: "470.57.02")
+    monkeypatch.setattr(devices, "nvidia_driver_version", lambda: "470.57.02")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.delenv("COMPANION_SIMULATED_ACCELERATOR", raising=False)
-    assert utils.get_device("auto").type == "cpu"
+    assert devices.get_device("auto").type == "cpu"
     assert "device: auto uses the CPU: the NVIDIA driver 470.57.02 is older" in capsys.readouterr().out
     with pytest.raises(ValueError, match="470.57.02 is older"):
-        utils.get_device("cuda")
+        devices.get_device("cuda")
 
 
 def test_simulated_device_needs_its_switch(monkeypatch):
     monkeypatch.delenv("COMPANION_SIMULATED_ACCELERATOR", raising=False)
     with pytest.raises(ValueError, match="COMPANION_SIMULATED_ACCELERATOR"):
-        utils.get_device("sim:0")
-    assert utils.get_device(torch.device("cpu")) == torch.device("cpu")
+        devices.get_device("sim:0")
+    assert devices.get_device(torch.device("cpu")) == torch.device("cpu")
 
 
 @pytest.mark.parametrize("name", ["sim:1", "simx"])
 def test_the_simulated_accelerator_has_one_device(monkeypatch, name):
-    """Before, any name starting with "sim" gave sim:0, so a rank asking for sim:1 silently shared it."""
+    """The simulated accelerator has only sim:0: a rank asking for sim:1 (or a name such as "simx") is refused,
+    never silently given sim:0."""
     monkeypatch.setenv("COMPANION_SIMULATED_ACCELERATOR", "1")
     with pytest.raises(ValueError, match="one device"):
-        utils.get_device(name)
+        devices.get_device(name)
 
 
 def test_num_workers_reaches_every_image_loader(tmp_path, monkeypatch):
-    """Before, training, prediction and pooled features built their DataLoaders with 0 workers
-    whatever the profile said."""
+    """Training, prediction and pooled features build their DataLoaders with the profile's ``num_workers``,
+    not 0 whatever the profile says."""
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     seen = []
     real = torch.utils.data.DataLoader
@@ -58,7 +59,7 @@ def test_num_workers_reaches_every_image_loader(tmp_path, monkeypatch):
         return real(*a, **{**k, "num_workers": 0})  # the spy records; the test itself stays in-process
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
-    exp = Experiment({**_profile(_tree(tmp_path / "tree")), "num_workers": 3}, progress=False)
+    exp = Experiment({**folder_profile(image_tree(tmp_path / "tree")), "num_workers": 3}, progress=False)
     assert exp.loader_options == {"num_workers": 3, "pin_memory": False}  # pinned memory: CUDA only
     exp.predictions  # trains (one epoch, with validation) and predicts every split
     assert len(seen) >= 5 and set(seen) == {(3, False)}, seen
@@ -86,9 +87,9 @@ def test_digits_reference_profile_is_pinned_to_the_cpu():
 def test_vmap_chunk_is_bounded_by_free_memory(monkeypatch):
     """LCR's vmapped mutants per forward: half the free device memory over one mutant's activations and
     patched weights, between 1 and 64 (before: 16 whatever the model and the device)."""
-    from helpers.lcr import vmap_chunk_for
     from helpers.models import build_model
-    from helpers.mutation import MutantSpec, make_patches
+    from helpers.paper1.lcr import vmap_chunk_for
+    from helpers.paper1.mutation import MutantSpec, make_patches
 
     model = build_model("resnet20", 10).eval()
     x = torch.randn(256, 3, 32, 32)

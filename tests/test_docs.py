@@ -1,6 +1,6 @@
 """The README and docs/ agree with the committed metrics (docs/README.md, "Numbers in these pages").
 
-Generated blocks must be what ``helpers.report`` makes from ``tests/reference/<profile>/metrics.json``;
+Generated blocks must be what ``helpers.tools.report`` makes from ``tests/reference/<profile>/metrics.json``;
 every number in prose annotated ``<!-- m:PROFILE:EXPR -->`` must be EXPR at its printed precision.
 The negative tests show that a wrong, stale or orphan number is caught, on the real pages too."""
 import json
@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers.profiles import REPO_ROOT
-from helpers.report import (ANNOTATION, GENERATED, REFERENCE_DIR, doc_files, docs_problems, evaluate,
-                            generated_problems, metric_value, number_problems, printed_matches,
-                            refresh_readme)
+from helpers.paths import REFERENCE_DIR, REPO_ROOT
+from helpers.tools.report import (
+    ANNOTATION,
+    GENERATED,
+    doc_files,
+    docs_problems,
+    evaluate,
+    generated_problems,
+    metric_value,
+    number_problems,
+    printed_matches,
+    refresh_readme,
+)
 
 DOCS = REPO_ROOT / "docs"
 #: pages that others write later, linked already
@@ -131,7 +140,7 @@ def test_a_hand_edited_generated_block_is_caught():
     problems = generated_problems(bad, REFERENCE_DIR, "results.md")
     assert len(problems) == 1 and "paper-comparison" in problems[0]
     with pytest.raises(ValueError, match="unknown"):
-        from helpers.report import render_generated
+        from helpers.tools.report import render_generated
         render_generated("<!-- generated:begin nosuchtable -->\nx\n<!-- generated:end -->")
 
 

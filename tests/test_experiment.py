@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.cache import Format
 from helpers.experiment import Experiment
 from helpers.utils import atomic_path, atomic_write_json
 
@@ -22,7 +23,7 @@ def test_training_cached_and_deterministic(tmp_path, monkeypatch):
     # a rerun reuses the checkpoint (no training: timings stay empty) and gives the same table
     e2 = Experiment("digits", TINY)
     p2 = e2.predictions
-    assert "model" not in e2.timings
+    assert "model" not in e2.cache.timings
     pd.testing.assert_frame_equal(p1, p2)
     # same seed in a fresh cache: bit-identical logits (determinism)
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "b"))
@@ -38,7 +39,7 @@ def test_interrupted_stage_leaves_nothing_a_rerun_takes_as_finished(tmp_path, mo
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        e.stage("feature", {"x": 1}, boom, lambda o, p: None, lambda p: "cached", "npz")
+        e.cache.stage("feature", {"x": 1}, boom, Format("npz", lambda o, p: None, lambda p: "cached"))
     assert not list(e.artifacts_dir.glob("feature-*")) if e.artifacts_dir.exists() else True
 
     def half_written(obj, path):
@@ -46,13 +47,13 @@ def test_interrupted_stage_leaves_nothing_a_rerun_takes_as_finished(tmp_path, mo
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        e.stage("feature", {"x": 1}, lambda: 1, half_written, lambda p: "cached", "npz")
+        e.cache.stage("feature", {"x": 1}, lambda: 1, Format("npz", half_written, lambda p: "cached"))
     assert list(e.artifacts_dir.glob("feature-*")) == []
     calls = []
-    out = e.stage("feature", {"x": 1}, lambda: calls.append(1) or 5,
-                  lambda o, p: np.savez(open(p, "wb"), v=o), lambda p: int(np.load(p)["v"]), "npz")
+    fmt = Format("npz", lambda o, p: np.savez(open(p, "wb"), v=o), lambda p: int(np.load(p)["v"]))
+    out = e.cache.stage("feature", {"x": 1}, lambda: calls.append(1) or 5, fmt)
     assert out == 5 and calls == [1]
-    assert e.stage("feature", {"x": 1}, lambda: calls.append(1) or 6, None, lambda p: int(np.load(p)["v"]), "npz") == 5
+    assert e.cache.stage("feature", {"x": 1}, lambda: calls.append(1) or 6, fmt) == 5
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
@@ -81,7 +82,7 @@ def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
         Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "error"}).model
     e1 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
     p1 = e1.predictions
-    assert "model" in e1.timings  # trained
+    assert "model" in e1.cache.timings  # trained
     e1.export_checkpoint(ck)
     info = json.loads(ck.with_suffix(".json").read_text())
     assert info["data_key"] == e1.data_key and info["training"]["epochs"] == 2
@@ -90,7 +91,7 @@ def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
     # present: loaded, not trained; same predictions, and the file's hash is in the cache key
     e2 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
     p2 = e2.predictions
-    assert "model" not in e2.timings and "checkpoint_file" in e2.model_params
+    assert "model" not in e2.cache.timings and "checkpoint_file" in e2.model_params
     pd.testing.assert_frame_equal(p1.filter(like="logit_"), p2.filter(like="logit_"))
     assert not e2.history.empty
     # on other data: a warning that names both data hashes
@@ -101,8 +102,8 @@ def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
 def test_stage_log_records_cost(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "a"))
     e = Experiment("digits", TINY, output_dir=tmp_path / "out")
-    e.stage("feature", {"x": 1}, lambda: 5, lambda o, p: np.savez(open(p, "wb"), v=o),
-            lambda p: int(np.load(p)["v"]), "npz")
+    e.cache.stage("feature", {"x": 1}, lambda: 5,
+                  Format("npz", lambda o, p: np.savez(open(p, "wb"), v=o), lambda p: int(np.load(p)["v"])))
     log = json.loads((tmp_path / "out" / "stages.json").read_text())["stages"]
     (entry,) = [v for v in log.values() if v["stage"] == "feature"]
     assert entry["seconds"] >= 0 and entry["peak_rss_mb"] > 10 and entry["threads"] >= 1

@@ -1,8 +1,8 @@
-"""The tiny pipeline on a real CUDA GPU, compared with the CPU (issue 23).  Marked ``gpu`` and
+"""The tiny pipeline on a real CUDA GPU, compared with the CPU.  Marked ``gpu`` and
 skipped without CUDA: on a CPU machine these never run (the simulated accelerator of
 ``test_simulated_accelerator.py`` proves device placement there); ``make gpu-check`` runs them.
 
-Tolerances (stated, not measured: no GPU has been lent to this project yet).  With
+Tolerances (stated in advance, not fitted to a GPU's output).  With
 ``deterministic: true`` (no TF32, deterministic cuDNN / cuBLAS) a GPU float32 forward differs from
 the CPU's in the rounding of its sums: logits within 1e-3, conductance within 1e-3 of its scale, at
 least 98 % of mutant labels and 99 % of predicted labels the same.  One training epoch amplifies that
@@ -39,17 +39,18 @@ def test_cuda_is_chosen_and_deterministic_settings_apply(pair):
 
 
 def test_predictions_conductance_lcr_on_cuda_match_cpu(pair):
-    from helpers import pipeline
-    from helpers.conductance import conductance_dataset
-    from helpers.lcr import mutant_predictions
-    from helpers.mutation import MutantSpec
+    from helpers import evaluation
+    from helpers.paper1 import stages as paper1
+    from helpers.paper1.conductance import conductance_dataset
+    from helpers.paper1.lcr import mutant_predictions
+    from helpers.paper1.mutation import MutantSpec
 
     cpu, gpu = pair("cpu"), pair("cuda")
     a, b = cpu.predictions.filter(like="logit_").to_numpy(), gpu.predictions.filter(like="logit_").to_numpy()
     assert np.abs(a - b).max() < 1e-3
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
-    x = pipeline.split_inputs(cpu, "test")[:128]
-    layer = pipeline.conductance_layer(cpu)
+    x = evaluation.split_inputs(cpu, "test")[:128]
+    layer = paper1.conductance_layer(cpu)
     c0 = conductance_dataset(cpu.model, layer, [(x, None)], device="cpu", progress=False)["conductance"]
     c1 = conductance_dataset(gpu.model, layer, [(x, None)], device=gpu.device, progress=False)["conductance"]
     assert np.abs(c0 - c1).max() <= 1e-3 * max(1.0, np.abs(c0).max())
@@ -60,14 +61,14 @@ def test_predictions_conductance_lcr_on_cuda_match_cpu(pair):
 
 
 def test_training_and_fine_tune_on_cuda(pair):
-    from helpers import pipeline
-    from helpers.debugging import DebugConfig, fine_tune
+    from helpers import evaluation
+    from helpers.paper2.debugging import DebugConfig, fine_tune
 
     over = {"checkpoint": None, "training.epochs": 1}
     cpu, gpu = pair("cpu", **over), pair("cuda", **over)
     agree = (cpu.predictions.prediction.to_numpy() == gpu.predictions.prediction.to_numpy()).mean()
     assert agree >= 0.95, agree
-    x = pipeline.split_inputs(cpu, "test")[:128]
+    x = evaluation.split_inputs(cpu, "test")[:128]
     y = torch.as_tensor(cpu.data["test"].labels[:128])
     masks = (torch.arange(32)[None] % 10 == torch.arange(10)[:, None]).float()
     for cfg in (DebugConfig(epochs=1, batch_size=16), DebugConfig(epochs=1, batch_size=16, augmentation="crop")):

@@ -5,8 +5,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.html_site import NOTEBOOK_DIR, available_profiles, build_site, notebook_title
+from helpers.paths import NOTEBOOK_DIR
 from helpers.profiles import DEFAULT_PROFILE
+from helpers.tools.html_site import available_profiles, build_site, notebook_title
 
 HREF = re.compile(r'(?:href|src)="([^"#]+)"')
 

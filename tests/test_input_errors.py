@@ -9,9 +9,10 @@ import matplotlib
 import pytest
 
 from helpers.notebook import check_parameters, injected_names
-from helpers.profiles import REPO_ROOT, ProfileError, load_profile, parse_overrides
+from helpers.paths import REPO_ROOT
+from helpers.profiles import ProfileError, load_profile, parse_overrides
 
-from .test_papermill_cli import _papermill
+from .test_papermill_cli import run_papermill
 
 matplotlib.use("Agg")
 
@@ -38,7 +39,8 @@ def test_overrides_that_are_no_mapping_are_named(text):
 @pytest.mark.parametrize("override", [{"training.epochs": 5}, {"split.limit_train": 100}, {"seed": 3},
                                       {"model": "resnet20"}])
 def test_overrides_a_committed_checkpoint_would_ignore_are_refused(override):
-    """The README's `--set training.epochs=5 ...` used to load the committed 8-epoch model silently."""
+    """An override such as the README's `--set training.epochs=5 ...` is refused while a committed checkpoint
+    (the 8-epoch model) would be loaded and silently ignore it."""
     with pytest.raises(ProfileError, match=r"would train another model.*checkpoint=null"):
         load_profile("cifar10", override)
     cfg = load_profile("cifar10", {**override, "checkpoint": None})  # the explicit way: train with them
@@ -59,18 +61,20 @@ def test_injected_parameters_are_read_from_papermills_cell():
     check_parameters({"In": ["", "profle = 1"], "profle": 1})  # typed by hand in Jupyter: not papermill's
 
 
+@pytest.mark.slow
 def test_a_misspelled_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):
     out = tmp_path / "figures"
-    proc = _papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "profle", "cifar10"],
+    proc = run_papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "profle", "cifar10"],
                       {"COMPANION_OUTPUT_DIR": str(out), "COMPANION_ARTIFACTS": str(tmp_path / "art")}, check=False)
     assert proc.returncode != 0
     assert "notebook parameter 'profle' is unknown" in proc.stdout + proc.stderr
     assert not out.exists() and not (tmp_path / "art").exists()  # nothing computed, nothing written
 
 
+@pytest.mark.slow
 def test_papermill_p_overrides_as_a_json_string(tmp_path):
     out = tmp_path / "figs"
-    proc = _papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "overrides",
+    proc = run_papermill(["notebooks/00_data_and_model.ipynb", str(tmp_path / "out.ipynb"), "-p", "overrides",
                        '{"training.eval_batch_size": 100}', "-p", "output_dir", str(out)],
                       {"COMPANION_ARTIFACTS": str(tmp_path / "art")})
     assert json.loads((out / "metrics.json").read_text())["profile"] == "digits"
@@ -78,6 +82,7 @@ def test_papermill_p_overrides_as_a_json_string(tmp_path):
     assert "without encryption" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_make_lab_adds_allow_root_only_as_root():
     dry = subprocess.run(["make", "-n", "lab", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert "jupyter-lab --notebook-dir=notebooks" in dry.stdout
@@ -85,14 +90,14 @@ def test_make_lab_adds_allow_root_only_as_root():
 
 
 def test_out_of_range_conductance_classes_are_named_before_any_work(tmp_path, monkeypatch):
-    from helpers import pipeline
     from helpers.experiment import Experiment
+    from helpers.paper1 import stages as paper1
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("digits", {"conductance.classes": [3, 12]}, output_dir=tmp_path / "out", progress=False)
     with pytest.raises(ProfileError, match=r"conductance.classes = \[3, 12\] is not valid: \[12\]; valid: .*0\.\.9"):
-        pipeline.conductance_table(exp)
-    assert "conductance" not in exp.timings
+        paper1.conductance_table(exp)
+    assert "conductance" not in exp.cache.timings
 
 
 def test_a_class_the_model_never_predicts_gives_a_note_not_a_crash():
@@ -104,26 +109,26 @@ def test_a_class_the_model_never_predicts_gives_a_note_not_a_crash():
 
 def test_the_joint_nn_of_notebook_04_names_its_features(tmp_path, monkeypatch):
     """Run before notebook 02 (no LCR cache), the joint NN is another computation under another key."""
-    from helpers import pipeline2
     from helpers.experiment import Experiment
+    from helpers.paper2 import stages as paper2
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("digits", {"cfe.epochs": 2, "joint.folds": 2}, output_dir=tmp_path / "out", progress=False)
-    a = pipeline2.analysis(exp, pipeline2.generators(exp)[0])
-    scores, names = pipeline2.two_paper_scores(exp, a)  # nothing cached: no LCR
+    a = paper2.analysis(exp, paper2.generators(exp)[0])
+    scores, names = paper2.two_paper_scores(exp, a)  # nothing cached: no LCR
     assert names[-1] == "joint_nn_cfe_without_lcr" and "lcr" not in names
     assert scores.attrs["joint_features"] == ["conductance_oof", "cfe_recall"]
 
 
 def test_an_all_correct_split_is_named_with_what_to_do(tmp_path, monkeypatch):
-    from helpers import pipeline
+    from helpers import evaluation
     from helpers.experiment import Experiment
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("digits", output_dir=tmp_path / "out", progress=False)
-    scores = pipeline.baseline_table(exp)
+    scores = evaluation.baseline_table(exp)
     perfect = exp.predictions.copy()
     perfect.loc[perfect.split == "val", "correct"] = True  # as if the model made no validation mistake
-    monkeypatch.setattr(pipeline, "with_predictions", lambda e, t: t.merge(perfect, on=["id", "split"]))
+    monkeypatch.setattr(evaluation, "with_predictions", lambda e, t: t.merge(perfect, on=["id", "split"]))
     with pytest.raises(ValueError, match="the val split has no wrong predictions .* use a larger split"):
-        pipeline.evaluate_scores(exp, scores, ["msp"])
+        evaluation.evaluate_scores(exp, scores, ["msp"])

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import pipeline
-from helpers.experiment import CheckpointError, Experiment, StageNotCached, sidecar_of
-from helpers.profiles import REPO_ROOT
+from helpers import cache
+from helpers.cache import StageNotCached, sidecar_of
+from helpers.checkpoints import CheckpointError
+from helpers.experiment import Experiment
+from helpers.paths import REPO_ROOT
 from helpers.utils import atomic_write_json, file_sha256, set_aside
 
 DIGITS = REPO_ROOT / "checkpoints" / "digits-small_cnn.pt"
@@ -121,11 +123,11 @@ def flip_bit(path):
 FRAME = pd.DataFrame({"id": ["007", "010", "123"], "split": ["val", "test", "test"], "x": [0.25, -1.5, 3e-7]})
 ARRAYS = {"id": np.array(["a", "b"]), "score": np.linspace(0, 1, 50).reshape(10, 5)}
 TENSORS = {"weight": torch.arange(12.0).reshape(3, 4), "history": [{"epoch": 1, "loss": 0.5}]}
-FORMATS = {  # ext: (object, save, load)
-    "csv.gz": (FRAME, pipeline._save_frame, pipeline._load_frame),
-    "npz": (ARRAYS, pipeline._save_npz, pipeline._load_npz),
-    "pt": (TENSORS, lambda o, p: torch.save(o, p), lambda p: torch.load(p, map_location="cpu", weights_only=False)),
-    "json": ({"model_val": 0.75}, lambda o, p: atomic_write_json(p, o), lambda p: json.loads(p.read_text())),
+FORMATS = {  # ext: (object, format)
+    "csv.gz": (FRAME, cache.FRAME),
+    "npz": (ARRAYS, cache.NPZ),
+    "pt": (TENSORS, cache.TENSORS),
+    "json": ({"model_val": 0.75}, cache.JSON),
 }
 
 
@@ -145,8 +147,8 @@ def assert_same(a, b):
 
 
 def run_stage(exp, ext, calls):
-    obj, save, load = FORMATS[ext]
-    return exp.stage("tiny", {"ext": ext}, lambda: calls.append(1) or obj, save, load, ext)
+    obj, fmt = FORMATS[ext]
+    return exp.cache.stage("tiny", {"ext": ext}, lambda: calls.append(1) or obj, fmt)
 
 
 @pytest.mark.parametrize("ext, damage", [("csv.gz", truncate), ("npz", truncate), ("csv.gz", flip_bit),
@@ -155,7 +157,7 @@ def test_damaged_stage_is_set_aside_and_recomputed(tmp_path, artifacts, capfd, e
     exp = experiment(tmp_path)
     calls = []
     first = run_stage(exp, ext, calls)
-    path = exp.stage_path("tiny", {"ext": ext}, ext)
+    path = exp.cache.path("tiny", {"ext": ext}, FORMATS[ext][1])
     damage(path)
     damaged = path.read_bytes()
     capfd.readouterr()
@@ -177,7 +179,7 @@ def test_stage_without_sha256_in_its_sidecar_still_loads(tmp_path, artifacts, ca
     exp = experiment(tmp_path)
     calls = []
     run_stage(exp, "npz", calls)
-    sc = sidecar_of(exp.stage_path("tiny", {"ext": "npz"}, "npz"))
+    sc = sidecar_of(exp.cache.path("tiny", {"ext": "npz"}, cache.NPZ))
     atomic_write_json(sc, {k: v for k, v in json.loads(sc.read_text()).items() if k != "sha256"})
     assert_same(ARRAYS, run_stage(exp, "npz", calls))
     assert len(calls) == 1 and not list(exp.artifacts_dir.glob("*.corrupt")) and not capfd.readouterr().err
@@ -187,7 +189,7 @@ def test_old_sidecar_and_unreadable_stage_is_set_aside_and_recomputed(tmp_path, 
     exp = experiment(tmp_path)
     calls = []
     run_stage(exp, "csv.gz", calls)
-    path = exp.stage_path("tiny", {"ext": "csv.gz"}, "csv.gz")
+    path = exp.cache.path("tiny", {"ext": "csv.gz"}, cache.FRAME)
     atomic_write_json(sidecar_of(path), {k: v for k, v in json.loads(sidecar_of(path).read_text()).items()
                                          if k != "sha256"})
     truncate(path)
@@ -201,9 +203,9 @@ def test_corrupt_stage_inside_cached_only_is_set_aside_and_not_cached(tmp_path, 
     exp = experiment(tmp_path)
     calls = []
     run_stage(exp, "pt", calls)
-    path = exp.stage_path("tiny", {"ext": "pt"}, "pt")
+    path = exp.cache.path("tiny", {"ext": "pt"}, cache.TENSORS)
     truncate(path)
-    with exp.cached_only(), pytest.raises(StageNotCached):
+    with exp.cache.cached_only(), pytest.raises(StageNotCached):
         run_stage(exp, "pt", calls)
     assert len(calls) == 1 and not path.exists() and path.with_name(path.name + ".corrupt").is_file()
     assert str(path) in capfd.readouterr().err

@@ -1,10 +1,10 @@
-"""Tests of helpers.joint (paper 1, 4.3 and 5; METHODS.md section 4)."""
+"""Tests of helpers.paper1.joint (paper 1, 4.3 and 5; docs/methods.md section 4)."""
 import numpy as np
 import pytest
 
-import helpers.joint as J
-from helpers.detectors import train_conductance_detector
+import helpers.paper1.joint as J
 from helpers.metrics import auroc
+from helpers.paper1.detectors import train_conductance_detector
 
 
 def _noisy(n, seed, d=20):
@@ -45,7 +45,8 @@ def test_oof_no_sample_scored_by_a_model_that_saw_it():
     rates = [y[folds == f].mean() for f in range(4)]
     assert max(rates) - min(rates) < 0.05
     # seeded
-    assert np.array_equal(J.fit_predict_out_of_fold(lambda a, b: Spy(np.array([-1])), X, y, k=4, seed=0).fold_ids, folds)
+    assert np.array_equal(J.fit_predict_out_of_fold(lambda a, b: Spy(np.array([-1])), X, y, k=4, seed=0).fold_ids,
+                          folds)
 
 
 def test_out_of_fold_scores_uses_val_split_for_epochs(monkeypatch):

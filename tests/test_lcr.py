@@ -9,12 +9,21 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers.lcr import (
-    ScreenResult, candidate_seeds, choose_setting, label_change_rate, lcr_auroc_by_n_mutants, lcr_summary,
-    mutant_predictions, predict, screen_mutants, sprt_detect, sprt_score,
-)
 from helpers.models import SmallCNN
-from helpers.mutation import MutantSpec, Patch, make_patch, mutated
+from helpers.paper1.lcr import (
+    ScreenResult,
+    candidate_seeds,
+    choose_setting,
+    label_change_rate,
+    lcr_auroc_by_n_mutants,
+    lcr_summary,
+    mutant_predictions,
+    predict,
+    screen_mutants,
+    sprt_detect,
+    sprt_score,
+)
+from helpers.paper1.mutation import MutantSpec, Patch, make_patch, mutated
 
 OP, RATE = "filter_nai", 0.05
 
@@ -95,7 +104,8 @@ def test_screen_with_dataloader_matches_tensor(setup):
 
 def test_max_tries_exhaustion_raises(setup):
     model, x, y = setup
-    with pytest.raises(RuntimeError, match=r"'gf' at rate 1.0: only 0 of 3 mutants accepted after 4 tries.*Lower the rate"):
+    with pytest.raises(RuntimeError,
+                       match=r"'gf' at rate 1.0: only 0 of 3 mutants accepted after 4 tries.*Lower the rate"):
         screen_mutants(model, x, y, "gf", 1.0, 3, threshold=1.0, max_tries=4, progress=False)
     with pytest.raises(ValueError, match="operator"):
         screen_mutants(model, x, y, "nope", 0.1, 3, progress=False)
@@ -127,6 +137,7 @@ def test_mutant_predictions_loop_vmap_and_loader(setup):
     assert _same_state(model, state)
 
 
+@pytest.mark.slow
 def test_compiled_mutants_match_eager(setup):
     """torch.compile keeps parameters as graph inputs: every in-place patch must reach the
     compiled graph (a stale graph would give the original model's labels for every mutant)."""
@@ -247,7 +258,7 @@ def test_the_same_gpu_named_two_ways_is_the_same_device(monkeypatch):
     be deep-copied for every screening and label-matrix call (nor its compiled copy kept alive)."""
     import torch
 
-    from helpers import lcr
+    from helpers.paper1 import lcr
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert torch.device("cuda") != torch.device("cuda", 0)

@@ -1,4 +1,4 @@
-"""Tests of helpers.metrics (paper 1, 4.1.2 and Tables 4-6; METHODS.md sections 2, 4, 5)."""
+"""Tests of helpers.metrics (paper 1, 4.1.2 and Tables 4-6; docs/methods.md sections 2, 4, 5)."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,7 +78,7 @@ def test_bootstrap_vectorised_matches_sklearn_and_fast():
     y, s = _noisy(5000)
     t = time.perf_counter()
     M.auroc_ci(y, s, n_bootstrap=1000)
-    assert time.perf_counter() - t < 4.0  # < 2 s on an idle machine; slack for shared CPUs
+    assert time.perf_counter() - t < 4.0  # a loose bound, with slack for shared CPUs
 
 
 def test_recalls_not_swapped():

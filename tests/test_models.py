@@ -46,7 +46,7 @@ def test_pretrained_resnet20_scores_90_percent_on_lossless_sample():
 def test_torchvision_models_heads_layers_and_offline_notice():
     import warnings
 
-    from helpers.conductance import layer_conductance
+    from helpers.paper1.conductance import layer_conductance
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -78,7 +78,8 @@ def test_squeezenet_gap_head_and_layers():
     torch.testing.assert_close(pooled_head(model)[1](g), logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not (SHARED_WEIGHTS / "squeezenet1_1-imagenet-caffe.pth").is_file(), reason="../shared/weights absent")
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "squeezenet1_1-imagenet-caffe.pth").is_file(),
+                    reason="../shared/weights absent")
 def test_squeezenet_loads_the_shared_features(tmp_path):
     """The shared Caffe-converted features load into every fire module; a wrong path names itself."""
     from helpers.models import build_model

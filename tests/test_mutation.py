@@ -8,10 +8,15 @@ import torch
 import torch.nn as nn
 
 from helpers.models import SmallCNN, build_model
-from helpers.mutation import (
-    OPERATORS, MutantSpec, Patch, make_patch, mutated, n_selected, unit_count,
+from helpers.paper1.mutation import (
+    OPERATORS,
+    MutantSpec,
+    Patch,
+    make_patch,
+    mutated,
+    n_selected,
+    unit_count,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -251,7 +256,7 @@ def test_resnet20_populations_and_paper_rate():
 
 
 def test_operator_functions_documented_and_pure(model):
-    from helpers.mutation import OPERATOR_FUNCTIONS
+    from helpers.paper1.mutation import OPERATOR_FUNCTIONS
 
     assert tuple(OPERATOR_FUNCTIONS) == OPERATORS
     before = _snapshot(model)

@@ -4,21 +4,22 @@ import json
 
 import pytest
 
-from helpers.profiles import REPO_ROOT
-
 from .conftest import SHARED_DATA
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 TINY_CIFAR = {"training.epochs": 1, "training.batch_size": 64, "split.limit_train": 300, "split.limit_val": 150,
               "split.limit_test": 150, "conductance.detector.epochs": 3, "joint.folds": 2,
               "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.01], "lcr.grid_mutants": 2,
               "lcr.n_mutants": 4, "metrics.n_bootstrap": 50,
+              # train the tiny model; no compilation for 4 mutants
               "checkpoint": None, "lcr.compile": False, "cfe.epochs": 2,
-              "debugging.epochs": 1, "debugging.seeds": 2, "debugging.grid": [[0, 0], [1e-3, 2e-5]]}  # train the tiny model; no compilation for 4 mutants
+              "debugging.epochs": 1, "debugging.seeds": 2, "debugging.grid": [[0, 0], [1e-3, 2e-5]]}
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")
 def test_notebook_sequence_cifar10_tiny(tmp_path):
-    from helpers.run_notebooks import run
+    from helpers.tools.run_notebooks import run
 
     out = tmp_path / "figs"
     run("cifar10", TINY_CIFAR, output_dir=str(out))

@@ -1,6 +1,6 @@
-"""Paper 2's headline numbers and the controls added for issue 19 (point 5): tests that FAIL when
+"""Paper 2's headline numbers and the controls the companion adds (docs/methods.md section 8): tests that FAIL when
 the sign of a CFE error score, the Table 1 class means (source rows, column, class index, gate), the
-debugging grid's choice or the order of the paired comparison is wrong; and the new controls
+debugging grid's choice or the order of the paired comparison is wrong; and the added controls
 (gate-only control, head-weight disabling control, hierarchical interval, minimum detectable effect).
 
 Every expected value is written out by hand (worked in the comments) or computed by an independent
@@ -18,11 +18,19 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
-from helpers import cfe, pipeline2
-from helpers.cfe import GlobalFilters, agreement, class_means, disable_filters_check, flag_predictions, gate_control
-from helpers.debugging import paired_statistics
 from helpers.metrics import auroc
-from helpers.pipeline2 import CFEAnalysis, error_scores
+from helpers.paper2 import cfe
+from helpers.paper2 import stages as paper2
+from helpers.paper2.cfe import (
+    GlobalFilters,
+    agreement,
+    class_means,
+    disable_filters_check,
+    flag_predictions,
+    gate_control,
+)
+from helpers.paper2.debugging import paired_statistics
+from helpers.paper2.stages import CFEAnalysis, error_scores
 
 
 def _analysis(table: dict, n_classes: int = 3, k: int = 4) -> CFEAnalysis:
@@ -192,7 +200,7 @@ def test_table1_counts_by_hand():
     """Table 1 from a stub experiment (table1 reads exp.cfg["cfe"] only): class means from the training rows
     that built G_c, grouped by label, in-sample or out-of-fold column; flags against the PREDICTED class's
     mean, inside the skip gate; the fixed rule on recall at frequency 0 with skip 0."""
-    t = pipeline2.table1(SimpleNamespace(cfg=CFE_CFG), _table1_analysis())
+    t = paper2.table1(SimpleNamespace(cfg=CFE_CFG), _table1_analysis())
     got = {(r.setting, r.thresholds): (r.errors_detected, r.new_errors) for r in t.itertuples()}
     assert list(got) == [("avg_recall", "in-sample"), ("avg_recall", "out-of-fold"), ("avg_f1", "in-sample"),
                          ("avg_f1", "out-of-fold"), ("recall_lt_0.3", "fixed")]
@@ -219,7 +227,7 @@ def test_table1_gate_columns_by_hand():
     rules and every row (7, 4 errors) for the fixed rule; random = k E / N; the rule's own AUROC inside the
     gate is of 1 - score (higher = more likely wrong)."""
     msp = np.array([0.5, 0.5, 0.4, 0.05, 0.7, 0.1, 0.01])   # 1 - p of e0..e6
-    t = pipeline2.table1(SimpleNamespace(cfg=CFE_CFG), _table1_analysis(), msp).set_index(["setting", "thresholds"])
+    t = paper2.table1(SimpleNamespace(cfg=CFE_CFG), _table1_analysis(), msp).set_index(["setting", "thresholds"])
     assert t["gate_n"].tolist() == [5, 5, 5, 5, 7] and t["gate_errors"].tolist() == [3, 3, 3, 3, 4]
     r = t.loc[("avg_recall", "in-sample")]
     assert r["gate_random_expected"] == pytest.approx(4 * 3 / 5)     # k = 4 flags (e0, e1, e2, e5)
@@ -299,16 +307,16 @@ def _fake_grid(monkeypatch, cells, accs, seed=7):
     """debugging_grid with debug_grid / debug_run / run_accuracies replaced: ``accs`` maps a cell to
     (train, val, test) accuracy.  Returns the result and the (l1, l2, seed) of every run."""
     calls = []
-    monkeypatch.setattr(pipeline2, "debug_grid", lambda exp: list(cells))
+    monkeypatch.setattr(paper2, "debug_grid", lambda exp: list(cells))
 
     def run(exp, l1, l2, s):
         calls.append((l1, l2, s))
         return {"best_epoch": 3, "cell": (l1, l2)}
 
-    monkeypatch.setattr(pipeline2, "debug_run", run)
-    monkeypatch.setattr(pipeline2, "run_accuracies",
+    monkeypatch.setattr(paper2, "debug_run", run)
+    monkeypatch.setattr(paper2, "run_accuracies",
                         lambda exp, r: dict(zip(("train", "val", "test"), accs[r["cell"]])))
-    grid, chosen = pipeline2.debugging_grid(SimpleNamespace(seed=seed))
+    grid, chosen = paper2.debugging_grid(SimpleNamespace(seed=seed))
     return grid, chosen, calls
 
 
@@ -410,11 +418,11 @@ def test_debugging_seeds_passes_the_debugged_arm_first(monkeypatch):
         logits = _one_hot(pred)
         return {"best_epoch": 1, "logits": {"train": logits, "val": logits, "test": logits}}
 
-    monkeypatch.setattr(pipeline2, "debug_run", run)
+    monkeypatch.setattr(paper2, "debug_run", run)
     split = SimpleNamespace(labels=y)
     exp = SimpleNamespace(seed=10, cfg={"debugging": {"seeds": 3, "n_bootstrap": 300}},
                           data={"train": split, "val": split, "test": split})
-    table, st, correct = pipeline2.debugging_seeds(exp, chosen)
+    table, st, correct = paper2.debugging_seeds(exp, chosen)
     assert table["arm"].tolist() == ["debugged"] * 3 + ["control"] * 3
     assert table["seed"].tolist() == [10, 11, 12] * 2
     assert list(zip(table.l1, table.l2)) == [chosen] * 3 + [(0.0, 0.0)] * 3

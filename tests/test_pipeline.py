@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import pipeline
+from helpers import evaluation
 from helpers.experiment import Experiment
+from helpers.paper1 import stages as paper1
 
-TINY = {"checkpoint": None, "training.epochs": 3, "conductance.detector.epochs": 3, "joint.folds": 3, "lcr.n_mutants": 5,
-        "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.05], "lcr.grid_mutants": 3}
+TINY = {"checkpoint": None, "training.epochs": 3, "conductance.detector.epochs": 3, "joint.folds": 3,
+        "lcr.n_mutants": 5, "lcr.grid_operators": ["filter_nai"], "lcr.grid_rates": [0.05], "lcr.grid_mutants": 3}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def exp(tmp_path_factory):
 
 
 def test_conductance_table_is_keyed_by_id_and_complete(exp):
-    cond = pipeline.conductance_table(exp)
+    cond = paper1.conductance_table(exp)
     assert list(cond["id"]) == list(exp.predictions["id"])
     # completeness on real data: summed conductance = F(x) - F(0) for the predicted class
     import torch
@@ -38,40 +39,40 @@ def test_conductance_table_is_keyed_by_id_and_complete(exp):
 
 
 def test_with_predictions_joins_on_ids_not_positions(exp):
-    cond = pipeline.conductance_table(exp)
+    cond = paper1.conductance_table(exp)
     shuffled = cond.sample(frac=1.0, random_state=0)
-    a = pipeline.with_predictions(exp, cond).set_index("id").sort_index()
-    b = pipeline.with_predictions(exp, shuffled).set_index("id").sort_index()
+    a = evaluation.with_predictions(exp, cond).set_index("id").sort_index()
+    b = evaluation.with_predictions(exp, shuffled).set_index("id").sort_index()
     pd.testing.assert_frame_equal(a, b)
     with pytest.raises(ValueError, match="not in the prediction table"):
-        pipeline.with_predictions(exp, pd.concat([cond.head(2).assign(id=["x", "y"]), cond]))
+        evaluation.with_predictions(exp, pd.concat([cond.head(2).assign(id=["x", "y"]), cond]))
 
 
 def test_oof_scores_never_from_a_detector_that_saw_the_sample(exp):
-    oof = pipeline.conductance_oof(exp)
+    oof = paper1.conductance_oof(exp)
     train_ids = set(exp.data["train"].ids)
     assert set(oof["id"]) == train_ids
     assert sorted(oof["fold"].unique()) == [0, 1, 2]
-    det = pipeline.conductance_detector(exp)["scores"]
+    det = paper1.conductance_detector(exp)["scores"]
     tr = det[det.split == "train"].merge(oof, on="id")
     assert not np.allclose(tr["conductance"], tr["conductance_oof"])
 
 
 def test_lcr_against_original_prediction_and_joint_end_to_end(exp):
-    m = pipeline.lcr_matrix(exp)
+    m = paper1.lcr_matrix(exp)
     assert m["preds"].shape == (5, len(exp.predictions))
     # chunks computed last-first and of another size (as other processes would) assemble into the same matrix
     for f in exp.artifacts_dir.glob("lcr_preds-*"):
         f.unlink()
-    for split, i in pipeline.lcr_chunks(exp, chunk=2)[::-1]:
-        pipeline.lcr_chunk(exp, split, i, chunk=2)
-    r = pipeline.lcr_matrix(exp, chunk=2)
+    for split, i in paper1.lcr_chunks(exp, chunk=2)[::-1]:
+        paper1.lcr_chunk(exp, split, i, chunk=2)
+    r = paper1.lcr_matrix(exp, chunk=2)
     np.testing.assert_array_equal(r["preds"], m["preds"])
     np.testing.assert_array_equal(r["ids"], m["ids"])
-    lcr = pipeline.lcr_table(exp, m)
+    lcr = paper1.lcr_table(exp, m)
     original = exp.predictions.set_index("id").loc[m["ids"], "prediction"].to_numpy()
     np.testing.assert_allclose(lcr["lcr"], (m["preds"] != original).mean(0))
-    scores = pipeline.joint_scores(exp)
+    scores = paper1.joint_scores(exp)
     assert {"joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp"} <= set(scores.columns)
     assert scores.filter(like="joint_").notna().all().all()
 
@@ -84,7 +85,7 @@ def test_operating_points_reach_targets_on_validation():
     split = np.where(np.arange(n) % 2 == 0, "val", "test")
     df = pd.DataFrame({"split": split, "correct": correct, "s": score})
     fake = SimpleNamespace(cfg={"joint": {"correct_recall_target": 0.95, "wrong_recall_target": 0.97}})
-    ops = pipeline.operating_points(fake, df, "s").set_index("operating_point")
+    ops = paper1.operating_points(fake, df, "s").set_index("operating_point")
     assert ops.loc["high_correct_recall", "val correct recall"] >= 0.95
     assert ops.loc["high_wrong_recall", "val wrong recall"] >= 0.97
     er = ops.loc["equal_recall"]
@@ -96,7 +97,8 @@ def test_operating_points_reach_targets_on_validation():
 
 
 def test_missing_checkpoint_is_an_error(tmp_path):
-    e = Experiment("digits", {"checkpoint": str(tmp_path / "nope.pt"), "if_no_checkpoint": "error"}, output_dir=tmp_path)
+    e = Experiment("digits", {"checkpoint": str(tmp_path / "nope.pt"), "if_no_checkpoint": "error"},
+                   output_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
         e.model
 
@@ -113,33 +115,34 @@ def test_lcr_screening_on_a_file_dataset(tmp_path, monkeypatch):
                               "checkpoint": None,
                               "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}, output_dir=tmp_path / "f",
                    progress=False)
-    z = pipeline.screen(e, "filter_nai", 0.05, 2)
+    z = paper1.screen(e, "filter_nai", 0.05, 2)
     assert "error" in z or len(z["seeds"]) == 2
 
 
 def test_grid_extra_cells_follow_the_product_once(exp):
     e = Experiment("digits", {**TINY, "lcr.grid_extra": [["gf", 0.1], ["filter_nai", 0.05], ["gf", 0.1]]},
                    output_dir=exp.output_dir, progress=False)
-    assert pipeline.lcr_grid_cells(e) == [("filter_nai", 0.05), ("gf", 0.1)]
-    grid = pipeline.lcr_grid(e)
+    assert paper1.lcr_grid_cells(e) == [("filter_nai", 0.05), ("gf", 0.1)]
+    grid = paper1.lcr_grid(e)
     assert list(zip(grid.operator, grid.rate)) == [("filter_nai", 0.05), ("gf", 0.1)]
 
 
 def test_cross_fitted_detector_feeds_the_learning_curve_and_the_joint_classifier(exp):
     with pytest.raises(ValueError, match=r"conductance.cross_fit.folds is null"):
-        pipeline.conductance_cross_fit(exp)
+        paper1.conductance_cross_fit(exp)
     e = Experiment("digits", {**TINY, "conductance.cross_fit.folds": 3, "conductance.cross_fit.fractions": [0.5, 1.0]},
                    output_dir=exp.output_dir, progress=False)
-    cf = pipeline.conductance_cross_fit(e)
+    cf = paper1.conductance_cross_fit(e)
     assert list(cf["scores"]["id"]) == list(e.predictions["id"])  # every analysis photo, train + val + test
     assert set(cf["scores"]["fold"]) == {0, 1, 2}
-    curve = pipeline.detector_learning_curve(e)
+    curve = paper1.detector_learning_curve(e)
     assert len(curve) == 3 and curve.n_train.iloc[0] == (e.predictions.split == "train").sum()
     assert curve.n_train.iloc[1] < curve.n_train.iloc[2] < len(e.predictions)
-    assert (curve.heldout_auroc_ci_low <= curve.heldout_auroc).all() and (curve.heldout_auroc <= curve.heldout_auroc_ci_high).all()
-    feats = pipeline.joint_features(e)  # notebook 03: every row's conductance score is the cross-fitted one
+    assert ((curve.heldout_auroc_ci_low <= curve.heldout_auroc).all()
+            and (curve.heldout_auroc <= curve.heldout_auroc_ci_high).all())
+    feats = paper1.joint_features(e)  # notebook 03: every row's conductance score is the cross-fitted one
     np.testing.assert_array_equal(feats.set_index("id").loc[cf["scores"]["id"], "conductance_oof"].to_numpy(),
                                   cf["scores"]["conductance_cf"].to_numpy())
-    off = pipeline.joint_features(exp)
+    off = paper1.joint_features(exp)
     held = off.split != "train"
     np.testing.assert_array_equal(off.loc[held, "conductance_oof"], off.loc[held, "conductance"])

@@ -1,4 +1,4 @@
-"""Figures that read on their own (issue 22): properties of the rendered figures, not pixels."""
+"""Figures that read on their own: properties of the rendered figures, not pixels."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,7 +7,6 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers import plots  # noqa: E402
-
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +26,8 @@ def _images(n, rng):
 
 def _no_title_runs_into_the_row_above(fig, n_cols, gap_pt=4):
     """At the dpi the figures are saved with: each title ends at least ``gap_pt`` below the images above
-    (before, a wrapped cub100 title touched them at layout time and overprinted them once saved)."""
+    (checked at the saving dpi: a wrapped cub100 title can clear them at layout time and overprint them once
+    saved)."""
     dpi = plots.plt.rcParams["savefig.dpi"]
     fig.set_dpi(dpi)
     fig.canvas.draw()
@@ -45,14 +45,15 @@ def _no_title_runs_into_the_row_above(fig, n_cols, gap_pt=4):
 def test_mc_overlay_titles_never_overprint_the_images_above(titles):
     rng = np.random.default_rng(0)
     ex = [{"image": img, "maps": rng.uniform(size=(4, 4)), "title": title,
-           "overlay_title": "20 MC filters; recall 0.61, F1 0.71"} for img, title in zip(_images(len(titles), rng), titles)]
+           "overlay_title": "20 MC filters; recall 0.61, F1 0.71"}
+          for img, title in zip(_images(len(titles), rng), titles)]
     fig = plots.mc_overlays(ex)
     _no_title_runs_into_the_row_above(fig, 2)
     assert sum(1 for ax in fig.axes if ax.get_ylabel() == "summed activation") == len(titles)  # a bar per row
 
 
 def test_gradcam_titles_never_overprint_the_images_above():
-    """Before, cub100's long species names in the titles ran into the row above."""
+    """cub100's long species names in the titles do not run into the row above."""
     rng = np.random.default_rng(0)
     ex = [{"image": img, "cams": [rng.uniform(size=(4, 4))] * 2,
            "titles": ["true 090.Cedar_Waxwing", "original: 090.Cedar_Waxwing (p 0.55)",

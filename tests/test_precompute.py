@@ -1,4 +1,4 @@
-"""helpers.precompute on torch.distributed (gloo, 2 CPU processes): the heavy stages' work units give
+"""helpers.tools.precompute on torch.distributed (gloo, 2 CPU processes): the heavy stages' work units give
 exactly the results of one process, with a shared cache or with one cache per rank, and a rank killed
 mid-run resumes from the finished units."""
 import json
@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import pipeline, pipeline2
 from helpers.experiment import Experiment
-from helpers.profiles import REPO_ROOT
+from helpers.paper1 import stages as paper1
+from helpers.paper2 import stages as paper2
+from helpers.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -20,7 +23,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def _precompute(launcher: list[str], env_extra: dict, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", **env_extra}
     env.pop("COMPANION_OUTPUT_DIR", None)
-    proc = subprocess.run([*launcher, "-m", "helpers.precompute", "--profile", "digits"], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([*launcher, "-m", "helpers.tools.precompute", "--profile", "digits"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -31,13 +34,13 @@ def _results(artifacts, monkeypatch, tmp_path) -> dict:
     """Everything the heavy stages cached, read back through the notebooks' own functions (cache only)."""
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(artifacts))
     exp = Experiment("digits", output_dir=tmp_path / f"out-{artifacts.name}", progress=False)
-    with exp.cached_only():  # nothing may be computed here: all of it must come from the precompute
-        gens, hist = pipeline2.generators(exp)
-        grid, chosen = pipeline2.debugging_grid(exp)
-        seeds, stats, _ = pipeline2.debugging_seeds(exp, chosen)
-        return {"conductance": pipeline.conductance_table(exp), "lcr": pipeline.lcr_matrix(exp)["preds"],
+    with exp.cache.cached_only():  # nothing may be computed here: all of it must come from the precompute
+        gens, hist = paper2.generators(exp)
+        grid, chosen = paper2.debugging_grid(exp)
+        seeds, stats, _ = paper2.debugging_seeds(exp, chosen)
+        return {"conductance": paper1.conductance_table(exp), "lcr": paper1.lcr_matrix(exp)["preds"],
                 "weight": gens.weight.detach().clone(), "history": hist, "grid": grid, "seeds": seeds, "stats": stats,
-                "agreement": pipeline2.debugged_agreement(exp, *chosen, exp.seed)}
+                "agreement": paper2.debugged_agreement(exp, *chosen, exp.seed)}
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -50,7 +53,8 @@ def _assert_same(a: dict, b: dict) -> None:
     pd.testing.assert_frame_equal(a["grid"], b["grid"], check_exact=True)
     pd.testing.assert_frame_equal(a["seeds"], b["seeds"], check_exact=True)
     assert a["stats"] == b["stats"]
-    assert json.dumps(a["agreement"], sort_keys=True, default=str) == json.dumps(b["agreement"], sort_keys=True, default=str)
+    assert (json.dumps(a["agreement"], sort_keys=True, default=str)
+            == json.dumps(b["agreement"], sort_keys=True, default=str))
 
 
 @pytest.fixture(scope="module")
@@ -97,32 +101,33 @@ def test_conductance_parts_and_generator_groups_assemble_to_the_unsplit_results(
     groups), cached one by one as other processes would, assemble into the unsplit results."""
     import pandas as pd
 
-    from helpers import cfe
+    from helpers.paper2 import cfe
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("digits", {"training.eval_batch_size": 128}, output_dir=tmp_path / "out", progress=False)
-    k, n = pipeline2.frozen_head(exp).in_features, len(exp.data.classes)
-    monkeypatch.setattr(pipeline2, "generator_groups", lambda e: cfe.generator_groups(k, n, group_size=3))
-    whole = pipeline.conductance_table(exp)  # one part per split (CONDUCTANCE_PART >= each split)
-    gens, hist = pipeline2.generators(exp)  # 4 groups, trained one after the other in this process
+    k, n = paper2.frozen_head(exp).in_features, len(exp.data.classes)
+    monkeypatch.setattr(paper2, "generator_groups", lambda e: cfe.generator_groups(k, n, group_size=3))
+    whole = paper1.conductance_table(exp)  # one part per split (CONDUCTANCE_PART >= each split)
+    gens, hist = paper2.generators(exp)  # 4 groups, trained one after the other in this process
     for f in exp.artifacts_dir.glob("c*"):  # conductance and generators, not their inputs
         if f.name.startswith(("conductance-", "cfe_generators-")):
             f.unlink()
-    monkeypatch.setattr(pipeline, "CONDUCTANCE_PART", 256)  # 2 batches of 128 per part
-    parts = pipeline.conductance_parts(exp)
+    monkeypatch.setattr(paper1, "CONDUCTANCE_PART", 256)  # 2 batches of 128 per part
+    parts = paper1.conductance_parts(exp)
     assert len(parts) > 3 and all((b - a) % 128 == 0 or b == len(exp.data[s]) for s, a, b in parts)
     for p in parts[::-1]:  # in another order, as other ranks would
-        pipeline.conductance_part(exp, *p)
-    for g in pipeline2.generator_groups(exp)[::-1]:
-        pipeline2.generator_group(exp, g)
-    pd.testing.assert_frame_equal(pipeline.conductance_table(exp), whole, check_exact=True)
-    gens2, hist2 = pipeline2.generators(exp)
+        paper1.conductance_part(exp, *p)
+    for g in paper2.generator_groups(exp)[::-1]:
+        paper2.generator_group(exp, g)
+    pd.testing.assert_frame_equal(paper1.conductance_table(exp), whole, check_exact=True)
+    gens2, hist2 = paper2.generators(exp)
     assert torch.equal(gens2.weight, gens.weight) and torch.equal(gens2.bias, gens.bias)
     pd.testing.assert_frame_equal(hist2, hist, check_exact=True)
 
 
 def test_a_unit_that_fails_on_one_rank_stops_every_rank_at_once(tmp_path):
-    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(tmp_path / "art"), "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3",
+    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(tmp_path / "art"),
+                                  "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3",
                                   "COMPANION_PRECOMPUTE_CRASH_HOW": "raise"}, check=False)
     assert proc.returncode != 0
     assert "simulated failure of rank 1" in proc.stderr  # the failing rank's own error

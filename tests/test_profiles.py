@@ -1,6 +1,8 @@
 import pytest
 
-from helpers.profiles import PARAMS_DIR, ProfileError, load_profile, params_hash
+from helpers.cache import params_hash
+from helpers.paths import PARAMS_DIR
+from helpers.profiles import ProfileError, load_profile
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
@@ -69,3 +71,53 @@ def test_grid_extra_and_cross_fit_are_checked():
         load_profile("digits", {"conductance.cross_fit.fractions": [0.5]})
     with pytest.raises(ProfileError, match=r"'conductance.cross_fit.folds' = 1 is below the minimum 2"):
         load_profile("digits", {"conductance.cross_fit.folds": 1})
+
+
+# ------------------------------------------------------------------ one source for each default
+def _kw_defaults(fn) -> dict:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_method_defaults_are_the_profile_defaults():
+    """The keyword and dataclass defaults of the methods are the papers' values that profiles.DEFAULTS
+    holds: a function called from Python without a profile does what a profile that leaves the key out does."""
+    from dataclasses import fields
+
+    from helpers.paper1 import joint, lcr
+    from helpers.paper1.detectors import train_conductance_detector
+    from helpers.paper2.cfe import GeneratorConfig
+    from helpers.paper2.debugging import DebugConfig
+    from helpers.profiles import DEFAULTS
+
+    det = _kw_defaults(train_conductance_detector)
+    assert {k: det[k] for k in DEFAULTS["conductance"]["detector"]} == DEFAULTS["conductance"]["detector"]
+    assert _kw_defaults(joint.out_of_fold_scores)["k"] == DEFAULTS["joint"]["folds"]
+    cf = _kw_defaults(joint.cross_fitted_detector)
+    assert cf["inner_val"] == DEFAULTS["conductance"]["cross_fit"]["inner_val"]
+    gen = {f.name: f.default for f in fields(GeneratorConfig)}
+    assert gen == {k: DEFAULTS["cfe"][k] for k in gen}
+    dbg = {f.name: f.default for f in fields(DebugConfig)}
+    assert {k: dbg[k] for k in ("lr", "momentum", "batch_size", "epochs", "trainable")} == \
+        {k: DEFAULTS["debugging"][k] for k in ("lr", "momentum", "batch_size", "epochs", "trainable")}
+    assert [dbg["l1"], dbg["l2"]] in DEFAULTS["debugging"]["grid"]  # the authors' cell of the grid
+    assert dbg["augmentation"] == DEFAULTS["training"]["augmentation"]  # debugging.augmentation null: training's
+    screen = _kw_defaults(lcr.screen_mutants)
+    assert screen["threshold"] == DEFAULTS["lcr"]["accept_threshold"]
+    sprt = _kw_defaults(lcr.sprt_detect)
+    assert (sprt["alpha"], sprt["beta"], sprt["indifference"]) == \
+        (DEFAULTS["lcr"]["sprt_alpha"], DEFAULTS["lcr"]["sprt_beta"], DEFAULTS["lcr"]["sprt_indifference"])
+
+
+def test_names_come_from_one_place():
+    """Model, dataset and operator names: helpers.names, read by the schema and by the modules that build them."""
+    from helpers import datasets, models, names
+    from helpers.paper1 import mutation
+    from helpers.profiles import SCHEMA
+
+    assert SCHEMA["model"][2] is names.MODEL_NAMES and models.MODEL_NAMES is names.MODEL_NAMES
+    assert SCHEMA["dataset"][2] is names.DATASET_NAMES and set(datasets.LOADERS) == set(names.DATASET_NAMES)
+    assert mutation.OPERATORS is names.MUTATION_OPERATORS
+    assert tuple(mutation.OPERATOR_FUNCTIONS) == names.MUTATION_OPERATORS  # every name has its operator

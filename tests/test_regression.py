@@ -1,4 +1,4 @@
-"""The notebook regression (helpers.regression): headline numbers are compared with the committed
+"""The notebook regression (helpers.tools.regression): headline numbers are compared with the committed
 reference (tests/reference/<profile>/metrics.json) within a tolerance that follows each number's own
 standard error; a real regression (a number moved by more than it, a broken score) fails, and no run
 writes the reference."""
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from helpers import regression
 from helpers.experiment import Experiment
+from helpers.tools import regression
 
 REFERENCE = regression.reference_metrics("digits")
 FLAT = regression.flatten(REFERENCE)
@@ -132,23 +132,23 @@ def msp_reports(tmp_path_factory):
     the same with the score shuffled: a deliberately broken detector."""
     import os
 
-    from helpers import pipeline
+    from helpers import evaluation
 
     old = os.environ.get("COMPANION_ARTIFACTS")
     os.environ["COMPANION_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
     try:
         exp = Experiment("digits", output_dir=tmp_path_factory.mktemp("figures") / "digits", progress=False)
-        scores = pipeline.baseline_table(exp)
+        scores = evaluation.baseline_table(exp)
         broken = scores.copy()
         broken["msp"] = np.random.default_rng(0).permutation(broken["msp"].to_numpy())
-        good, _ = pipeline.evaluate_scores(exp, scores, ["msp"])
-        bad, _ = pipeline.evaluate_scores(exp, broken, ["msp"])
+        good, _ = evaluation.evaluate_scores(exp, scores, ["msp"])
+        bad, _ = evaluation.evaluate_scores(exp, broken, ["msp"])
     finally:
         if old is None:
             os.environ.pop("COMPANION_ARTIFACTS")
         else:
             os.environ["COMPANION_ARTIFACTS"] = old
-    return pipeline.rounded(good), pipeline.rounded(bad)
+    return evaluation.rounded(good), evaluation.rounded(bad)
 
 
 def test_the_real_score_passes_and_a_shuffled_score_fails(msp_reports):

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from helpers.profiles import REPO_ROOT
-from helpers.report import REFERENCE_DIR, README_BEGIN, README_END, build_report, comparison_table, readme_block, refresh_readme
+from helpers.paths import REFERENCE_DIR, REPO_ROOT
+from helpers.tools.report import README_BEGIN, README_END, build_report, comparison_table, readme_block, refresh_readme
 
 FIG = REPO_ROOT / "figures"
 
@@ -71,7 +71,7 @@ def test_comparison_marks_missing_runs_not_run_yet(tmp_path):
 
 
 def test_stage_table_sums_chunks_and_marks_unlogged_memory():
-    from helpers.report import stage_table
+    from helpers.tools.report import stage_table
 
     log = {"stages": {
         "lcr_preds-a": {"stage": "lcr_preds", "seconds": 60.0, "peak_rss_mb": 1024.0, "threads": 2, "device": "cpu"},
@@ -90,8 +90,8 @@ def test_generated_tables_name_every_detector_as_the_figures_do():
     import re
 
     from helpers.names import display_name
-    from helpers.regression import reference_metrics
-    from helpers.report import headline_table
+    from helpers.tools.regression import reference_metrics
+    from helpers.tools.report import headline_table
 
     for profile in ("digits", "cifar10", "cifar10-pretrained", "cub100"):
         metrics = reference_metrics(profile)
@@ -103,6 +103,6 @@ def test_generated_tables_name_every_detector_as_the_figures_do():
 
 
 def test_a_difference_that_rounds_to_zero_has_no_sign():
-    from helpers.report import points
+    from helpers.tools.report import points
 
     assert [points(v) for v in (-0.0, -0.00004, 0.00004, 0.0016, -0.0015)] == ["0.00", "0.00", "0.00", "+0.16", "-0.15"]

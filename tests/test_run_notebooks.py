@@ -1,4 +1,4 @@
-"""make figures (helpers.run_notebooks) never leaves a notebook half-executed and never writes the
+"""make figures (helpers.tools.run_notebooks) never leaves a notebook half-executed and never writes the
 regression reference: each notebook is executed into a temporary file and moved into place when it
 has finished."""
 import os
@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from helpers import regression, run_notebooks
+from helpers.tools import regression, run_notebooks
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The GPU code path on a simulated accelerator (issue 23): :mod:`helpers.simdevice` registers a
+"""The GPU code path on a simulated accelerator: :mod:`helpers.simdevice` registers a
 PrivateUse1 device whose tensors hold CPU data and check every op as CUDA does (mixed devices
 raise, ``.numpy()`` of a device tensor raises).  ``device: auto`` picks it when
 ``COMPANION_SIMULATED_ACCELERATOR=1``.  Each run is a subprocess: the device is registered once per
@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from helpers.profiles import REPO_ROOT
+from helpers.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 #: the six notebooks on digits at tiny settings (the committed model; a few mutants, epochs, seeds)
 TINY_DIGITS = {"device": "auto", "conductance.detector.epochs": 3, "joint.folds": 2, "lcr.grid_operators": ["gf"],
@@ -66,11 +68,12 @@ def test_device_unit_paths_on_simulated_accelerator(tmp_path):
 import os, numpy as np, torch
 from helpers import simdevice
 from helpers.experiment import Experiment
-from helpers.conductance import conductance_dataset
-from helpers.lcr import mutant_predictions
-from helpers.mutation import MutantSpec
-from helpers.debugging import DebugConfig, fine_tune
-from helpers import pipeline
+from helpers.paper1.conductance import conductance_dataset
+from helpers.paper1.lcr import mutant_predictions
+from helpers.paper1.mutation import MutantSpec
+from helpers.paper2.debugging import DebugConfig, fine_tune
+from helpers import evaluation
+from helpers.paper1 import stages as paper1
 torch.set_num_threads(1)
 root = os.environ["COMPANION_ARTIFACTS"]
 tiny = {"checkpoint": None, "training.epochs": 1}
@@ -86,8 +89,8 @@ for (k, a), b in zip(cpu.model.state_dict().items(), sim.model.state_dict().valu
 a, b = cpu.predictions, sim.predictions
 assert np.abs(a.filter(like="logit_").to_numpy() - b.filter(like="logit_").to_numpy()).max() < 1e-4
 # conductance on the device
-x = pipeline.split_inputs(cpu, "test")[:64]
-layer = pipeline.conductance_layer(cpu)
+x = evaluation.split_inputs(cpu, "test")[:64]
+layer = paper1.conductance_layer(cpu)
 c0 = conductance_dataset(cpu.model, layer, [(x, None)], device="cpu", progress=False)["conductance"]
 c1 = conductance_dataset(sim.model, layer, [(x, None)], device=sim.device, progress=False)["conductance"]
 assert np.allclose(c0, c1, atol=1e-4), abs(c0 - c1).max()
@@ -111,7 +114,7 @@ print("ok")
     out = _run_simulated(code, tmp_path)
     assert "ok" in out["stdout"] and out["mismatches"] == 0, out
     # no host sync per training or fine-tuning step (15 and 2 x 16 steps here): the running sums are read
-    # once per epoch (the old code read 2 per training step, 5 per fine-tuning step)
+    # once per epoch
     steps = {k: v for k, v in out["syncs"].items() if k.endswith((" train_model", " _fine_tune", " debugging_loss"))}
     assert steps and max(steps.values()) <= 8, out["syncs"]
 
@@ -119,7 +122,7 @@ print("ok")
 def test_six_notebooks_on_simulated_accelerator(tmp_path):
     """All six notebooks, digits at tiny settings, on the simulated device: no op mixes devices."""
     code = f"""
-from helpers.run_notebooks import run
+from helpers.tools.run_notebooks import run
 run("digits", {TINY_DIGITS!r}, output_dir={str(tmp_path / 'figs')!r})
 """
     out = _run_simulated(code, tmp_path, timeout=1500)

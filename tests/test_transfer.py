@@ -4,7 +4,7 @@ Covers: the ``cub200-vgg16`` profile end to end on a synthetic CUB_200_2011 tree
 weights (model ``vgg16_gap``, head phase then fine-tuning, cached model); ``train_head`` (best
 validation epoch kept, only the linear layer trained); ``freeze_all_but`` / ``train_model`` with a
 ``training.trainable`` list; the transfer keys in the model's cache key; the default crop pad of
-``augment``; ``pipeline.split_inputs`` on image files; validation of the new profile keys.
+``augment``; ``evaluation.split_inputs`` on image files; validation of the new profile keys.
 """
 import copy
 
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import debugging
+from helpers.cache import params_hash
 from helpers.datasets import load_data
 from helpers.experiment import Experiment
 from helpers.models import VGG16GAP, build_model
-from helpers.profiles import ProfileError, load_profile, params_hash
+from helpers.paper2 import debugging
+from helpers.profiles import ProfileError, load_profile
 from helpers.training import augment, freeze_all_but, train_head, train_model
 
 N_CLASSES, PER_CLASS, N_TEST = 3, 8, 2  # per class: the last N_TEST images are flagged test
@@ -69,6 +70,7 @@ def _vgg_overrides(cub_tree):
     return {"data_dir": str(cub_tree[0]), **VGG_TINY}
 
 
+@pytest.mark.slow
 def test_cub200_vgg16_runs_offline_on_a_tiny_tree(cub_tree, tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
@@ -77,7 +79,7 @@ def test_cub200_vgg16_runs_offline_on_a_tiny_tree(cub_tree, tmp_path, monkeypatc
     assert model.last_conv_layer == "features.30" and model.gap_linear_head == ("features.30", "linear")
     assert model.linear.out_features == N_CLASSES
     assert exp.history["phase"].tolist() == ["head", "head", "train"]
-    assert {"head_features", "model"} <= set(exp.timings)
+    assert {"head_features", "model"} <= set(exp.cache.timings)
     g, y = exp.head_features()
     assert g["train"].shape == (len(exp.data["train"]), 512) and len(y["val"]) == len(exp.data["val"])
 
@@ -96,7 +98,7 @@ def test_cub200_vgg16_runs_offline_on_a_tiny_tree(cub_tree, tmp_path, monkeypatc
 
     again = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
     assert again.history["phase"].tolist() == ["head", "head", "train"]
-    assert "model" not in again.timings and "head_features" not in again.timings
+    assert "model" not in again.cache.timings and "head_features" not in again.cache.timings
     for (k, a), b in zip(model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -251,17 +253,17 @@ def test_augment_default_pad_is_an_eighth_of_the_side(size):
 
 
 def test_split_inputs_decodes_image_files_once(cub_tree, tmp_path, monkeypatch):
-    from helpers import pipeline
+    from helpers import evaluation
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     exp = Experiment("cub200-vgg16", _vgg_overrides(cub_tree), progress=False)
     ds = exp.data["test"].dataset
-    x = pipeline.split_inputs(exp, "test")
+    x = evaluation.split_inputs(exp, "test")
     assert isinstance(x, torch.Tensor) and x.shape == (N_CLASSES * N_TEST, 3, 32, 32)
     assert torch.equal(x, torch.stack([ds[i][0] for i in range(len(ds))]))
-    assert pipeline.split_inputs(exp, "test") is x  # memoised in exp.memory
-    monkeypatch.setattr("helpers.pipeline.IN_MEMORY_BYTES", 0)
-    loader = pipeline.split_inputs(exp, "test")
+    assert evaluation.split_inputs(exp, "test") is x  # memoised in exp.memo
+    monkeypatch.setattr("helpers.evaluation.IN_MEMORY_BYTES", 0)
+    loader = evaluation.split_inputs(exp, "test")
     assert isinstance(loader, torch.utils.data.DataLoader)
     assert torch.equal(torch.cat([b for b, _ in loader]), x)
 
@@ -290,6 +292,7 @@ def cub_tree_big_test(tmp_path_factory):
     return _write_tree(tmp_path_factory.mktemp("cub_big"), 14, 8)
 
 
+@pytest.mark.slow
 def test_analysis_splits_from_held_out_test_photos(cub_tree_big_test, tmp_path, monkeypatch):
     """``split.analysis_from_test``: the model trains on the official train photos only; the
     train / val / test of every later stage are the official test photos, split stratified."""

@@ -1,20 +1,20 @@
 """Fill a profile's stage cache on many processes, GPUs or machines with ``torch.distributed``; the
 notebooks then run as usual and find every heavy stage cached.
 
-    torchrun --standalone --nproc_per_node=2 -m helpers.precompute --profile digits
-    torchrun --nproc_per_node=8 -m helpers.precompute --profile cub100 --only lcr,debugging
+    torchrun --standalone --nproc_per_node=2 -m helpers.tools.precompute --profile digits
+    torchrun --nproc_per_node=8 -m helpers.tools.precompute --profile cub100 --only lcr,debugging
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
-        -m helpers.precompute --profile cub100          # on every machine (or the Slurm example, README)
-    python -m helpers.precompute --profile digits       # one process: the same stages, in order
+        -m helpers.tools.precompute --profile cub100          # on every machine (or the Slurm example, README)
+    python -m helpers.tools.precompute --profile digits       # one process: the same stages, in order
 
 The heavy stages are embarrassingly parallel, so they are cut into **work units**, each a cached stage
 of its own and seeded by what it is (a mutant's seed, an image range, a class group, a grid cell and
 seed), never by rank: any number of processes computes exactly the numbers one process computes.
 
-- ``conductance``: ranges of whole eval batches of each split (:func:`pipeline.conductance_parts`);
-- ``lcr``: the grid cells' screening, then the label-matrix chunks (:func:`pipeline.lcr_chunks`); the
+- ``conductance``: ranges of whole eval batches of each split (:func:`paper1.conductance_parts`);
+- ``lcr``: the grid cells' screening, then the label-matrix chunks (:func:`paper1.lcr_chunks`); the
   final screening of the chosen setting is one serial unit (it stops at the n-th accepted mutant);
-- ``cfe``: the generators' batched class groups (:func:`pipeline2.generator_groups`);
+- ``cfe``: the generators' batched class groups (:func:`paper2.generator_groups`);
 - ``debugging``: the grid cells at the profile's seed, then both arms x the paired seeds, then the
   filter agreement of the two models it reports.
 
@@ -45,7 +45,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .experiment import Experiment
+from helpers.experiment import Experiment
+from helpers.paper1 import stages as paper1
+from helpers.paper2 import stages as paper2
+from helpers.tools import testhooks
+from helpers.tools.run_notebooks import parse_set
 
 #: the stages, in the order their inputs require
 STAGES = ("conductance", "lcr", "cfe", "debugging")
@@ -123,7 +127,7 @@ def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
     exchange the lists of their cache files, and each file some rank lacks is broadcast, one at a
     time, by the first rank that has it (computed now or cached earlier: a resumed run too); data
     files travel before their sidecars and are written atomically."""
-    from .utils import atomic_path
+    from helpers.utils import atomic_path
 
     if shared or not group.distributed:
         group.barrier()
@@ -149,7 +153,7 @@ def _step(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object])
     error = None
     try:
         fn()
-    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+    except Exception as e:  # re-raised below, after the other ranks know
         error = e
     if not group.all_ok(error is None):
         if error is not None:
@@ -166,11 +170,8 @@ def run_units(exp: Experiment, group: Group, units: list[Callable[[], object]], 
 
     def work():
         for i, unit in enumerate(mine):
-            if crash_after is not None and i >= crash_after:  # tests: a rank killed, or failing, mid-run
-                if os.environ.get("COMPANION_PRECOMPUTE_CRASH_HOW") == "raise":
-                    raise RuntimeError(f"simulated failure of rank {group.rank} after {i} units")
-                print(f"[rank {group.rank}] simulated crash after {i} units", file=sys.stderr, flush=True)
-                os._exit(3)
+            if crash_after is not None and i >= crash_after:  # a test hook: a rank killed, or failing, mid-run
+                testhooks.crash(group.rank, i)
             unit()
 
     _step(exp, group, shared, work)
@@ -184,54 +185,46 @@ def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], objec
 
 # --------------------------------------------------------------------------- the stages
 def conductance_stage(exp, group, shared, crash_after=None) -> dict:
-    from . import pipeline
-
-    pipeline.check_conductance_classes(exp)  # before any work
+    paper1.check_conductance_classes(exp)  # before any work
     on_rank0(exp, group, shared, lambda: exp.predictions)
-    parts = pipeline.conductance_parts(exp)
-    n = run_units(exp, group, [lambda p=p: pipeline.conductance_part(exp, *p) for p in parts], shared, crash_after)
-    on_rank0(exp, group, shared, lambda: pipeline.conductance_table(exp))
+    parts = paper1.conductance_parts(exp)
+    n = run_units(exp, group, [lambda p=p: paper1.conductance_part(exp, *p) for p in parts], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: paper1.conductance_table(exp))
     return {"units": len(parts), "mine": n}
 
 
 def lcr_stage(exp, group, shared, crash_after=None) -> dict:
-    from . import pipeline
-
     lc = exp.cfg["lcr"]
     on_rank0(exp, group, shared, lambda: exp.predictions)
-    cells = [] if lc["operator"] and lc["rate"] else pipeline.lcr_grid_cells(exp)
-    n = run_units(exp, group, [lambda c=c: pipeline.screen(exp, c[0], c[1], lc["grid_mutants"]) for c in cells], shared,
+    cells = [] if lc["operator"] and lc["rate"] else paper1.lcr_grid_cells(exp)
+    n = run_units(exp, group, [lambda c=c: paper1.screen(exp, c[0], c[1], lc["grid_mutants"]) for c in cells], shared,
                   crash_after)
-    on_rank0(exp, group, shared, lambda: pipeline.lcr_final_screen(exp))  # serial: it stops at the n-th accepted mutant
-    chunks = pipeline.lcr_chunks(exp)
-    n += run_units(exp, group, [lambda c=c: pipeline.lcr_chunk(exp, *c) for c in chunks], shared, crash_after)
-    on_rank0(exp, group, shared, lambda: pipeline.lcr_matrix(exp))
+    on_rank0(exp, group, shared, lambda: paper1.lcr_final_screen(exp))  # serial: it stops at the n-th accepted mutant
+    chunks = paper1.lcr_chunks(exp)
+    n += run_units(exp, group, [lambda c=c: paper1.lcr_chunk(exp, *c) for c in chunks], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: paper1.lcr_matrix(exp))
     return {"units": len(cells) + 1 + len(chunks), "mine": n}
 
 
 def cfe_stage(exp, group, shared, crash_after=None) -> dict:
-    from . import pipeline2
-
-    on_rank0(exp, group, shared, lambda: pipeline2.pooled_table(exp))
-    groups = pipeline2.generator_groups(exp)
-    n = run_units(exp, group, [lambda g=g: pipeline2.generator_group(exp, g) for g in groups], shared, crash_after)
-    on_rank0(exp, group, shared, lambda: pipeline2.generators(exp))
+    on_rank0(exp, group, shared, lambda: paper2.pooled_table(exp))
+    groups = paper2.generator_groups(exp)
+    n = run_units(exp, group, [lambda g=g: paper2.generator_group(exp, g) for g in groups], shared, crash_after)
+    on_rank0(exp, group, shared, lambda: paper2.generators(exp))
     return {"units": len(groups), "mine": n}
 
 
 def debugging_stage(exp, group, shared, crash_after=None) -> dict:
-    from . import pipeline2
-
-    on_rank0(exp, group, shared, lambda: (pipeline2.generators(exp), pipeline2.debug_masks(exp)))
-    cells = pipeline2.debug_grid(exp)
-    n = run_units(exp, group, [lambda c=c: pipeline2.debug_run(exp, c[0], c[1], exp.seed) for c in cells], shared,
+    on_rank0(exp, group, shared, lambda: (paper2.generators(exp), paper2.debug_masks(exp)))
+    cells = paper2.debug_grid(exp)
+    n = run_units(exp, group, [lambda c=c: paper2.debug_run(exp, c[0], c[1], exp.seed) for c in cells], shared,
                   crash_after)
-    _, chosen = pipeline2.debugging_grid(exp)  # every rank: all cells are cached now
+    _, chosen = paper2.debugging_grid(exp)  # every rank: all cells are cached now
     seeds = [exp.seed + i for i in range(exp.cfg["debugging"]["seeds"])]
     runs = [(l1, l2, s) for l1, l2 in (chosen, (0.0, 0.0)) for s in seeds]
-    n += run_units(exp, group, [lambda r=r: pipeline2.debug_run(exp, *r) for r in runs], shared, crash_after)
+    n += run_units(exp, group, [lambda r=r: paper2.debug_run(exp, *r) for r in runs], shared, crash_after)
     agree = [(*chosen, exp.seed), (0.0, 0.0, exp.seed)]
-    n += run_units(exp, group, [lambda a=a: pipeline2.debugged_agreement(exp, *a) for a in agree], shared, crash_after)
+    n += run_units(exp, group, [lambda a=a: paper2.debugged_agreement(exp, *a) for a in agree], shared, crash_after)
     return {"units": len(cells) + len(runs) + len(agree), "mine": n}
 
 
@@ -242,8 +235,8 @@ def precompute(profile: str, only: list[str] | None = None, overrides: dict | No
                crash_after: int | None = None) -> dict:
     """Run the stages (all of :data:`STAGES`, or ``only``) on this process's share; returns a summary."""
     group = Group()
-    private = os.environ.get("COMPANION_PRECOMPUTE_PRIVATE_CACHE")  # tests: one cache folder per rank,
-    if private:                                                     # as on machines that share no disk
+    private = testhooks.private_cache()
+    if private:
         os.environ["COMPANION_ARTIFACTS"] = str(Path(private) / f"rank{group.rank}")
     try:
         # the stage log goes to a scratch folder: the committed figures/<profile>/ is the notebooks' business
@@ -270,13 +263,7 @@ def main(argv=None) -> int:
     bad = [s for s in only or [] if s not in STAGES]
     if bad:
         raise SystemExit(f"--only: {bad} unknown; valid: {', '.join(STAGES)}")
-    from .run_notebooks import _parse_set
-
-    crash = os.environ.get("COMPANION_PRECOMPUTE_CRASH_RANK")  # tests: "rank:units"
-    crash_after = None
-    if crash and crash.split(":")[0] == os.environ.get("RANK", "0"):
-        crash_after = int(crash.split(":")[1])
-    summary = precompute(a.profile, only, _parse_set(a.set), crash_after)
+    summary = precompute(a.profile, only, parse_set(a.set), testhooks.crash_after(int(os.environ.get("RANK", "0"))))
     if summary["rank"] == 0:
         print(json.dumps(summary), flush=True)
     return 0

@@ -2,14 +2,14 @@
 and 2 threads, each run compared with the committed reference (``make kernel-matrix``; not part of
 ``make test``).
 
-    python -m helpers.kernel_matrix                       # digits, every ISA x {1, 2} threads
-    python -m helpers.kernel_matrix --isa AVX2 --threads 1 --jobs 1
+    python -m helpers.tools.kernel_matrix                       # digits, every ISA x {1, 2} threads
+    python -m helpers.tools.kernel_matrix --isa AVX2 --threads 1 --jobs 1
 
-Each setting runs ``python -m helpers.run_notebooks`` in a fresh process with
+Each setting runs ``python -m helpers.tools.run_notebooks`` in a fresh process with
 ``ONEDNN_MAX_CPU_ISA`` / ``MKL_ENABLE_INSTRUCTIONS`` set (oneDNN's convolutions and MKL's BLAS then
 use only that instruction set), with its own empty artifacts folder and output folder (the committed
 figures, notebooks and reference are never touched).  It prints, per headline number, the largest
-move over the settings beside its tolerance (:mod:`helpers.regression`), as a Markdown table and
+move over the settings beside its tolerance (:mod:`helpers.tools.regression`), as a Markdown table and
 JSON, and writes both to ``--out`` (default ``kernel-matrix/<profile>/``; git-ignored).  The exit
 status is 1 when a number moved by more than its tolerance.
 """
@@ -25,8 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import regression
-from .profiles import DEFAULT_PROFILE, REPO_ROOT
+from helpers.paths import REPO_ROOT
+from helpers.profiles import DEFAULT_PROFILE
+from helpers.tools import regression
 
 #: instruction set -> (cpuinfo flag that must be present, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)
 ISAS = {"SSE4_2": ("sse4_2", "SSE41", "SSE4_2"),
@@ -53,7 +54,7 @@ def run_setting(profile: str, isa: str, threads: int, work: Path) -> dict:
         _, onednn, mkl = ISAS[isa]
         env.update(ONEDNN_MAX_CPU_ISA=onednn, MKL_ENABLE_INSTRUCTIONS=mkl)
     out = work / tag / "figures"
-    cmd = [sys.executable, "-m", "helpers.run_notebooks", "--profile", profile, "--output-dir", str(out),
+    cmd = [sys.executable, "-m", "helpers.tools.run_notebooks", "--profile", profile, "--output-dir", str(out),
            "--set", f"threads={threads}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)

@@ -1,5 +1,5 @@
 """Model debugging by retraining with counterfactual filters: paper 2, eq. 4-8 and sections 4.3-4.4.
-METHODS.md section 7 has the formulas and the authors' code's choices.
+docs/methods.md section 7 has the formulas and the authors' code's choices.
 
 The loss, as the authors' code computes it (the printed eq. 4 and 8 double-negate the MC term,
 which would PENALISE the class's own filters; the code does what the text intends):
@@ -31,15 +31,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .cfe import thresholded_relu
-from .models import pooled_forward, pooled_head
-from .training import augment, module_names, set_trainable  # noqa: F401 (set_trainable: re-exported)
-from .utils import torch_threads
+from helpers.devices import model_device, torch_threads
+from helpers.models import pooled_forward, pooled_head
+from helpers.paper2.cfe import thresholded_relu
+from helpers.training import augment, module_names, set_trainable
 
 
 @dataclass(frozen=True)
 class DebugConfig:
-    """Fine-tuning settings; the defaults are the authors' (METHODS.md 7)."""
+    """Fine-tuning settings; the defaults are the authors' (docs/methods.md section 7)."""
 
     l1: float = 1e-3
     l2: float = 2e-5
@@ -130,10 +130,10 @@ class Forward:
         """The input of the pooled layer for every image (frozen layers, eval mode), on the model's
         device (``x`` may stay on the CPU: each batch is moved there)."""
         out = []
-        dev = next(self.model.parameters()).device
+        dev = model_device(self.model)
         for i in range(0, len(x), batch_size):
             seen = {}
-            hook = self.layer.register_forward_pre_hook(lambda m, inp: seen.__setitem__("a", inp[0]))
+            hook = self.layer.register_forward_pre_hook(lambda m, inp, seen=seen: seen.__setitem__("a", inp[0]))
             try:
                 self.model(x[i:i + batch_size].to(dev, non_blocking=True))
             finally:
@@ -179,7 +179,7 @@ def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_
     and each batch moves to the device after augmentation; cached prefix inputs are moved there once.
     ``threads``: intra-op CPU threads while fine-tuning on the CPU (1: the CPU numbers do not depend on
     the machine's core count)."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(device) if device is not None else model_device(model)
     ctx = torch_threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext()
     with ctx:
         return _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, seed, cache_prefix,

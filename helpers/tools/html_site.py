@@ -1,7 +1,7 @@
 """A static, browsable site of every profile's executed notebooks and report (``make html``).
 
-    python -m helpers.html_site                              # every profile -> build/html/index.html
-    python -m helpers.html_site --profiles digits cub100 --out /tmp/site
+    python -m helpers.tools.html_site                              # every profile -> build/html/index.html
+    python -m helpers.tools.html_site --profiles digits cub100 --out /tmp/site
 
 Nothing is executed: nbconvert renders the notebooks as they are on disk (``notebooks/*.ipynb`` for the
 default profile, ``figures/<profile>/notebooks/*.ipynb`` for the others) and ``figures/<profile>/report.md``
@@ -17,10 +17,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .profiles import DEFAULT_PROFILE, REPO_ROOT
+from helpers.paths import FIGURES_DIR, NOTEBOOK_DIR, REPO_ROOT
+from helpers.profiles import DEFAULT_PROFILE
 
-FIGURES_DIR = REPO_ROOT / "figures"
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -184,7 +183,7 @@ def _index(profiles, pages, titles, reports, figures_root: Path) -> str:
             f'<td><a href="{pages[stem][p]}">notebook</a></td>' if p in pages[stem]
             else '<td class="muted">not run</td>' for p in profiles) + "</tr>")
     body = ("<h1>Finding the mistakes of image classifiers: executed notebooks and reports</h1>\n"
-            "<p>Rendered by <code>make html</code> (<code>python -m helpers.html_site</code>) from the executed "
+            "<p>Rendered by <code>make html</code> (<code>python -m helpers.tools.html_site</code>) from the executed "
             "notebooks and <code>figures/&lt;profile&gt;/report.md</code> as they are on disk: the committed runs, "
             "unless a local <code>make figures</code> replaced them.  Nothing was executed to build this page.  "
             "Notebooks 00-03 follow paper 1 (conductance, LCR, the joint classifier), 04-05 paper 2 "

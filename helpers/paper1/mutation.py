@@ -4,7 +4,7 @@ Paper 1 (arXiv 1910.00387, section 4.2) takes the LCR from Wang et al., "Adversa
 sample detection for deep neural network through model mutation testing" (ICSE 2019):
 a *mutant* is a copy of the trained network with a small random subset of its
 weights changed, and LCR(x) is the fraction of mutants whose prediction on ``x``
-differs from the original network's prediction (see :mod:`helpers.lcr`).
+differs from the original network's prediction (see :mod:`helpers.paper1.lcr`).
 
 Operators (``OPERATORS``); ``rate`` is always a fraction of a named population and the
 number of selected items is ``n_selected(rate, population)`` =
@@ -54,7 +54,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-OPERATORS = ("gf", "nai", "ws", "ns", "filter_nai", "filter_gf", "bn_nai")
+from helpers.names import MUTATION_OPERATORS
+
+OPERATORS = MUTATION_OPERATORS
 
 #: what the rate of each operator is a fraction of
 RATE_OF = {
@@ -69,12 +71,12 @@ RATE_OF = {
 
 
 # ----------------------------------------------------------------------------- specs
-def _check_operator(operator) -> None:
+def check_operator(operator) -> None:
     if operator not in OPERATORS:
         raise ValueError(f"operator: {operator!r} is not a known operator; valid: {', '.join(OPERATORS)}")
 
 
-def _check_rate(rate) -> None:
+def check_rate(rate) -> None:
     try:
         ok = 0.0 < float(rate) <= 1.0
     except (TypeError, ValueError):
@@ -92,15 +94,15 @@ class MutantSpec:
     seed: int
 
     def __post_init__(self):
-        _check_operator(self.operator)
-        _check_rate(self.rate)
+        check_operator(self.operator)
+        check_rate(self.rate)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed: {self.seed!r} is not valid; valid: an integer >= 0")
 
 
 def n_selected(rate: float, population: int) -> int:
     """Number of items a mutation at ``rate`` changes out of ``population``: max(1, round-half-up)."""
-    _check_rate(rate)
+    check_rate(rate)
     if population <= 0:
         return 0
     return min(population, max(1, int(math.floor(rate * population + 0.5))))
@@ -123,7 +125,7 @@ def _pname(module_name: str, attr: str) -> str:
 
 def unit_count(model: nn.Module, operator: str) -> int:
     """Size of the population ``rate`` is a fraction of (see ``RATE_OF``); for "ns" the total units."""
-    _check_operator(operator)
+    check_operator(operator)
     if operator == "gf":
         return sum(m.weight.numel() for _, m in _conv_linear(model))
     if operator in ("nai", "ws", "ns"):

@@ -1,5 +1,5 @@
 """Counterfactual (CFE) filters: paper 2, section 3 and 4.2 (Tariq & Zia), after the CFE model of
-Tariq et al. (KBS 2022).  METHODS.md section 6 has every formula and the authors' code's choices.
+Tariq et al. (KBS 2022).  docs/methods.md section 6 has every formula and the authors' code's choices.
 
 The pieces, in the paper's order:
 
@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .utils import torch_threads
+from helpers.devices import torch_threads
 
 
 def thresholded_relu(x: torch.Tensor, theta: float = 0.5) -> torch.Tensor:
@@ -45,7 +45,7 @@ def thresholded_relu(x: torch.Tensor, theta: float = 0.5) -> torch.Tensor:
 # --------------------------------------------------------------------------- the CFE generators
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Training settings of the CFE generators; the defaults are the authors' (METHODS.md 6)."""
+    """Training settings of the CFE generators; the defaults are the authors' (docs/methods.md section 6)."""
 
     sparsity: float = 2.0       # lambda: weight of the sparsity term
     loss_scale: float = 1e-3    # s: the sparsity and the logits terms are both scaled by 0.001
@@ -137,7 +137,7 @@ def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Ten
 
     Speed (``make bench``, cfe): the generators train in batched groups (all of them when the
     weights fit in a CPU cache, e.g. 10 x 64 x 64; groups of 7 at K = 512), every group over the
-    same data order (another group size can move the last bits: batched kernels; helpers.precompute
+    same data order (another group size can move the last bits: batched kernels; helpers.tools.precompute
     trains the very same groups, so its results are identical); the gradient is written out by hand
     (:func:`_generator_step`, tested against autograd on :func:`generator_loss`); one thread
     (``threads``; None keeps torch's setting)."""
@@ -158,7 +158,7 @@ def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Ten
 
 def generator_groups(k: int, n_gen: int, group_size: int | None = None) -> list[slice]:
     """The batched groups the generators train in (all of them when their K x K weights fit in a CPU
-    cache): the work units of helpers.precompute."""
+    cache): the work units of helpers.tools.precompute."""
     group = group_size or max(1, 2_000_000 // (k * k))
     return [slice(g0, min(g0 + group, n_gen)) for g0 in range(0, n_gen, group)]
 
@@ -361,7 +361,7 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
     higher = more likely wrong, e.g. 1 - recall) and of MSP: 0.5 means no ranking beyond the gate."""
     from scipy.stats import hypergeom
 
-    from .metrics import auroc
+    from helpers.metrics import auroc
 
     flagged, wrong, considered = (np.asarray(a, bool) for a in (flagged, ~np.asarray(correct, bool), considered))
     if (flagged & ~considered).any():
@@ -372,7 +372,8 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
     msp_caught = int(wrong[considered][order].sum())
     out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": int((flagged & wrong).sum()),
            "random_expected": float(dist.mean()) if dist else 0.0,
-           "random_low": float(dist.ppf(0.025)) if dist else 0.0, "random_high": float(dist.ppf(0.975)) if dist else 0.0,
+           "random_low": float(dist.ppf(0.025)) if dist else 0.0,
+           "random_high": float(dist.ppf(0.975)) if dist else 0.0,
            "msp_caught": msp_caught}
     both = 0 < e < n
     for name, score in (("rule", rule_error_score), ("msp", msp_error_score)):
@@ -447,7 +448,7 @@ def disable_filters_check(head: nn.Linear, g: torch.Tensor, labels: np.ndarray, 
         if len(sel) == 0 or not own.any():
             continue
 
-        def accuracies(drop):
+        def accuracies(drop, own=own, other=other, c=c):
             keep = torch.ones(k)
             keep[torch.as_tensor(drop, dtype=torch.long)] = 0
             pred = head(g * keep).argmax(1).numpy()

@@ -1,7 +1,7 @@
-"""``make gpu-check``: the checks for the first machine with a GPU, as one command (issue 23).
+"""``make gpu-check``: the checks for a machine with a GPU, as one command.
 
-    python -m helpers.gpu_check                       # everything, results in gpu-check/
-    python -m helpers.gpu_check --steps gpu_tests bench --profile cifar10-pretrained
+    python -m helpers.tools.gpu_check                       # everything, results in gpu-check/
+    python -m helpers.tools.gpu_check --steps gpu_tests bench --profile cifar10-pretrained
 
 Steps, each a subprocess whose log and outcome are written as soon as it ends, so a failure later
 loses nothing (``gpu-check/results.json``, one ``<step>.log`` per step):
@@ -11,11 +11,10 @@ loses nothing (``gpu-check/results.json``, one ``<step>.log`` per step):
 2. ``gpu_tests``: ``pytest -m gpu`` (``tests/test_gpu.py``: the tiny pipeline on CUDA against the CPU);
 3. ``profile``: a profile (default ``cifar10``) end to end on the GPU, from an empty cache, into
    ``gpu-check/figures/<profile>/``; its stage timings (``stages.json``) and every headline number's
-   move against the committed CPU reference, with its tolerance (``helpers.regression``);
+   move against the committed CPU reference, with its tolerance (``helpers.tools.regression``);
 4. ``bench``: ``benchmarks.run_all`` on the GPU, into ``gpu-check/bench.json``.
 
-Nothing here has run on a real GPU yet (docs/gpu.md); commit ``gpu-check/`` from the first machine
-that has one.
+What a GPU run shows, and how ``gpu-check/`` is committed from it: docs/gpu.md.
 """
 from __future__ import annotations
 
@@ -27,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from .profiles import REPO_ROOT
-from .utils import atomic_write_json
+from helpers.paths import REPO_ROOT
+from helpers.utils import atomic_write_json
 
 STEPS = ("environment", "gpu_tests", "profile", "bench")
 
@@ -36,7 +35,7 @@ STEPS = ("environment", "gpu_tests", "profile", "bench")
 def environment() -> dict:
     import torch
 
-    from .utils import cuda_unusable_reason, nvidia_driver_version
+    from helpers.devices import cuda_unusable_reason, nvidia_driver_version
 
     ok = torch.cuda.is_available()
     return {"torch": torch.__version__, "cuda_build": torch.version.cuda, "driver": nvidia_driver_version(),
@@ -83,13 +82,13 @@ def main(argv=None) -> int:
                 r["skipped"] = "no test ran (no CUDA GPU)"
         elif step == "profile":
             figs = out / "figures" / a.profile
-            r = _run([py, "-m", "helpers.run_notebooks", "--profile", a.profile, "--output-dir", str(figs)],
+            r = _run([py, "-m", "helpers.tools.run_notebooks", "--profile", a.profile, "--output-dir", str(figs)],
                      out / "profile.log", env={"COMPANION_ARTIFACTS": str(out / "artifacts")}, timeout=a.timeout)
             r["profile"] = a.profile
             if (figs / "stages.json").is_file():
                 r["stages"] = json.loads((figs / "stages.json").read_text())
             if (figs / "metrics.json").is_file():
-                from .regression import moves, reference_metrics
+                from helpers.tools.regression import moves, reference_metrics
 
                 ref = reference_metrics(a.profile)
                 if ref is not None:

@@ -3,7 +3,7 @@ scores and the Table 1 analogue, each keyed by sample id like paper 1's stages (
 
 Cached: the pooled features ``g`` of every sample and the trained generators.  Everything after
 them (masks, global filters, agreement, detection) takes seconds and is computed in memory.
-METHODS.md section 6 has the method; ``helpers.cfe`` the pieces.
+docs/methods.md section 6 has the method; ``helpers.paper2.cfe`` the pieces.
 """
 from __future__ import annotations
 
@@ -15,13 +15,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cfe
-from .baselines import baseline_scores
-from .experiment import Experiment
-from .datasets import denormalize
-from .models import layer_output, pooled_features, pooled_head
-from .pipeline import SPLIT_ORDER, _load_npz, _save_npz, split_inputs
-from .training import iterate_batches, logits_of
+from helpers import metrics
+from helpers.baselines import baseline_scores
+from helpers.cache import NPZ, TENSORS, TENSORS_AND_ARRAYS
+from helpers.datasets import denormalize
+from helpers.evaluation import SPLIT_ORDER, baseline_table, evaluate_scores, split_inputs, with_predictions, wrong
+from helpers.experiment import Experiment
+from helpers.models import layer_output, pooled_features, pooled_head
+from helpers.paper1.joint import fit_unified, unified_score
+from helpers.paper1.stages import conductance_for_joint, lcr_table
+from helpers.paper2 import cfe
+from helpers.paper2.debugging import (
+    DebugConfig,
+    Forward,
+    fine_tune,
+    paired_statistics,
+    suffix_cacheable,
+    trainable_names,
+)
+from helpers.training import iterate_batches, logits_of
 
 #: Table 1's three settings (paper 2, sec. 4.2): score, skip threshold, frequency threshold, rule
 TABLE1 = {
@@ -70,7 +82,7 @@ def pooled_table(exp: Experiment) -> dict:
         return {"id": np.concatenate(ids).astype(str), "split": np.array(splits), "g": g.numpy().astype(np.float32)}
 
     pred_ids = exp.predictions["id"].to_numpy().astype(str)  # upstream first: each stage times only itself
-    z = exp.stage("pooled_features", pooled_params(exp), compute, _save_npz, _load_npz, "npz")
+    z = exp.cache.stage("pooled_features", pooled_params(exp), compute, NPZ)
     if not np.array_equal(z["id"].astype(str), pred_ids):
         raise RuntimeError("cfe: pooled features and the prediction table disagree on sample ids (stale cache?)")
     return z
@@ -86,11 +98,12 @@ def frozen_head(exp: Experiment) -> torch.nn.Linear:
 
 # --------------------------------------------------------------------------- CFE generators
 def generator_config(exp: Experiment) -> cfe.GeneratorConfig:
+    """The profile's generator-training settings (``cfe.*``)."""
     return cfe.GeneratorConfig.from_profile(exp.cfg["cfe"])
 
 
 def generator_groups(exp: Experiment) -> list[slice]:
-    """The generators' batched groups: the work units of helpers.precompute."""
+    """The generators' batched groups: the work units of helpers.tools.precompute."""
     return cfe.generator_groups(frozen_head(exp).in_features, len(exp.data.classes))
 
 
@@ -116,13 +129,12 @@ def generator_group(exp: Experiment, sl: slice, cache: bool = True, g: torch.Ten
     if not cache:
         return compute()
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed, "group": [sl.start, sl.stop]}
-    return exp.stage("cfe_generator_group", params, compute, lambda o, p: torch.save(o, p),
-                     lambda p: torch.load(p, map_location="cpu", weights_only=True), "pt")
+    return exp.cache.stage("cfe_generator_group", params, compute, TENSORS)
 
 
 def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
     """The C generators, trained on the cached ``g`` of the training split (cached): one batched
-    model, seeded, trained group by group (groups that ``helpers.precompute`` cached are read
+    model, seeded, trained group by group (groups that ``helpers.tools.precompute`` cached are read
     instead, with identical results).  Returns the generators (CPU, eval) and the per-epoch history."""
     gcfg = generator_config(exp)
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
@@ -134,14 +146,14 @@ def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
         weight, bias = torch.empty(n_classes, k, k), torch.empty(n_classes, k)  # every row set by its group
         sums = torch.zeros(gcfg.epochs, 5, dtype=torch.float64)
         for sl in generator_groups(exp):
-            part = exp.if_cached(lambda: generator_group(exp, sl), lambda: generator_group(exp, sl, cache=False, g=g))
+            part = exp.cache.if_cached(lambda sl=sl: generator_group(exp, sl),
+                                       lambda sl=sl: generator_group(exp, sl, cache=False, g=g))
             weight[sl], bias[sl] = part["weight"], part["bias"]
             sums += part["sums"]
         hist = cfe.generator_history(sums, len(g), n_classes, gcfg)
         return {"weight": weight, "bias": bias, "classes": list(range(n_classes)), "history": hist.to_dict("records")}
 
-    obj = exp.stage("cfe_generators", params, compute, lambda o, p: torch.save(o, p),
-                    lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+    obj = exp.cache.stage("cfe_generators", params, compute, TENSORS_AND_ARRAYS)
     gens = cfe.CFEGenerators(obj["weight"].shape[1], obj["classes"])
     with torch.no_grad():
         gens.weight.copy_(obj["weight"])
@@ -161,7 +173,6 @@ class CFEAnalysis:
     the ``*_oof`` columns hold the out-of-fold scores (global filters built without the image's
     fold); on val / test they equal the plain ones.  ``contributed``: the image built G_c.
     """
-
     table: pd.DataFrame
     g: np.ndarray
     masks: np.ndarray
@@ -207,8 +218,7 @@ def model_train_pooled(exp: Experiment) -> dict:
         return {"id": np.asarray(ms.ids).astype(str), "label": np.asarray(ms.labels),
                 "g": g.numpy().astype(np.float32), "logits": z.numpy()}
 
-    return exp.stage("pooled_features_model_train", {**pooled_params(exp), "split": "model_train"}, compute,
-                     _save_npz, _load_npz, "npz")
+    return exp.cache.stage("pooled_features_model_train", {**pooled_params(exp), "split": "model_train"}, compute, NPZ)
 
 
 def _masked_predictions(head, g: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
@@ -226,14 +236,11 @@ def analysis(exp: Experiment, gens: cfe.CFEGenerators | None = None, source: str
     G_c, so every score is out of sample, and the Table 1 class means come from the analysis
     training rows that would qualify (correct, p >= tau, masked prediction unchanged).
 
-    With the cached generators (``gens=None``) the result is kept in ``exp.memory``: notebook 05
+    With the cached generators (``gens=None``) the result is kept in ``exp.memo``: notebook 05
     needs it for every fine-tune's class masks."""
     source = gc_source(exp, source)
     if gens is None:
-        key = f"cfe_analysis_{source}"
-        if key not in exp.memory:
-            exp.memory[key] = analysis(exp, generators(exp)[0], source)
-        return exp.memory[key]
+        return exp.memo.get(f"cfe_analysis_{source}", lambda: analysis(exp, generators(exp)[0], source))
     cc = exp.cfg["cfe"]
     z = pooled_table(exp)
     pred = exp.predictions
@@ -291,7 +298,7 @@ def error_scores(a: CFEAnalysis) -> pd.DataFrame:
     - ``cfe_precision``: 1 - precision, the share of the MC filters outside G_c;
     - ``cfe_outside``: the number of MC filters outside G_c (|MC| x (1 - precision));
     - ``cfe_mask_size``: |MC| itself, the control for the two above: wrong predictions get larger
-      masks, which recall against G_c rewards (issue 19), so a score must beat mask size alone.
+      masks, which recall against G_c rewards (docs/methods.md section 8), so a score must beat mask size alone.
 
     Training rows are out of fold (for a joint classifier)."""
     t = a.table
@@ -380,11 +387,9 @@ def mask_statistics(exp: Experiment, gens: cfe.CFEGenerators, split: str = "trai
 
 # --------------------------------------------------------------------------- both papers side by side
 def lcr_if_cached(exp: Experiment) -> pd.DataFrame | None:
-    """Paper 1's LCR of every sample when its label matrix is already cached for this profile (it costs
-    over an hour of CPU at CIFAR-10 scale), else None."""
-    from .pipeline import lcr_table
-
-    return exp.if_cached(lambda: lcr_table(exp))
+    """Paper 1's LCR of every sample when its label matrix is already cached for this profile (computing
+    it runs every sample through every mutant), else None."""
+    return exp.cache.if_cached(lambda: lcr_table(exp))
 
 
 def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) -> tuple[pd.DataFrame, list[str]]:
@@ -392,15 +397,12 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
     the CFE scores (:data:`CFE_SCORES`), MSP, a joint NN on [MSP, 1 - precision, MC filters outside
     G_c] (``joint_nn_msp_cfe``: what CFE adds to confidence), and a joint NN on [LCR, conductance
     score, CFE recall] (the conductance score of notebook 03's joint classifier,
-    :func:`pipeline.conductance_for_joint`).  Returns (scores by id, the names of the columns that
+    :func:`paper1.conductance_for_joint`).  Returns (scores by id, the names of the columns that
     are scores; the paper-1-style joint NN last).
 
     The joint NN's name says its features, so that one metrics key never means two computations:
     ``joint_nn_cfe`` with LCR, ``joint_nn_cfe_without_lcr`` when LCR is not cached (notebook 04 run
     before notebook 02)."""
-    from .joint import fit_unified, unified_score
-    from .pipeline import baseline_table, conductance_for_joint, with_predictions
-
     df = error_scores(a)
     df = df.merge(conductance_for_joint(exp), on=["id", "split"], validate="one_to_one")
     df = df.merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")
@@ -413,9 +415,9 @@ def two_paper_scores(exp: Experiment, a: CFEAnalysis, include_lcr: bool = True) 
         feats.insert(0, "lcr")
     full = with_predictions(exp, df)
     tr = full[full.split == "train"]
-    y_tr = (~tr.correct).to_numpy().astype(int)
+    y_tr = wrong(tr)
     # does CFE add anything beyond confidence?  The same joint NN on MSP and the two CFE scores that
-    # rank errors above chance, against MSP alone (beyond the paper, issue 19)
+    # rank errors above chance, against MSP alone (beyond the paper, docs/methods.md section 8)
     msp_feats = ["msp", "cfe_precision", "cfe_outside"]
     est = fit_unified("nn", tr[msp_feats].to_numpy(), y_tr, seed=exp.seed)
     df["joint_nn_msp_cfe"] = unified_score(est, df[msp_feats].to_numpy())
@@ -449,9 +451,8 @@ def example(exp: Experiment, a: CFEAnalysis, sample_id: str) -> dict:
 
 
 # --------------------------------------------------------------------------- debugging (sec. 4.3-4.4)
-def debug_config(exp: Experiment) -> "DebugConfig":
-    from .debugging import DebugConfig
-
+def debug_config(exp: Experiment) -> DebugConfig:
+    """The profile's fine-tuning settings (``debugging.*``; augmentation from ``training`` when null)."""
     return DebugConfig.from_profile(exp.cfg["debugging"], exp.cfg["training"])
 
 
@@ -491,7 +492,6 @@ class _DebugData:
     experiment's device and kept there (it is what every epoch of every fine-tune reads)."""
 
     def __init__(self, exp: Experiment):
-        from .debugging import Forward, suffix_cacheable, trainable_names
 
         cfg = debug_config(exp)
         model = exp.model
@@ -504,19 +504,15 @@ class _DebugData:
 
 
 def _debug_data(exp: Experiment) -> _DebugData:
-    if "debug_data" not in exp.memory:
-        exp.memory["debug_data"] = _DebugData(exp)
-    return exp.memory["debug_data"]
+    return exp.memo.get("debug_data", lambda: _DebugData(exp))
 
 
 def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
     """One fine-tune (cached): the debugging loss with (l1, l2), or the control with (0, 0); the
     best-validation epoch's logits on every split, its history, and what an epoch cost."""
-    from .debugging import Forward, fine_tune
-
     cfg = debug_config(exp)
     masks = debug_masks(exp)
-    exp.predictions  # upstream outside compute(): each stage's logged cost is its own
+    _ = exp.predictions  # upstream outside compute(): each stage's logged cost is its own
     params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "cfg": cfg.__dict__, "l1": l1,
               "l2": l2, "seed": int(seed), "masks": np.packbits(masks).tobytes().hex()}
 
@@ -540,8 +536,7 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
                 "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits,
                 "device": res.device}
 
-    return exp.stage("debug_run", params, compute, lambda o, p: torch.save(o, p),
-                     lambda p: torch.load(p, map_location="cpu", weights_only=False), "pt")
+    return exp.cache.stage("debug_run", params, compute, TENSORS_AND_ARRAYS)
 
 
 def run_accuracies(exp: Experiment, run: dict) -> dict:
@@ -568,8 +563,6 @@ def debugging_seeds(exp: Experiment, chosen: tuple[float, float]) -> tuple[pd.Da
     """The chosen cell and the control over ``debugging.seeds`` paired seeds: a row per (arm, seed)
     with train / val / test accuracy; the paired statistics of test accuracy; the runs' test
     correctness per arm (seeds x images)."""
-    from .debugging import paired_statistics
-
     dc = exp.cfg["debugging"]
     seeds = [exp.seed + i for i in range(dc["seeds"])]
     y_test = exp.data["test"].labels
@@ -657,8 +650,6 @@ def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict
     model (on its pooled features, its head; the profile's CFE settings) and its test predictions'
     MC filters are compared with M of the predicted class, beside the original model's (cached).
     Run it for the debugged cell and for the control (0, 0): fine-tuning alone moves them too."""
-    from .debugging import Forward
-
     run = debug_run(exp, l1, l2, seed)
     masks = debug_masks(exp)
     params = {"run": {"model": exp.model_params, "l1": l1, "l2": l2, "seed": int(seed),
@@ -680,9 +671,10 @@ def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict
         pred = run["logits"]["test"].argmax(1)
         m = gens.masks_for(g["test"], pred)
         sc = cfe.agreement(cfe.mc_filters(m.numpy(), g["test"].numpy()), masks[pred])
-        return {"recall": sc["recall"], "precision": sc["precision"], "n_mc": cfe.mc_filters(m.numpy(), g["test"].numpy()).sum(1)}
+        return {"recall": sc["recall"], "precision": sc["precision"],
+                "n_mc": cfe.mc_filters(m.numpy(), g["test"].numpy()).sum(1)}
 
-    debugged = exp.stage("debug_agreement", params, compute, _save_npz, _load_npz, "npz")
+    debugged = exp.cache.stage("debug_agreement", params, compute, NPZ)
     a = analysis(exp)
     t = a.split("test")
     mc = cfe.mc_filters(a.masks[t.index], a.g[t.index])
@@ -695,6 +687,125 @@ def debugged_agreement(exp: Experiment, l1: float, l2: float, seed: int) -> dict
 
 def msp_auroc(y_wrong: np.ndarray, logits: np.ndarray) -> float:
     """AUROC of MSP (1 - max softmax) at detecting the wrong predictions of ``logits``."""
-    from . import metrics
-
     return metrics.auroc(y_wrong, baseline_scores(logits)["msp"])
+
+
+# --------------------------------------------------------------------------- metrics.json sections
+def generator_metrics(stats: dict) -> dict:
+    """``cfe.generators``: active filters per mask and how often the masked model keeps the target class
+    (:func:`mask_statistics`)."""
+    return {"cfe": {"generators": {"mean_active_filters": round(stats["mean_active_filters"], 4),
+                                   "masked_agreement": round(stats["masked_agreement"], 4)}}}
+
+
+#: the columns of :func:`cfe.disable_filters_check` that ``cfe.disable`` averages over classes
+DISABLE_MEANS = ["own_recall_drop", "other_accuracy_drop", "random_own_recall_drop", "head_weight_own_recall_drop"]
+
+
+def disable_summary(disable: pd.DataFrame) -> pd.Series:
+    """The class means of the disabling check's drops (:data:`DISABLE_MEANS`)."""
+    return disable[DISABLE_MEANS].mean()
+
+
+def disable_metrics(disable: pd.DataFrame) -> dict:
+    """``cfe.disable``: zeroing G_c's filters, beside random filters and the head's largest weights."""
+    means = disable_summary(disable)
+    return {"cfe": {"disable": {"own_class_recall_drop": round(means.own_recall_drop, 4),
+                                "other_accuracy_drop": round(means.other_accuracy_drop, 4),
+                                "random_own_class_recall_drop": round(means.random_own_recall_drop, 4),
+                                "head_weight_own_class_recall_drop": round(means.head_weight_own_recall_drop, 4),
+                                "beats_head_weight_fraction": round(float(disable.beats_head_weight.mean()), 4)}}}
+
+
+#: Table 1's gate-control columns recorded beside each headline row
+GATE_KEYS = ("gate_n", "gate_errors", "gate_random_expected", "gate_random_low", "gate_random_high", "gate_msp_caught",
+             "gate_rule_auroc_in_gate", "gate_msp_auroc_in_gate")
+
+
+def table1_headline(t1: pd.DataFrame) -> pd.DataFrame:
+    """The headline rows of :func:`table1` (thresholds in :data:`HEADLINE_THRESHOLDS`), indexed by setting."""
+    return t1[t1.thresholds.isin(HEADLINE_THRESHOLDS)].set_index("setting")
+
+
+def table1_metrics(t1: pd.DataFrame) -> dict:
+    """``cfe.table1`` (headline rows, with the gate control) and ``cfe.table1_in_sample``."""
+    counts = ("errors_detected", "errors_detected_fraction", "new_errors", "msp_errors_detected_at_same_new_errors")
+    return {"cfe": {"table1": {s: {k: r[k] for k in (*counts, *GATE_KEYS)} for s, r in table1_headline(t1).iterrows()},
+                    "table1_in_sample": {s: {k: r[k] for k in ("errors_detected", "new_errors")}
+                                         for s, r in t1[t1.thresholds == "in-sample"].set_index("setting").iterrows()}}}
+
+
+def gc_source_rows(exp: Experiment, a: CFEAnalysis, gens: cfe.CFEGenerators, t1: pd.DataFrame, reports: dict,
+                   msp: np.ndarray) -> dict:
+    """Where G_c comes from, and whether it matters: for the analysis ``a`` (and, where the analysis splits
+    are held out, the variant built from the analysis training photos), the median number of images per
+    class, Table 1's headline catches and the CFE scores' test AUROC."""
+    variants = {a.source: (a, t1, reports)}
+    if exp.data.extra.get("model_splits"):
+        alt = analysis(exp, gens, "analysis_train")
+        alt_scores, alt_names = two_paper_scores(exp, alt)
+        variants["analysis_train"] = (alt, table1(exp, alt, msp), evaluate_scores(exp, alt_scores, alt_names)[0])
+    rows = {}
+    for source, (an, tab, rep) in variants.items():
+        hd = table1_headline(tab)
+        rows[source] = {"images_per_class_median": float(np.median(an.filters.n_images)),
+                        **{f"{s}_errors_detected": int(hd.loc[s, "errors_detected"]) for s in hd.index},
+                        **{f"{n}_test_auroc": round(rep[n]["test"]["auroc"], 6)
+                           for n in ("cfe_recall", "cfe_precision", "cfe_outside")}}
+    return rows
+
+
+def gc_source_metrics(a: CFEAnalysis, rows: dict) -> dict:
+    """``cfe.gc_source`` and ``cfe.gc_sources`` (:func:`gc_source_rows`)."""
+    return {"cfe": {"gc_source": a.source, "gc_sources": rows}}
+
+
+def debugging_grid_metrics(original: float, chosen: tuple[float, float], grid: pd.DataFrame) -> dict:
+    """``debugging.original``, ``debugging.chosen`` and ``debugging.grid`` (:func:`debugging_grid`)."""
+    return {"debugging": {"original": {"test_accuracy": round(float(original), 6)},
+                          "chosen": {"l1": chosen[0], "l2": chosen[1]},
+                          "grid": grid.round(6).to_dict("records")}}
+
+
+def loss_terms_metrics(terms: pd.DataFrame) -> dict:
+    """``debugging.loss_terms``: each run's loss terms (rows of :func:`debugging.loss_terms`)."""
+    return {"debugging": {"loss_terms": {k: {c: round(v, 4) for c, v in r.items()} for k, r in terms.iterrows()}}}
+
+
+def seed_summary(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and count of the test accuracy of each arm over its seeds."""
+    return seeds.groupby("arm", sort=False).test_accuracy.agg(["mean", "std", "count"])
+
+
+#: the paired statistics of :func:`debugging_seeds` recorded in ``debugging.difference``
+DIFFERENCE_KEYS = ("mean", "ci_low", "ci_high", "hier_ci_low", "hier_ci_high", "p_value", "sd_per_seed", "mde")
+
+
+def seed_metrics(seeds: pd.DataFrame, stats: dict) -> dict:
+    """``debugging.<arm>`` (test accuracy over seeds) and ``debugging.difference`` (debugged - control)."""
+    return {"debugging": {
+        **{arm: {"test_accuracy_mean": round(float(r["mean"]), 6), "test_accuracy_std": round(float(r["std"]), 6),
+                 "n_seeds": int(r["count"])} for arm, r in seed_summary(seeds).iterrows()},
+        "difference": {k: round(stats[k], 6) for k in DIFFERENCE_KEYS}}}
+
+
+def beyond_metrics(agree: dict, msp: dict) -> dict:
+    """``debugging.agreement`` (MC filters against the class masks) and ``debugging.msp_auroc`` of each model."""
+    return {"debugging": {"agreement": agree, "msp_auroc": {k: round(v, 6) for k, v in msp.items()}}}
+
+
+def agreement_of_runs(exp: Experiment, chosen: tuple[float, float]) -> dict:
+    """MC filters against the class masks M (recall, precision, filters per image) on test for the original
+    model, the debugged one (``chosen``) and the CE-only control, all of the profile's seed
+    (:func:`debugged_agreement`)."""
+    fine_tuned = {"debugged": debugged_agreement(exp, *chosen, exp.seed),
+                  "control": debugged_agreement(exp, 0.0, 0.0, exp.seed)}
+    return {"original": fine_tuned["debugged"]["original"], **{k: v["fine-tuned"] for k, v in fine_tuned.items()}}
+
+
+def msp_aurocs(exp: Experiment, runs: dict) -> dict:
+    """Test AUROC of MSP as an error detector for the original model and each fine-tuned run of ``runs``
+    (name -> :func:`debug_run` result): did fine-tuning change how well confidence ranks errors?"""
+    test, y_test = exp.split_table("test"), exp.data["test"].labels
+    return {"original": msp_auroc(~test.correct.to_numpy(), logits_of(test)),
+            **{k: msp_auroc(r["logits"]["test"].argmax(1) != y_test, r["logits"]["test"]) for k, r in runs.items()}}

@@ -3,7 +3,7 @@
 LCR(x) = |{f_i in F : f_i(x) != f(x)}| / |F|   (paper 1, eq. 6)
 
 where ``f`` is the ORIGINAL network and ``F`` a set of mutants (see
-:mod:`helpers.mutation`).  Pipeline:
+:mod:`helpers.paper1.mutation`).  Pipeline:
 
 1. :func:`screen_mutants` draws candidate mutants from a deterministic seed stream and
    keeps one only if its accuracy on the VALIDATION split is >= ``threshold`` (0.9) x
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from helpers.mutation import MutantSpec, make_patch, make_patches, _check_operator, _check_rate
+from helpers.devices import canonical_device, model_device
+from helpers.paper1.mutation import MutantSpec, check_operator, check_rate, make_patch, make_patches
 
 #: default SPRT label-change-probability threshold and indifference half-width
 #: (p0 = 0.30, p1 = 0.40).  Tuned for ranking at a fixed forward budget on the pretrained
@@ -83,7 +84,8 @@ def _batches(inputs, labels=None, batch_size: int = 512):
     """Yield ``(x, y_or_None)`` from a tensor (+ labels) or a loader of (x, y) / x batches."""
     if _is_tensor_like(inputs):
         x = _as_tensor(inputs)
-        y = None if labels is None else torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        y = None if labels is None else torch.as_tensor(
+            np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         if y is not None and y.shape[0] != x.shape[0]:
             raise ValueError(f"labels: {y.shape[0]} labels for {x.shape[0]} inputs")
         for s in range(0, x.shape[0], batch_size):
@@ -98,23 +100,9 @@ def _batches(inputs, labels=None, batch_size: int = 512):
             yield b, None
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def canonical_device(device) -> torch.device:
-    """``device`` with its index: ``cuda`` means the current CUDA device (``torch.device("cuda") !=
-    torch.device("cuda", 0)`` although both name the same GPU)."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 def _resolve(model: nn.Module, device):
     """The model to run (the model itself, or ONE copy when another device is asked for)."""
-    here = _model_device(model)
+    here = model_device(model)
     dev = here if device is None else torch.device(device)
     if canonical_device(dev) != canonical_device(here):
         model = copy.deepcopy(model).to(dev)
@@ -141,10 +129,9 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDi
 def forward_fn(model: nn.Module, compile: bool = False):
     """The callable that runs the mutants: ``model`` itself, or with ``compile=True`` a
     ``torch.compile`` (inductor, static shapes) wrapper of the SAME module, made once per
-    model.  Parameters stay graph inputs, so the in-place patches of :mod:`helpers.mutation`
-    are seen without recompiling.  A pure speed option: 1.6-2.6x for ResNet20 on real
-    CIFAR-10 images on a 2-core CPU (``make bench``, ``lcr_matrix``), after a one-off
-    compilation per batch shape (about 30 s with a cold inductor cache); predictions agree
+    model.  Parameters stay graph inputs, so the in-place patches of :mod:`helpers.paper1.mutation`
+    are seen without recompiling.  A pure speed option (docs/benchmarks.md, ``lcr_matrix``),
+    after a one-off compilation per batch shape; predictions agree
     with eager mode up to float rounding (see ``tests/test_lcr.py``).  The original model's
     own predictions are always computed eagerly."""
     if not compile:
@@ -388,8 +375,8 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     is used up a RuntimeError says so (it never loops forever).  ``compile=True`` runs the
     candidates through :func:`forward_fn` (the original model always runs eagerly).
     """
-    _check_operator(operator)
-    _check_rate(rate)
+    check_operator(operator)
+    check_rate(rate)
     if not (isinstance(n_mutants, (int, np.integer)) and n_mutants >= 1):
         raise ValueError(f"n_mutants: {n_mutants!r} is not valid; valid: an integer >= 1")
     if not 0.0 < threshold <= 1.0:
@@ -419,7 +406,7 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
                 perm = torch.argsort((top2[:, 0] - top2[:, 1]).cpu(), stable=True)
                 xs, yt, logits = xs[perm], yt[perm], logits[perm.to(logits.device)]
             cached = [(x.to(dev), y.to(dev)) for x, y in _batches(xs, yt, batch_size)]
-            batches = lambda: cached  # noqa: E731
+            batches = lambda: cached
             orig_pred, s0 = [], 0
             for _, y in cached:
                 orig_pred.append(logits[s0:s0 + y.numel()].argmax(1))

@@ -1,8 +1,9 @@
-"""The stages after the model, each cached by its parameters (DESIGN.md, data flow).
+"""Paper 1's stages after the model: conductance (sec. 3), its detector (sec. 4.1), LCR (sec. 4.2) and
+the joint classifier (sec. 4.3), each cached by its parameters.
 
-Every function takes an :class:`~helpers.experiment.Experiment` and returns tables
-keyed by sample id, computing (or loading) the upstream stages it needs, so any
-notebook runs on its own.  Per-sample arrays are always joined on ``id``.
+Every function takes an :class:`~helpers.experiment.Experiment` and returns tables keyed by sample id,
+computing (or loading) the upstream stages it needs, so any notebook runs on its own.  Per-sample
+arrays are always joined on ``id`` (:func:`helpers.evaluation.with_predictions`).
 """
 from __future__ import annotations
 
@@ -12,50 +13,33 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics
-from .baselines import BASELINES, baseline_scores
-from .conductance import conductance_dataset
-from .experiment import Experiment
-from .training import iterate_batches, logits_of
-
-SPLIT_ORDER = ("train", "val", "test")
-
-
-def _save_npz(obj: dict, path) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **obj)
-
-
-def _load_npz(path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _save_frame(df: pd.DataFrame, path) -> None:
-    df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})  # the same bytes from every writer
-
-
-def _load_frame(path) -> pd.DataFrame:
-    return pd.read_csv(path, compression="gzip", dtype={"id": str})
-
-
-#: image files are decoded once and kept as a tensor when a split fits in this many bytes (cub100's
-#: test split at 224x224: 1.75 GB); larger splits are streamed from disk by a DataLoader
-IN_MEMORY_BYTES = 4 * 1024 ** 3
-
-
-def split_inputs(exp: Experiment, split: str):
-    """A split's inputs in id order: one normalised tensor for in-memory data and for image files
-    that fit in :data:`IN_MEMORY_BYTES` (decoded once per experiment), else a DataLoader."""
-    ds = exp.data[split].dataset
-    if hasattr(ds, "tensors") and getattr(ds, "nbytes", 0) <= IN_MEMORY_BYTES:
-        if not hasattr(ds, "nbytes"):  # already in memory
-            return ds.tensors()[0]
-        key = ("inputs", exp.data_key, split)
-        if key not in exp.memory:
-            exp.memory[key] = ds.tensors()[0]
-        return exp.memory[key]
-    return exp.data.loader(split, batch_size=exp.eval_batch_size, **exp.loader_options)
+from helpers import metrics
+from helpers.cache import FRAME, NPZ
+from helpers.evaluation import SPLIT_ORDER, baseline_table, split_inputs, with_predictions, wrong
+from helpers.experiment import Experiment
+from helpers.paper1.conductance import conductance_dataset
+from helpers.paper1.detectors import train_conductance_detector
+from helpers.paper1.joint import (
+    UNIFIED_CLASSIFIERS,
+    cross_fitted_detector,
+    fit_unified,
+    out_of_fold_scores,
+    relay_accuracy,
+    unified_score,
+)
+from helpers.paper1.lcr import (
+    ScreenExhausted,
+    choose_setting,
+    label_change_rate,
+    lcr_summary,
+    mutant_predictions,
+    screen_mutants,
+    sprt_detect,
+    sprt_score,
+)
+from helpers.paper1.mutation import MutantSpec
+from helpers.profiles import ProfileError
+from helpers.training import iterate_batches
 
 
 # --------------------------------------------------------------------------- conductance (paper 1, sec. 3)
@@ -72,8 +56,6 @@ def conductance_params(exp: Experiment) -> dict:
 def check_conductance_classes(exp: Experiment) -> list[int]:
     """The profile's ``conductance.classes`` (the classes of the Tables 1-2 analogue), checked against
     the dataset's classes before any work: a ProfileError names the key, the value and the valid range."""
-    from .profiles import ProfileError
-
     classes, n = exp.cfg["conductance"]["classes"], len(exp.data.classes)
     bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n]
     if bad or not classes:
@@ -82,7 +64,7 @@ def check_conductance_classes(exp: Experiment) -> list[int]:
     return classes
 
 
-#: about this many images per conductance work unit of helpers.precompute (rounded to whole eval batches)
+#: about this many images per conductance work unit of helpers.tools.precompute (rounded to whole eval batches)
 CONDUCTANCE_PART = 2048
 
 
@@ -102,26 +84,27 @@ def conductance_part(exp: Experiment, split: str, start: int, stop: int, cache: 
     def compute():
         batches = iterate_batches(exp.data[split].dataset, exp.eval_batch_size, start=start, stop=stop,
                                   **exp.loader_options)
-        out = conductance_dataset(exp.model, conductance_layer(exp), batches, n_steps=cc["n_steps"], method=cc["method"],
-                                  reduction=cc["reduction"], device=exp.device, progress=exp.progress)
+        out = conductance_dataset(exp.model, conductance_layer(exp), batches, n_steps=cc["n_steps"],
+                                  method=cc["method"], reduction=cc["reduction"], device=exp.device,
+                                  progress=exp.progress)
         return {"conductance": out["conductance"]}
 
     if not cache:
         return compute()["conductance"]
     params = {**conductance_params(exp), "split": split, "start": start, "stop": stop, "batch": exp.eval_batch_size}
-    return exp.stage("conductance_part", params, compute, _save_npz, _load_npz, "npz")["conductance"]
+    return exp.cache.stage("conductance_part", params, compute, NPZ)["conductance"]
 
 
 def conductance_table(exp: Experiment) -> pd.DataFrame:
     """Feature-map conductance of the predicted class for every sample: id, split, cond_0..cond_{C-1}.
 
-    Computed part by part (:func:`conductance_parts`); parts that ``helpers.precompute`` cached (on
+    Computed part by part (:func:`conductance_parts`); parts that ``helpers.tools.precompute`` cached (on
     other processes or machines) are read instead, with identical results."""
     check_conductance_classes(exp)
     params = conductance_params(exp)
 
     def part(split, a, b):
-        return exp.if_cached(lambda: conductance_part(exp, split, a, b),
+        return exp.cache.if_cached(lambda: conductance_part(exp, split, a, b),
                              lambda: conductance_part(exp, split, a, b, cache=False))
 
     def compute():
@@ -135,16 +118,7 @@ def conductance_table(exp: Experiment) -> pd.DataFrame:
             parts.append(df)
         return pd.concat(parts, ignore_index=True)
 
-    return exp.stage("conductance", params, compute, _save_frame, _load_frame, "csv.gz")
-
-
-def with_predictions(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
-    """Join a per-sample table with the prediction table on id (never on position)."""
-    pred = exp.predictions[["id", "label", "prediction", "correct"]]
-    out = table.merge(pred, on="id", how="inner", validate="one_to_one")
-    if len(out) != len(table):
-        raise ValueError(f"{len(table) - len(out)} ids of the table are not in the prediction table")
-    return out
+    return exp.cache.stage("conductance", params, compute, FRAME)
 
 
 def feature_columns(df: pd.DataFrame, prefix: str = "cond_") -> list[str]:
@@ -162,22 +136,20 @@ def conductance_detector(exp: Experiment) -> dict:
 
     Returns {"scores": DataFrame(id, split, conductance), "history": DataFrame, "best_epoch": int}.
     """
-    from .detectors import train_conductance_detector
-
     params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"]}
 
     def compute():
         table = with_predictions(exp, conductance_table(exp))
         cols = feature_columns(table)
         tr, va = table[table.split == "train"], table[table.split == "val"]
-        det = train_conductance_detector(tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int),
-                                         va[cols].to_numpy(), (~va.correct).to_numpy().astype(int),
+        det = train_conductance_detector(tr[cols].to_numpy(), wrong(tr),
+                                         va[cols].to_numpy(), wrong(va),
                                          progress=False, **detector_kwargs(exp))
         return {"id": table["id"].to_numpy().astype(str), "split": table["split"].to_numpy().astype(str),
                 "score": det.score(table[cols].to_numpy()),
                 "history": np.array(json.dumps(det.history)), "best_epoch": np.array(det.best_epoch)}
 
-    z = exp.stage("conductance_detector", params, compute, _save_npz, _load_npz, "npz")
+    z = exp.cache.stage("conductance_detector", params, compute, NPZ)
     return {"scores": pd.DataFrame({"id": z["id"].astype(str), "split": z["split"].astype(str),
                                     "conductance": z["score"]}),
             "history": pd.DataFrame(json.loads(str(z["history"]))), "best_epoch": int(z["best_epoch"])}
@@ -198,8 +170,6 @@ def conductance_cross_fit(exp: Experiment) -> dict:
     learned from, train_auroc its mean AUROC on them, heldout_auroc the AUROC of the pooled out-of-fold
     scores over all photos (95 % bootstrap interval) and msp_auroc MSP's AUROC on the same photos (the
     control).  The scores are those of the largest fraction, 1."""
-    from .joint import cross_fitted_detector
-
     cf = exp.cfg["conductance"]["cross_fit"]
     if cf["folds"] is None:
         raise ValueError(f"{exp.name}: conductance.cross_fit.folds is null (cross-fitting off); set it, e.g. 5")
@@ -209,7 +179,7 @@ def conductance_cross_fit(exp: Experiment) -> dict:
     def compute():
         table = with_predictions(exp, conductance_table(exp))
         cols = feature_columns(table)
-        X, y = table[cols].to_numpy(), (~table.correct).to_numpy().astype(int)
+        X, y = table[cols].to_numpy(), wrong(table)
         kw = detector_kwargs(exp)
         seed = kw.pop("seed")
         msp = table[["id"]].merge(baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one")["msp"].to_numpy()
@@ -226,7 +196,7 @@ def conductance_cross_fit(exp: Experiment) -> dict:
         return {"id": table["id"].to_numpy().astype(str), "split": table["split"].to_numpy().astype(str),
                 "score": full.scores, "fold": full.fold_ids, "curve": np.array(json.dumps(rows))}
 
-    z = exp.stage("conductance_crossfit", params, compute, _save_npz, _load_npz, "npz")
+    z = exp.cache.stage("conductance_crossfit", params, compute, NPZ)
     return {"scores": pd.DataFrame({"id": z["id"].astype(str), "split": z["split"].astype(str),
                                     "conductance_cf": z["score"], "fold": z["fold"]}),
             "curve": pd.DataFrame(json.loads(str(z["curve"])))}
@@ -240,56 +210,16 @@ def detector_learning_curve(exp: Experiment) -> pd.DataFrame:
     det = with_predictions(exp, conductance_detector(exp)["scores"].merge(
         baseline_table(exp)[["id", "msp"]], on="id", validate="one_to_one"))
     tr, va = det[det.split == "train"], det[det.split == "val"]
-    lo, hi = metrics.auroc_ci((~va.correct).astype(int), va.conductance, n_bootstrap=exp.cfg["metrics"]["n_bootstrap"],
+    lo, hi = metrics.auroc_ci(wrong(va), va.conductance, n_bootstrap=exp.cfg["metrics"]["n_bootstrap"],
                               seed=exp.seed)
     paper = {"protocol": "train split, epoch on val (paper 1)", "fraction": 1.0, "n_train": float(len(tr)),
-             "train_auroc": metrics.auroc((~tr.correct).astype(int), tr.conductance),
-             "heldout_auroc": metrics.auroc((~va.correct).astype(int), va.conductance),
+             "train_auroc": metrics.auroc(wrong(tr), tr.conductance),
+             "heldout_auroc": metrics.auroc(wrong(va), va.conductance),
              "heldout_auroc_ci_low": lo, "heldout_auroc_ci_high": hi,
-             "msp_auroc": metrics.auroc((~va.correct).astype(int), va.msp)}
+             "msp_auroc": metrics.auroc(wrong(va), va.msp)}
     curve = conductance_cross_fit(exp)["curve"].assign(
         protocol=f"cross-fitted over all photos ({cross_fit_folds(exp)} folds)")
     return pd.concat([pd.DataFrame([paper]), curve], ignore_index=True)[list(paper)]
-
-
-# --------------------------------------------------------------------------- baselines (METHODS.md sec. 5)
-def baseline_table(exp: Experiment) -> pd.DataFrame:
-    """One-forward-pass error scores of the same predictions: id, split, msp, entropy, energy, max_logit, doctor_alpha."""
-    pred = exp.predictions
-    scores = baseline_scores(logits_of(pred))
-    return pd.concat([pred[["id", "split"]], pd.DataFrame(scores)], axis=1)
-
-
-# --------------------------------------------------------------------------- evaluation
-def evaluate_scores(exp: Experiment, scores: pd.DataFrame, names) -> tuple[dict, dict]:
-    """Detection report of each score column on val and test; the threshold is the equal-recall
-    point of the validation ROC (paper 1, 4.1.2), applied unchanged to test.
-
-    Returns (reports[name][split] -> dict of metrics, thresholds[name])."""
-    df = with_predictions(exp, scores)
-    for split in ("val", "test"):  # a degenerate split: one line that says what to do, before any metric
-        wrong, n = int((~df[df.split == split].correct).sum()), int((df.split == split).sum())
-        if wrong in (0, n):
-            raise ValueError(f"{exp.name}: the {split} split has {'no wrong' if wrong == 0 else 'no correct'} "
-                             f"predictions ({n} of {n} {'correct' if wrong == 0 else 'wrong'}), so error detection "
-                             "cannot be evaluated on it; use a larger split (split.*) or a model that makes mistakes")
-    nb = exp.cfg["metrics"]["n_bootstrap"]
-    reports, thresholds = {}, {}
-    for name in names:
-        va = df[df.split == "val"]
-        y_va = (~va.correct).to_numpy().astype(int)
-        thr = metrics.equal_recall_threshold(y_va, va[name].to_numpy())
-        thresholds[name] = float(thr)
-        reports[name] = {}
-        for split in ("val", "test"):
-            d = df[df.split == split]
-            reports[name][split] = metrics.detection_report((~d.correct).to_numpy().astype(int), d[name].to_numpy(),
-                                                            thr, n_bootstrap=nb, seed=exp.seed)
-    return reports, thresholds
-
-
-def rounded(reports: dict, nd: int = 6) -> dict:
-    return {n: {s: {k: round(float(v), nd) for k, v in r.items()} for s, r in sp.items()} for n, sp in reports.items()}
 
 
 # --------------------------------------------------------------------------- LCR (paper 1, sec. 4.2)
@@ -304,9 +234,8 @@ def _screen_to_dict(res) -> dict:
 
 #: screening batch: small enough that early abort can stop a hopeless candidate after a few batches
 SCREEN_BATCH = 128
-#: label-matrix batch: on a CPU small batches keep activations in cache (``make bench``, lcr_matrix:
-#: ResNet20 at 125 images per batch ran 1.1-1.2x (compiled) and 1.4-2.1x (eager) faster than at
-#: 1,000); 125 divides the CIFAR-10 splits, so a compiled model sees one shape.  Not in the cache key.
+#: label-matrix batch: on a CPU small batches keep activations in cache (docs/benchmarks.md,
+#: lcr_matrix); 125 divides the CIFAR-10 splits, so a compiled model sees one shape.  Not in the cache key.
 LCR_BATCH = 125
 
 
@@ -315,8 +244,6 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
 
     Returns the accepted seeds, their validation predictions and the screening cost; a
     setting that rejects everything within the try budget returns ``{"error": message}``."""
-    from .lcr import ScreenExhausted, screen_mutants
-
     lc = exp.cfg["lcr"]
     params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
               "n": n_mutants, "threshold": lc["accept_threshold"], "tries": lc["max_tries_factor"], "seed": exp.seed}
@@ -333,7 +260,7 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
             return {"error": np.array(str(exc))}
         return _screen_to_dict(res)
 
-    return exp.stage("lcr_screen", params, compute, _save_npz, _load_npz, "npz")
+    return exp.cache.stage("lcr_screen", params, compute, NPZ)
 
 
 def lcr_grid_cells(exp: Experiment) -> list[tuple[str, float]]:
@@ -349,8 +276,6 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
     """Table 3 analogue: per operator x rate, accepted / tried mutants and LCR of correct vs wrong
     validation predictions (mean +- std) and their difference; ``val_auroc`` (LCR from the cell's
     mutants) is context, not part of the paper's selection rule.  Each cell is cached on its own."""
-    from .lcr import label_change_rate, lcr_summary
-
     lc = exp.cfg["lcr"]
     val = exp.split_table("val")
     y_wrong = (~val.correct).to_numpy()
@@ -374,8 +299,6 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
 
 def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str, float]:
     """The profile's (operator, rate), or the grid cell with the largest LCR difference (paper 1, Table 3)."""
-    from .lcr import choose_setting
-
     lc = exp.cfg["lcr"]
     if lc["operator"] and lc["rate"]:
         return lc["operator"], float(lc["rate"])
@@ -387,24 +310,25 @@ def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str,
     return str(best["operator"]), float(best["rate"])
 
 
-#: accepted mutants per cached label-matrix chunk (and per work unit of helpers.precompute)
+#: accepted mutants per cached label-matrix chunk (and per work unit of helpers.tools.precompute)
 LCR_CHUNK = 10
 
 
 def lcr_final_screen(exp: Experiment) -> tuple[str, float, dict]:
     """(operator, rate, screening) of the final LCR: the chosen setting screened to ``lcr.n_mutants``
-    (kept in ``exp.memory`` once screened: every label-matrix chunk needs it)."""
-    if "lcr_final_screen" not in exp.memory:
+    (kept in ``exp.memo`` once screened: every label-matrix chunk needs it)."""
+    def compute():
         operator, rate = lcr_setting(exp)
         z = screen(exp, operator, rate, exp.cfg["lcr"]["n_mutants"])
         if "error" in z:
             raise RuntimeError(f"lcr: {z['error']}")
-        exp.memory["lcr_final_screen"] = (operator, rate, z)
-    return exp.memory["lcr_final_screen"]
+        return operator, rate, z
+
+    return exp.memo.get("lcr_final_screen", compute)
 
 
 def lcr_chunks(exp: Experiment, chunk: int = LCR_CHUNK) -> list[tuple[str, int]]:
-    """The label matrix's cached chunks (split, first mutant): the work units of helpers.precompute."""
+    """The label matrix's cached chunks (split, first mutant): the work units of helpers.tools.precompute."""
     n = len(lcr_final_screen(exp)[2]["seeds"])
     return [(split, i) for split in ("train", "test") for i in range(0, n, chunk)]
 
@@ -412,26 +336,22 @@ def lcr_chunks(exp: Experiment, chunk: int = LCR_CHUNK) -> list[tuple[str, int]]
 def lcr_chunk(exp: Experiment, split: str, i: int, chunk: int = LCR_CHUNK) -> np.ndarray:
     """Predicted labels (chunk, n_samples) of accepted mutants i..i+chunk on a split (cached); each
     mutant is seeded by its own spec, so any process computes the same chunk."""
-    from .lcr import mutant_predictions
-    from .mutation import MutantSpec
-
     operator, rate, z = lcr_final_screen(exp)
     specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]][i:i + chunk]
     params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
               "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs]}
-    return exp.stage(
+    return exp.cache.stage(
         "lcr_preds", params,
         lambda: {"preds": mutant_predictions(exp.model, specs, split_inputs(exp, split), batch_size=LCR_BATCH,
                                              device=exp.device, progress=exp.progress,
-                                             compile=exp.cfg["lcr"]["compile"]).astype(np.int16)},
-        _save_npz, _load_npz, "npz")["preds"]
+                                             compile=exp.cfg["lcr"]["compile"]).astype(np.int16)}, NPZ)["preds"]
 
 
 def lcr_matrix(exp: Experiment, chunk: int = LCR_CHUNK) -> dict:
     """Predicted labels of every accepted mutant on every sample: {"ids", "split", "original", "preds"
     (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
     screening; train and test are evaluated in cached chunks of ``chunk`` mutants (:func:`lcr_chunk`),
-    so an interrupted run resumes from the last finished chunk, and ``helpers.precompute`` can
+    so an interrupted run resumes from the last finished chunk, and ``helpers.tools.precompute`` can
     compute the chunks on many processes first."""
     operator, rate, z = lcr_final_screen(exp)
     parts = {"val": z["val_predictions"]}
@@ -447,19 +367,50 @@ def lcr_matrix(exp: Experiment, chunk: int = LCR_CHUNK) -> dict:
 
 def lcr_table(exp: Experiment, matrix: dict | None = None) -> pd.DataFrame:
     """LCR of every sample (fraction of mutants that change the ORIGINAL prediction): id, split, lcr."""
-    from .lcr import label_change_rate
-
     m = lcr_matrix(exp) if matrix is None else matrix
     original = exp.predictions.set_index("id").loc[m["ids"], "prediction"].to_numpy()
     return pd.DataFrame({"id": m["ids"], "split": m["split"], "lcr": label_change_rate(m["preds"], original)})
+
+
+def sprt_evaluation(exp: Experiment, matrix: dict, lcr_threshold: float, fixed_auroc: float) -> dict:
+    """LCR with early stopping (paper 1, sec. 4.2: the SPRT of Wang et al.) on the test split.
+
+    The SPRT's threshold on LCR is ``lcr.sprt_threshold`` or, when null, the fixed-sample detector's
+    equal-recall threshold ``lcr_threshold`` (chosen on validation), kept inside the indifference region's
+    bounds.  Returns the threshold, the mean and total number of mutants, the SPRT score's test AUROC beside
+    the fixed-sample one (``fixed_auroc``), the undecided fraction and the decision's recalls."""
+    lc = exp.cfg["lcr"]
+    delta = lc["sprt_indifference"]
+    thr = lc["sprt_threshold"] or float(np.clip(lcr_threshold, delta + 0.01, 1 - delta - 0.01))
+    test_pos = np.flatnonzero(matrix["split"] == "test")
+    test_tab = exp.predictions.set_index("id").loc[matrix["ids"][test_pos]]
+    kw = dict(alpha=lc["sprt_alpha"], beta=lc["sprt_beta"], threshold=thr, indifference=delta)
+    decision, n_used = sprt_detect(matrix["preds"][:, test_pos], test_tab.prediction.to_numpy(), **kw)
+    s_score = sprt_score(matrix["preds"][:, test_pos], test_tab.prediction.to_numpy(), **kw)
+    y_test = wrong(test_tab)
+    return {"threshold": thr, "mean_mutants": float(n_used.mean()), "n_mutants": int(matrix["preds"].shape[0]),
+            "auroc": metrics.auroc(y_test, s_score), "fixed_auroc": fixed_auroc,
+            "undecided_fraction": float((decision == -1).mean()),
+            "decision_wrong_recall": float((decision[y_test == 1] == 1).mean()),
+            "decision_correct_recall": float((decision[y_test == 0] == 0).mean())}
+
+
+def lcr_metrics(matrix: dict, sprt: dict) -> dict:
+    """``metrics.json``'s ``lcr`` section: the chosen setting, accepted and tried mutants, the SPRT summary."""
+    return {"lcr": {"operator": matrix["operator"], "rate": matrix["rate"], "n_mutants": int(matrix["preds"].shape[0]),
+                    "tried": int(matrix["screen"]["tried"]),
+                    "sprt": {k: round(v, 4) if isinstance(v, float) else v for k, v in sprt.items()}}}
+
+
+def learning_curve_metrics(curve: pd.DataFrame) -> dict:
+    """``metrics.json``'s ``conductance.learning_curve``: the rows of :func:`detector_learning_curve`."""
+    return {"conductance": {"learning_curve": curve.round(6).to_dict("records")}}
 
 
 # --------------------------------------------------------------------------- joint classifier (paper 1, sec. 4.3)
 def conductance_oof(exp: Experiment) -> pd.DataFrame:
     """Out-of-fold conductance-detector scores of the TRAINING split (k-fold cross-fitting):
     id, conductance_oof, fold.  No training sample is scored by a detector that saw it."""
-    from .joint import out_of_fold_scores
-
     params = {"conductance": conductance_params(exp), "detector": exp.cfg["conductance"]["detector"],
               "folds": exp.cfg["joint"]["folds"]}
 
@@ -469,11 +420,11 @@ def conductance_oof(exp: Experiment) -> pd.DataFrame:
         tr, va = table[table.split == "train"], table[table.split == "val"]
         kw = detector_kwargs(exp)
         seed = kw.pop("seed")
-        res = out_of_fold_scores(tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int), va[cols].to_numpy(),
-                                 (~va.correct).to_numpy().astype(int), k=exp.cfg["joint"]["folds"], seed=seed, **kw)
+        res = out_of_fold_scores(tr[cols].to_numpy(), wrong(tr), va[cols].to_numpy(),
+                                 wrong(va), k=exp.cfg["joint"]["folds"], seed=seed, **kw)
         return pd.DataFrame({"id": tr["id"].to_numpy(), "conductance_oof": res.scores, "fold": res.fold_ids})
 
-    return exp.stage("conductance_oof", params, compute, _save_frame, _load_frame, "csv.gz")
+    return exp.cache.stage("conductance_oof", params, compute, FRAME)
 
 
 def conductance_for_joint(exp: Experiment) -> pd.DataFrame:
@@ -512,14 +463,12 @@ JOINT_FEATURES = {"": ["lcr", "conductance_oof"], "_msp": ["lcr", "conductance_o
 def joint_scores(exp: Experiment, feats: pd.DataFrame | None = None) -> pd.DataFrame:
     """Scores of the unified classifiers (paper 1, 4.3: NN, RF, LDA, QDA) fitted on the training
     split's [LCR, out-of-fold conductance score] (and + MSP, beyond the paper): id, split, joint_<name>[_msp]."""
-    from .joint import UNIFIED_CLASSIFIERS, fit_unified, unified_score
-
     feats = joint_features(exp) if feats is None else feats
     tr = feats[feats.split == "train"]
     out = feats[["id", "split"]].copy()
     for suffix, cols in JOINT_FEATURES.items():
         for name in UNIFIED_CLASSIFIERS:
-            est = fit_unified(name, tr[cols].to_numpy(), (~tr.correct).to_numpy().astype(int), seed=exp.seed)
+            est = fit_unified(name, tr[cols].to_numpy(), wrong(tr), seed=exp.seed)
             out[f"joint_{name}{suffix}"] = unified_score(est, feats[cols].to_numpy())
     return out
 
@@ -527,30 +476,28 @@ def joint_scores(exp: Experiment, feats: pd.DataFrame | None = None) -> pd.DataF
 def leak_comparison(exp: Experiment, feats: pd.DataFrame | None = None) -> pd.DataFrame:
     """The authors' leak, measured: the joint NN fitted on IN-SAMPLE training conductance scores vs on
     OUT-OF-FOLD ones; AUROC of the conductance score and of the joint NN on train and validation."""
-    from .joint import fit_unified, unified_score
-
     feats = joint_features(exp) if feats is None else feats
     tr, va = feats[feats.split == "train"], feats[feats.split == "val"]
-    y_tr, y_va = (~tr.correct).astype(int).to_numpy(), (~va.correct).astype(int).to_numpy()
+    y_tr, y_va = wrong(tr), wrong(va)
     rows = []
-    for label, col in (("in-sample (authors' code)", "conductance"), ("out-of-fold (this companion)", "conductance_oof")):
+    for label, col in (("in-sample (authors' code)", "conductance"),
+                       ("out-of-fold (this companion)", "conductance_oof")):
         est = fit_unified("nn", tr[["lcr", col]].to_numpy(), y_tr, seed=exp.seed)
         rows.append({"training conductance scores": label,
                      "conductance AUROC train": metrics.auroc(y_tr, tr[col].to_numpy()),
                      "conductance AUROC val": metrics.auroc(y_va, va["conductance"].to_numpy()),
                      "joint NN AUROC train": metrics.auroc(y_tr, unified_score(est, tr[["lcr", col]].to_numpy())),
-                     "joint NN AUROC val": metrics.auroc(y_va, unified_score(est, va[["lcr", "conductance"]].to_numpy()))})
+                     "joint NN AUROC val": metrics.auroc(
+                         y_va, unified_score(est, va[["lcr", "conductance"]].to_numpy()))})
     return pd.DataFrame(rows)
 
 
 def operating_points(exp: Experiment, df: pd.DataFrame, score: str) -> pd.DataFrame:
     """Thresholds chosen on validation (equal recall; a target correct recall; a target wrong recall),
     applied to test, with the expert-relay accuracy on test (paper 1, 4.3 and discussion)."""
-    from .joint import relay_accuracy
-
     jc = exp.cfg["joint"]
     va, te = df[df.split == "val"], df[df.split == "test"]
-    y_va, s_va = (~va.correct).astype(int).to_numpy(), va[score].to_numpy()
+    y_va, s_va = wrong(va), va[score].to_numpy()
     thresholds = {
         "equal_recall": metrics.equal_recall_threshold(y_va, s_va),
         "high_correct_recall": metrics.threshold_for_correct_recall(y_va, s_va, jc["correct_recall_target"]),
@@ -560,10 +507,18 @@ def operating_points(exp: Experiment, df: pd.DataFrame, score: str) -> pd.DataFr
     for op, thr in thresholds.items():
         row = {"operating_point": op, "score": score, "threshold": float(thr)}
         for split, d in (("val", va), ("test", te)):
-            cr, wr = metrics.recalls_at((~d.correct).astype(int).to_numpy(), d[score].to_numpy(), thr)
+            cr, wr = metrics.recalls_at(wrong(d), d[score].to_numpy(), thr)
             row[f"{split} correct recall"], row[f"{split} wrong recall"] = cr, wr
         relay = relay_accuracy(te.correct.to_numpy(), te[score].to_numpy() >= thr)
         row.update({"test accuracy before": float(te.correct.mean()), "test accuracy with expert": relay["accuracy"],
                     "test discarded fraction": relay["discarded_fraction"], "expert sees": relay["n_expert"]})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def relay_metrics(ops: pd.DataFrame, score: str = "joint_nn") -> dict:
+    """``metrics.json``'s ``relay`` section: test accuracy with the expert and the discarded fraction at each
+    operating point of ``score`` (rows of :func:`operating_points`)."""
+    rows = ops[ops.score == score].set_index("operating_point")
+    return {"relay": {op: {"accuracy": round(r["test accuracy with expert"], 4),
+                           "discarded_fraction": round(r["test discarded fraction"], 4)} for op, r in rows.iterrows()}}

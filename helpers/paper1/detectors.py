@@ -1,4 +1,4 @@
-"""The conductance error detector of paper 1, section 4.1.2 (METHODS.md section 2).
+"""The conductance error detector of paper 1, section 4.1.2 (docs/methods.md section 2).
 
 Input: one conductance value per feature map of the last conv block (ResNet20: 64,
 InceptionV3: 2048); label 1 = the CNN's prediction is wrong, 0 = correct.  Model:
@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from sklearn.preprocessing import StandardScaler
 
-from .metrics import auroc
-from .utils import get_device
+from helpers.devices import get_device
+from helpers.metrics import auroc
 
 _SCORE_CHUNK = 65536
 
@@ -178,7 +178,7 @@ def train_conductance_detector(
 
         def forward_train(xb: torch.Tensor) -> torch.Tensor:
             # Same computation as model.train()(xb) (inverted dropout, p = dropout), but
-            # with masks from torch.rand: nn.Dropout's bernoulli_ costs ~10x more on CPU.
+            # with masks from torch.rand: nn.Dropout's bernoulli_ is far slower on CPU.
             h = torch.relu(lin1(xb))
             if keep < 1.0:
                 h = h * (torch.rand(h.shape, generator=gen_drop) < keep).to(dev, non_blocking=True) / keep

@@ -15,7 +15,7 @@ when a headline number moved by more than its tolerance or is missing.
 **The tolerances** (:data:`RULES`, :func:`tolerance_of`) are computed from the reference itself:
 ``max(floor, K x SE)``, where SE is the standard error of the number as an estimate from a finite
 sample, and the floor is the largest move measured across CPU kernels and thread counts
-(``python -m helpers.kernel_matrix``; docs/reproducibility.md).  Across CPUs floats differ in the last
+(``python -m helpers.tools.kernel_matrix``; docs/reproducibility.md).  Across CPUs floats differ in the last
 bits, and training amplifies that into a few flipped predictions: a move within one standard error is
 one a reader could not tell from a reseed of the same experiment; a real regression (a broken score,
 a changed method) moves a number by several.  The standard errors:
@@ -35,18 +35,17 @@ AVX-512 CPU).  The AUROC of such a score is still compared.
 from __future__ import annotations
 
 import argparse
-import os
 import fnmatch
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .profiles import REPO_ROOT
-from .report import REFERENCE_DIR  # where the committed references live: tests/reference/<profile>/metrics.json
-from .utils import atomic_write_json
+from helpers.paths import REFERENCE_DIR, REPO_ROOT
+from helpers.utils import atomic_write_json
 
 #: tolerance = max(floor, K x standard error)
 K = 1.0
@@ -67,7 +66,7 @@ class Rule:
 
 #: The headline numbers and their rules; the first matching pattern wins.  Keys that match no pattern
 #: are not headline numbers and are not compared.  Floors: the largest move measured by
-#: ``python -m helpers.kernel_matrix`` on the default profile (SSE4.2 / AVX2 / AVX-512 kernels, 1 and 2
+#: ``python -m helpers.tools.kernel_matrix`` on the default profile (SSE4.2 / AVX2 / AVX-512 kernels, 1 and 2
 #: threads; docs/reproducibility.md), rounded up with a margin.
 RULES: list[Rule] = [                                                # largest measured move (digits)
     Rule("model.accuracy.*", "accuracy", 0.005),                     # 0 (two of 450 test digits: 0.0044)
@@ -139,7 +138,8 @@ def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
 
 
 def _interval_se(ref: dict, prefix: str) -> float | None:
-    lo, hi = ref.get(f"{prefix}_ci_low", ref.get(f"{prefix}.ci_low")), ref.get(f"{prefix}_ci_high", ref.get(f"{prefix}.ci_high"))
+    lo, hi = (ref.get(f"{prefix}_ci_low", ref.get(f"{prefix}.ci_low")),
+              ref.get(f"{prefix}_ci_high", ref.get(f"{prefix}.ci_high")))
     if lo is None or hi is None:
         return None
     return (hi - lo) / (2 * 1.959964)
@@ -148,7 +148,8 @@ def _interval_se(ref: dict, prefix: str) -> float | None:
 def chance_level(ref: dict, detector: str) -> bool:
     """True when the detector's reference AUROC interval includes 0.5 on val or test (a flat ROC)."""
     for split in ("val", "test"):
-        lo, hi = ref.get(f"detectors.{detector}.{split}.auroc_ci_low"), ref.get(f"detectors.{detector}.{split}.auroc_ci_high")
+        lo, hi = (ref.get(f"detectors.{detector}.{split}.auroc_ci_low"),
+                  ref.get(f"detectors.{detector}.{split}.auroc_ci_high"))
         if lo is not None and hi is not None and lo <= 0.5 <= hi:
             return True
     return False
@@ -245,7 +246,8 @@ def compare(reference: dict, actual: dict, sections, rules=RULES) -> tuple[int, 
         if row["ok"]:
             continue
         if row["actual"] is None or row["reference"] is None:
-            failures.append(f"{row['key']}: {'missing in this run' if row['actual'] is None else 'not in the reference'}")
+            failures.append(f"{row['key']}: "
+                            f"{'missing in this run' if row['actual'] is None else 'not in the reference'}")
         else:
             failures.append(f"{row['key']}: {row['actual']:.4f} vs reference {row['reference']:.4f} "
                             f"(tolerance {row['tolerance']:.4f}: {row['basis']})")
@@ -287,7 +289,8 @@ def write_reference(profile: str, source: Path | None = None, root: Path | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, new)
     atomic_write_json(path.with_name("provenance.json"), {
-        "profile": profile, "source": str(source.relative_to(REPO_ROOT)) if source.is_relative_to(REPO_ROOT) else str(source),
+        "profile": profile,
+        "source": str(source.relative_to(REPO_ROOT)) if source.is_relative_to(REPO_ROOT) else str(source),
         "written": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "torch": torch.__version__,
         "python": platform.python_version()})
     return path
@@ -314,7 +317,7 @@ def check(exp, sections: list[str]) -> str:
     """Compare this run's metrics (exp.metrics()) with the profile's committed reference; raise
     AssertionError listing every headline number out of tolerance; return one line that does not
     depend on the numbers."""
-    from .profiles import load_profile, profile_path
+    from helpers.profiles import load_profile, profile_path
 
     if os.environ.get("COMPANION_REGRESSION") == "skip":  # a change that adds or moves headline numbers:
         # COMPANION_REGRESSION=skip make figures, then make reference, then make figures again
@@ -337,8 +340,8 @@ def check(exp, sections: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m helpers.regression update digits`` (``make reference``): the run in figures/<profile>/
-    becomes the reference.  ``python -m helpers.regression compare digits path/to/metrics.json``: every
+    """``python -m helpers.tools.regression update digits`` (``make reference``): the run in figures/<profile>/
+    becomes the reference.  ``python -m helpers.tools.regression compare digits path/to/metrics.json``: every
     headline number's move and tolerance, as JSON; exit status 1 when one is out of tolerance."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -351,7 +354,7 @@ def main(argv=None) -> int:
     if a.cmd == "update":
         for p in a.profiles:
             print(write_reference(p))
-        from .report import refresh_readme
+        from helpers.tools.report import refresh_readme
 
         print("README comparison block", "refreshed" if refresh_readme() else "unchanged")
         return 0

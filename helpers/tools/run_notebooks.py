@@ -1,15 +1,15 @@
 """Run the notebook sequence with papermill for one profile (``make figures``).
 
-    python -m helpers.run_notebooks --profile digits            # all notebooks, in order
-    python -m helpers.run_notebooks --profile cifar10 --only 00 # one notebook
-    python -m helpers.run_notebooks --profile my.yaml --set training.epochs=1
+    python -m helpers.tools.run_notebooks --profile digits            # all notebooks, in order
+    python -m helpers.tools.run_notebooks --profile cifar10 --only 00 # one notebook
+    python -m helpers.tools.run_notebooks --profile my.yaml --set training.epochs=1
 
 The default profile's executed notebooks replace the committed ones in notebooks/
 (so they carry the outputs nbval compares); any other profile's go to
 figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<profile>/.
 Each notebook is executed into a temporary file and moved into place only when it has finished, so
 an interrupted run leaves every notebook either as it was or complete.  No run writes the regression
-reference (tests/reference/<profile>/, :mod:`helpers.regression`): ``make reference`` does.
+reference (tests/reference/<profile>/, :mod:`helpers.tools.regression`): ``make reference`` does.
 Progress bars are off in the executed notebooks (``TQDM_DISABLE=1`` unless you set it yourself).
 
 The console shows only the progress lines: the kernels are started with transport encryption
@@ -29,11 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from .experiment import default_output_dir, output_root
-from .profiles import DEFAULT_PROFILE, REPO_ROOT, load_profile
-from .utils import atomic_write_json, tqdm_disabled_by_env
-
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+from helpers.experiment import default_output_dir
+from helpers.paths import NOTEBOOK_DIR, output_root
+from helpers.profiles import DEFAULT_PROFILE, load_profile
+from helpers.utils import atomic_write_json, tqdm_disabled_by_env
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -45,7 +44,7 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return nbs
 
 
-def _parse_set(items: list[str]) -> dict:
+def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -214,7 +213,7 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     fig_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stages, log)
     if (fig_dir / "report.md").is_file():  # notebook 03 wrote it before the notebook times were known
-        from .report import write_report
+        from helpers.tools.report import write_report
 
         write_report(fig_dir)
     print(json.dumps({"profile": name, "seconds": timings, "total_s": round(sum(timings.values()), 1)}))
@@ -229,7 +228,7 @@ def main(argv=None):
     ap.add_argument("--output-dir", default=None, help="where figures go (default figures/<profile>/)")
     ap.add_argument("--kernel", default="python3")
     a = ap.parse_args(argv)
-    run(a.profile, _parse_set(a.set), a.only, a.output_dir, a.kernel)
+    run(a.profile, parse_set(a.set), a.only, a.output_dir, a.kernel)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Joint (unified) error detector from LCR and the conductance score (paper 1, 4.3; METHODS.md 4).
+"""Joint (unified) error detector from LCR and the conductance score (paper 1, 4.3; docs/methods.md section 4).
 
 The paper feeds ``[LCR, conductance-detector score]`` to a small "unified" binary
 classifier (NN, random forest, LDA or QDA).  The authors trained it on the
@@ -25,7 +25,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .detectors import train_conductance_detector
+from helpers.paper1.detectors import train_conductance_detector
 
 UNIFIED_CLASSIFIERS = ("nn", "rf", "lda", "qda")
 
@@ -57,7 +57,7 @@ def _predict_wrong(model, X) -> np.ndarray:
 
 
 def fit_predict_out_of_fold(fit_fn: Callable, X, y, *, k: int = 5, seed: int = 0) -> OOFResult:
-    """Cross-fitted scores of ``X`` (METHODS.md 4: the fix for the authors' in-sample leak).
+    """Cross-fitted scores of ``X`` (docs/methods.md section 4: the fix for the authors' in-sample leak).
 
     ``StratifiedKFold(k, shuffle=True, random_state=seed)``; for each fold f,
     ``model = fit_fn(X[not f], y[not f])`` and the samples of fold f are scored by
@@ -92,7 +92,7 @@ def fit_predict_out_of_fold(fit_fn: Callable, X, y, *, k: int = 5, seed: int = 0
 
 
 def out_of_fold_scores(X_train, y_train, X_val, y_val, *, k: int = 5, seed: int = 0, **detector_kwargs) -> OOFResult:
-    """Cross-fitted conductance-detector scores of the TRAINING split (paper 1, 4.3; METHODS.md 4).
+    """Cross-fitted conductance-detector scores of the TRAINING split (paper 1, 4.3; docs/methods.md section 4).
 
     Each fold's detector is :func:`train_conductance_detector` on the other k-1 folds,
     with epochs chosen on the real validation split ``(X_val, y_val)`` (never on the
@@ -132,7 +132,7 @@ def cross_fitted_detector(X, y, *, k: int = 5, seed: int = 0, inner_val: float =
     """
     from sklearn.model_selection import train_test_split
 
-    from .metrics import auroc
+    from helpers.metrics import auroc
 
     if not 0 < float(fraction) <= 1:
         raise ValueError(f"fraction: {fraction!r} is not valid; valid: a share in (0, 1]")
@@ -206,7 +206,8 @@ def fit_unified(name: str, X_train, y_wrong_train, seed: int = 0):
         raise ValueError(f"y_wrong_train: length {y.shape[0]} differs from the {X.shape[0]} rows of X_train")
     uniq = np.unique(y)
     if not np.isin(uniq, [0, 1]).all() or uniq.size < 2:
-        raise ValueError(f"y_wrong_train: classes {uniq.tolist()} are not valid; both 0 (correct) and 1 (wrong) are needed")
+        raise ValueError(f"y_wrong_train: classes {uniq.tolist()} are not valid; "
+                         "both 0 (correct) and 1 (wrong) are needed")
     return est.fit(X, y.astype(int))
 
 

@@ -1,0 +1,264 @@
+"""The stage cache: each stage is a cached function of its parameters.
+
+``<cache root>/<profile>/<stage>-<hash of params>.<ext>`` holds a stage's result, written atomically,
+with a JSON sidecar (params, versions, device, cost and the file's sha256, checked when it is read).
+A damaged entry is set aside (``<file>.corrupt``) and recomputed; a rerun with the same parameters
+reuses what was finished; ``stages.json`` in the profile's output folder logs what each stage cost.
+Results are stored in named :class:`Format` s (npz, csv.gz, json, pt), never in ad-hoc pickles.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, Hashable, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers import __version__
+from helpers.utils import atomic_path, atomic_write_json, file_sha256, set_aside
+
+T = TypeVar("T")
+
+
+def params_hash(*parts: Any, length: int = 10) -> str:
+    """A short stable hash of JSON-serialisable parameters (the cache key of a stage)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class Format:
+    """How a stage's result is written to and read from its file: a name (the file extension) and
+    the pair of functions ``save(obj, path)`` and ``load(path) -> obj``."""
+
+    ext: str
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path], Any]
+
+
+def _save_npz(obj: dict, path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **obj)
+
+
+def _load_npz(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _save_frame(df: pd.DataFrame, path) -> None:
+    df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})  # the same bytes from every writer
+
+
+def _load_frame(path) -> pd.DataFrame:
+    return pd.read_csv(path, compression="gzip", dtype={"id": str})
+
+
+def _save_json(obj, path) -> None:
+    atomic_write_json(path, obj)
+
+
+def _load_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def _save_torch(obj, path) -> None:
+    torch.save(obj, path)
+
+
+def _load_torch(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_torch_pickle(path):
+    # a stage whose result holds NumPy arrays or other objects that torch's safe loader refuses;
+    # read only from this project's own cache folder
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+#: a dict of NumPy arrays (``np.savez``, no pickles)
+NPZ = Format("npz", _save_npz, _load_npz)
+#: a per-sample table keyed by ``id`` (gzip CSV with a fixed header time: the same bytes from every writer)
+FRAME = Format("csv.gz", _save_frame, _load_frame)
+#: a JSON document
+JSON = Format("json", _save_json, _load_json)
+#: tensors, dicts, lists and numbers (``torch.save``; read with ``weights_only=True``)
+TENSORS = Format("pt", _save_torch, _load_torch)
+#: like :data:`TENSORS` but holding NumPy arrays too (read with torch's full unpickler)
+TENSORS_AND_ARRAYS = Format("pt", _save_torch, _load_torch_pickle)
+
+
+# --------------------------------------------------------------------------- the cache
+class StageNotCached(LookupError):
+    """Raised inside :meth:`StageCache.cached_only` when a stage would have to be computed."""
+
+
+_MISSING = object()  # a cached stage that is absent or was set aside as corrupt
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def sidecar_of(path: Path) -> Path:
+    """The JSON sidecar of a cached stage file: params, versions, device and cost."""
+    return path.with_suffix(path.suffix + ".json")
+
+
+def stage_mismatch(path: Path, sidecar: Path) -> str | None:
+    """Why the cached file ``path`` is not what its sidecar recorded (sha256), or None.  A sidecar
+    without a sha256, or no sidecar at all, has nothing to check."""
+    if not sidecar.is_file():
+        return None
+    try:
+        info = json.loads(sidecar.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return f"its sidecar {sidecar.name} is not valid JSON"
+    expected = info.get("sha256") if isinstance(info, dict) else None
+    if not expected:
+        return None
+    actual = file_sha256(path)
+    return None if actual == expected else (f"sha256 {actual[:16]} differs from {expected[:16]} "
+                                            f"recorded in {sidecar.name}")
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MB; Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def versions() -> dict:
+    """The versions a result was computed with (recorded in sidecars and checkpoint records)."""
+    import sklearn
+
+    return {"helpers": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "python": platform.python_version()}
+
+
+class StageCache:
+    """The cached stages of one profile: files in ``folder``, their costs logged in ``log_path``.
+
+    ``device`` is recorded in each sidecar (where the stage was computed)."""
+
+    def __init__(self, folder: Path, log_path: Path, device: str):
+        self.folder = Path(folder)
+        self.log_path = Path(log_path)
+        self.device = str(device)
+        #: seconds each stage computed in this process took
+        self.timings: dict[str, float] = {}
+        self._cache_only = False
+
+    def path(self, stage: str, params: Any, fmt: Format) -> Path:
+        """Where ``stage`` for ``params`` is (or would be) cached."""
+        return self.folder / f"{stage}-{params_hash(params)}.{fmt.ext}"
+
+    @contextlib.contextmanager
+    def cached_only(self):
+        """Inside this block a stage that is not cached raises :class:`StageNotCached` instead of being
+        computed: a notebook can use an expensive upstream result (e.g. LCR) only where it exists."""
+        before, self._cache_only = self._cache_only, True
+        try:
+            yield self
+        finally:
+            self._cache_only = before
+
+    def if_cached(self, fn: Callable[[], Any], otherwise: Callable[[], Any] = lambda: None) -> Any:
+        """``fn()`` when every stage it needs is already cached, else ``otherwise()``: use an expensive
+        result, or a unit that helpers.tools.precompute cached, only where it exists."""
+        try:
+            with self.cached_only():
+                return fn()
+        except StageNotCached:
+            return otherwise()
+
+    def stage(self, stage: str, params: Any, compute: Callable[[], Any], fmt: Format) -> Any:
+        """The cached result of ``stage`` for ``params``, computed and saved atomically if absent.
+
+        A cached file whose sha256 differs from its sidecar's, or that ``fmt`` cannot read, is corrupt:
+        it and its sidecar are set aside (``<file>.corrupt``), one line on stderr says so, and the stage
+        is recomputed (inside :meth:`cached_only`: :class:`StageNotCached`)."""
+        key = params_hash(params)
+        path = self.folder / f"{stage}-{key}.{fmt.ext}"
+        sidecar = sidecar_of(path)
+        result = self._load_cached(stage, path, sidecar, fmt.load) if path.is_file() else _MISSING
+        if result is _MISSING and self._cache_only:
+            raise StageNotCached(f"{stage}: not cached for this profile ({path.name})")
+        if result is _MISSING:
+            self._compute_and_save(stage, params, compute, fmt.save, path, sidecar)
+            result = fmt.load(path)  # the same object whether computed now or cached earlier
+        self._log_stage(stage, key, sidecar)
+        return result
+
+    def _compute_and_save(self, stage: str, params: Any, compute: Callable[[], Any],
+                          save: Callable[[Any, Path], None], path: Path, sidecar: Path) -> None:
+        t0 = time.perf_counter()
+        result = compute()
+        self.timings[stage] = time.perf_counter() - t0
+        with atomic_path(path) as tmp:
+            save(result, tmp)
+            sha = file_sha256(tmp)
+        atomic_write_json(sidecar, {
+            "stage": stage, "params": params, "versions": versions(), "device": self.device,
+            "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
+            "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "sha256": sha})
+
+    def _load_cached(self, stage: str, path: Path, sidecar: Path, load: Callable[[Path], Any]) -> Any:
+        try:
+            reason = stage_mismatch(path, sidecar)
+            if reason is not None:  # another writer of the same stage may be between its file and its sidecar
+                time.sleep(0.5)
+                reason = stage_mismatch(path, sidecar)
+            if reason is None:
+                return load(path)
+        except MemoryError:
+            raise
+        except Exception as e:  # a truncated or damaged file: EOFError, BadZipFile, BadGzipFile, ...
+            reason = one_line(e)
+        aside = set_aside(path)
+        if sidecar.is_file():
+            set_aside(sidecar)
+        then = "not cached now (cached_only)" if self._cache_only else "recomputing"
+        print(f"{stage}: cached file {path} is corrupt ({reason}); set aside as {aside.name}, {then}",
+              file=sys.stderr, flush=True)
+        return _MISSING
+
+    def _log_stage(self, stage: str, key: str, sidecar: Path) -> None:
+        """Record in the stage log what the stage cost when it was computed (from its sidecar)."""
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        self.log_entry(f"{stage}-{key}", {
+            "stage": stage, **{k: info.get(k) for k in ("seconds", "peak_rss_mb", "threads", "device", "finished")}})
+
+    def log_entry(self, key: str, entry: dict) -> None:
+        """Add ``entry`` under ``stages[key]`` of the stage log (``{"stages": {...}, "notebooks": {...}}``)."""
+        log = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
+        log.setdefault("stages", {})[key] = entry
+        atomic_write_json(self.log_path, log)
+
+
+class Memo(Generic[T]):
+    """Results derived in memory from cached stages, kept for one experiment's lifetime (e.g. a split's
+    decoded inputs, or the CFE analysis that every fine-tune of notebook 05 needs)."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """The value kept under ``key``, computed by ``compute()`` the first time."""
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._values

@@ -1,0 +1,32 @@
+"""Where things live: the repository's folders, and the data-cache and output roots that a user can move
+(``COMPANION_ARTIFACTS``, ``COMPANION_OUTPUT_DIR``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+FIGURES_DIR = REPO_ROOT / "figures"
+DOCS_DIR = REPO_ROOT / "docs"
+#: the committed regression references: tests/reference/<profile>/metrics.json
+REFERENCE_DIR = REPO_ROOT / "tests" / "reference"
+
+
+def cache_root() -> Path:
+    """Where cached stages go: $COMPANION_ARTIFACTS (when set and not empty), else artifacts/."""
+    return Path(os.environ.get("COMPANION_ARTIFACTS") or REPO_ROOT / "artifacts")
+
+
+def output_root() -> Path:
+    """Where profiles' outputs go: $COMPANION_OUTPUT_DIR (when set and not empty), else figures/."""
+    return Path(os.environ.get("COMPANION_OUTPUT_DIR") or FIGURES_DIR)
+
+
+def in_repo(path: Path) -> str | None:
+    """``path`` relative to the repository (what ``git checkout --`` takes), or None outside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return None
