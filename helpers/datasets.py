@@ -83,12 +83,15 @@ def damaged_message(path, exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- datasets
 class ArrayImages(Dataset):
-    """Images held in memory as uint8 (N, H, W, C); yields normalised float tensors and labels."""
+    """Images held in memory as uint8 (N, H, W, C); yields normalised float tensors and labels.
+
+    ``mean``: one value per channel, or a (C, H, W) mean image (``normalize.pixel_mean``)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, image_size: int):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # N,C,H,W uint8
         self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        self.mean = mean if mean.dim() == 3 else mean.view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.image_size = image_size
 
@@ -444,12 +447,14 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
     lab = {"train": ytr, "val": yte[val_pos], "test": yte[test_pos]}
     imgs = {"train": xtr, "val": xte[val_pos], "test": xte[test_pos]}
     mean, std = cfg["normalize"]["mean"], cfg["normalize"]["std"]
+    if cfg["normalize"].get("pixel_mean"):  # Keras' example: x / 255 minus the training images' mean image
+        mean = (xtr.astype(np.float64).mean(0) / 255.0).astype(np.float32).transpose(2, 0, 1)  # C, H, W
     fp = params_hash(source.split(" at ")[0], xtr.shape, int(xtr[:, ::7, ::7].sum()), int(xte[:, ::7, ::7].sum()))
 
     def make_ds(s, sel):
         return ArrayImages(imgs[s][sel], lab[s][sel], mean, std, cfg["image_size"])
 
-    return _make_bundle(cfg, "cifar10", CIFAR10_CLASSES, ids, lab, make_ds, source, fp, len(mean))
+    return _make_bundle(cfg, "cifar10", CIFAR10_CLASSES, ids, lab, make_ds, source, fp, len(std))
 
 
 # --------------------------------------------------------------------------- folder datasets

@@ -203,10 +203,11 @@ class Experiment:
                 g, y = self.head_features()
                 history += train_head(model, g, y, self.cfg["training"], self.seed)
             history += train_model(model, self.data.model_bundle(), self.cfg["training"], self.seed, self.device,
-                                   self.progress, self.loader_options)
+                                   self.progress, self.loader_options, state_path=self.train_state_path)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
 
         obj = self.cache.stage("model", self.model_params, compute, TENSORS)
+        self.train_state_path.unlink(missing_ok=True)  # the finished model is cached: no epoch to resume
         bad = first_nonfinite(obj["state_dict"])
         if bad is not None:
             path = self.cache.path("model", self.model_params, TENSORS)
@@ -215,6 +216,12 @@ class Experiment:
         model = self.build_model(weights=None)
         model.load_state_dict(obj["state_dict"])
         return model.to(self.device).eval(), obj["history"]
+
+    @property
+    def train_state_path(self) -> Path:
+        """Where training keeps its state after every epoch (:func:`training.train_model`), beside the cached
+        model it will become: a stopped run resumes from it, and it is removed once the model is cached."""
+        return self.cache.path("model", self.model_params, TENSORS).with_suffix(".train.pt")
 
     def head_features(self) -> tuple[dict, dict]:
         """Pooled features ``g`` of the train and val images under the initial (pretrained, frozen)
@@ -323,16 +330,60 @@ class Experiment:
 
 
 
+def export_train_state(exp: Experiment, path: str | os.PathLike) -> Path:
+    """Copy the profile's unfinished training state (:attr:`Experiment.train_state_path`) to ``path`` with a
+    JSON record (profile, the model's cache key, epochs done, sha256), so that a run on another machine
+    can resume it (``--resume-from``)."""
+    src, path = exp.train_state_path, Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"--export-train-state: {exp.name!r} has no unfinished training state at {src}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(src.read_bytes())
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    atomic_write_json(path.with_suffix(".json"), {
+        "profile": exp.name, "model_key": src.name.split(".")[0], "data_key": exp.data_key,
+        "epochs_done": int(state["epoch"]), "epochs": exp.cfg["training"]["epochs"],
+        "history": state["history"], "sha256": file_sha256(path)})
+    return path
+
+
+def resume_from(exp: Experiment, path: str | os.PathLike) -> Path:
+    """Put an exported training state (:func:`export_train_state`) where training resumes from it, after
+    checking its record: its sha256, and that it belongs to this profile's model (same cache key)."""
+    path = Path(path)
+    record = json.loads(path.with_suffix(".json").read_text())
+    key = exp.train_state_path.name.split(".")[0]
+    if record.get("model_key") != key:
+        raise ValueError(f"--resume-from: {path} is the training state of model {record.get('model_key')}, "
+                         f"not of {exp.name!r}'s model {key} (another profile, data or training settings)")
+    if file_sha256(path) != record.get("sha256"):
+        raise ValueError(f"--resume-from: {path}'s sha256 differs from its record {path.with_suffix('.json')}")
+    with atomic_path(exp.train_state_path) as tmp:
+        tmp.write_bytes(path.read_bytes())
+    return exp.train_state_path
+
+
 def main(argv=None) -> None:
     """``python -m helpers.experiment --profile cifar10 --export-checkpoint checkpoints/cifar10-resnet20.pt``:
-    train (or load from the cache) the profile's model and write it as a committed checkpoint."""
+    train (or load from the cache) the profile's model and write it as a committed checkpoint.  Training
+    saves its state after every epoch and a rerun resumes it; ``--export-train-state`` hands an unfinished
+    run to another machine, where ``--resume-from`` continues it."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
-    ap.add_argument("--export-checkpoint", required=True, metavar="PATH")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--export-checkpoint", metavar="PATH", help="train or load the model, write it to PATH")
+    what.add_argument("--export-train-state", metavar="PATH", help="copy the unfinished training state to PATH")
+    ap.add_argument("--resume-from", metavar="PATH", help="an exported training state to continue from")
     a = ap.parse_args(argv)
     exp = Experiment(a.profile)
+    if a.export_train_state:
+        path = export_train_state(exp, a.export_train_state)
+        print(f"wrote {path} ({json.loads(path.with_suffix('.json').read_text())['epochs_done']} epochs done)")
+        return
+    if a.resume_from and not exp.train_state_path.is_file():
+        resume_from(exp, a.resume_from)
     path = exp.export_checkpoint(a.export_checkpoint)
     print(json.dumps(json.loads(path.with_suffix(".json").read_text()), indent=1, default=json_default))
 

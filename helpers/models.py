@@ -18,6 +18,7 @@ read instead of hard-coding layer names:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -122,6 +123,67 @@ class ResNet20(nn.Module):
         layers = [BasicBlock(in_planes, planes, stride)]
         layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+# ----------------------------------------------------------------------------- ResNet20 as paper 1 trained it
+def _keras_he_normal_(w: torch.Tensor) -> None:
+    """Keras' ``he_normal``: a normal of std sqrt(2 / fan_in) truncated at two standard deviations (its std
+    corrected for the truncation, as Keras does)."""
+    fan_in = w[0].numel()
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+
+class KerasBlock(nn.Module):
+    """A ResNet v1 residual block as Keras' example ``cifar10_resnet.py`` builds it (paper 1's authors' model):
+    conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU.  Convolutions carry a bias (Keras' default); where
+    the block downsamples, the shortcut is a strided 1x1 convolution without BN ("option B")."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1)
+        self.bn1 = _keras_bn(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1)
+        self.bn2 = _keras_bn(planes)
+        self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride) if stride != 1 or in_planes != planes else None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def _keras_bn(c: int) -> nn.BatchNorm2d:
+    """Keras' BatchNormalization defaults: moving averages with momentum 0.99 (torch's 0.01), epsilon 1e-3."""
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class ResNet20Keras(nn.Module):
+    """ResNet20 v1 (depth 6n + 2, n = 3) as paper 1's authors built it: Keras' example ``cifar10_resnet.py``.
+
+    Its differences from :class:`ResNet20` (the akamaster model): 1x1-convolution shortcuts where the block
+    downsamples (not zero padding), a bias on every convolution, Keras' BatchNorm defaults and ``he_normal``
+    initialisation (truncated normal), a zero-initialised bias of the final linear layer.  The module names
+    follow :class:`ResNet20`, so the last residual block (``layer3.2``, 64x8x8) is again paper 1's layer."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1)
+        self.bn1 = _keras_bn(16)
+        self.layer1 = nn.Sequential(*[KerasBlock(16, 16, 1) for _ in range(3)])
+        self.layer2 = nn.Sequential(KerasBlock(16, 32, 2), KerasBlock(32, 32), KerasBlock(32, 32))
+        self.layer3 = nn.Sequential(KerasBlock(32, 64, 2), KerasBlock(64, 64), KerasBlock(64, 64))
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                _keras_he_normal_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -283,6 +345,7 @@ def _load_squeezenet_features(model: SqueezeNetGAP, weights: str, search_dirs) -
 LAYERS = {
     "small_cnn": ("block", ("block", "linear")),
     "resnet20": ("layer3.2", ("layer3.2", "linear")),
+    "resnet20_keras": ("layer3.2", ("layer3.2", "linear")),
     # torchvision InceptionV3: Mixed_7c -> avgpool -> dropout (identity in eval) -> fc
     "inception_v3": ("Mixed_7c", ("Mixed_7c", "fc")),
     # VGG16: the last conv block (conv5_3 + ReLU) is followed by max-pool and a 3-layer MLP
@@ -306,6 +369,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str 
         raise ValueError(f"model: {name!r} is not a known model; valid: {', '.join(MODEL_NAMES)}")
     if name == "small_cnn":
         model = SmallCNN(num_classes, in_channels)
+    elif name == "resnet20_keras":
+        model = ResNet20Keras(num_classes, in_channels)
     elif name == "resnet20":
         model = ResNet20(num_classes, in_channels)
         if weights not in (None, "none"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 #: the models :func:`helpers.models.build_model` builds (``model:`` in a profile)
-MODEL_NAMES = ("small_cnn", "resnet20", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
+MODEL_NAMES = ("small_cnn", "resnet20", "resnet20_keras", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
 #: the datasets :func:`helpers.datasets.load_data` reads (``dataset:`` in a profile)
 DATASET_NAMES = ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")
 #: the mutation operators of :mod:`helpers.paper1.mutation` (``lcr.*operator*`` in a profile; paper 1, sec. 4.2)

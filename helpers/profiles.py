@@ -49,6 +49,9 @@ SCHEMA: dict[str, Any] = {
     "normalize": {
         "mean": (list, True, None),
         "std": (list, True, None),
+        # true: subtract the mean image of the training split, pixel by pixel (Keras' example, paper 1's
+        # ResNet20), instead of ``mean``, which must then be zeros; CIFAR-10 only
+        "pixel_mean": (bool, False, None),
     },
     "seed": (int, True, {"min": 0}),
     "device": (str, False, ("auto", "cpu", "cuda")),
@@ -79,8 +82,14 @@ SCHEMA: dict[str, Any] = {
         "lr": (_NUM, True, {"min": 0.0, "max": 10.0}),
         "momentum": (_NUM, False, {"min": 0.0, "max": 1.0}),
         "weight_decay": (_NUM, False, {"min": 0.0, "max": 1.0}),
+        # Keras' kernel_regularizer=l2(c): c * (sum of the squared conv kernels) added to the loss (paper 1's
+        # ResNet20); unlike weight_decay it spares biases, BatchNorm and the final linear layer
+        "kernel_l2": (_NUM, False, {"min": 0.0, "max": 1.0}),
         "schedule": (str, False, ("none", "cosine", "step", "onecycle")),
-        "augmentation": (str, False, ("none", "crop_flip", "crop")),
+        # crop: random crop of the padded image; crop_flip: and horizontal flip; shift_flip: Keras'
+        # ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True): a random
+        # sub-pixel shift of up to a tenth of each side, bilinear, edges repeated ('nearest' fill), and a flip
+        "augmentation": (str, False, ("none", "crop_flip", "crop", "shift_flip")),
         "amp": (bool, False, None),
         "eval_batch_size": (int, False, {"min": 1}),
         # transfer learning: first the linear head on frozen pooled features, then ``epochs`` of
@@ -184,7 +193,8 @@ DEFAULTS: dict[str, Any] = {
         "limit_train": None, "limit_val": None, "limit_test": None, "analysis_from_test": None,
     },
     "training": {"momentum": 0.9, "weight_decay": 0.0, "schedule": "none", "augmentation": "none",
-                 "amp": True, "eval_batch_size": 512, "head_epochs": 0, "head_lr": 0.01, "trainable": "all"},
+                 "amp": True, "eval_batch_size": 512, "head_epochs": 0, "head_lr": 0.01, "trainable": "all",
+                 "kernel_l2": 0.0},
     "conductance": {"layer": None, "n_steps": 10, "method": "auto", "reduction": "sum",
                     "classes": [0, 1, 2], "top_k": 5,
                     "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5},
@@ -210,12 +220,13 @@ DEFAULTS: dict[str, Any] = {
 
 #: keys added after caches and checkpoints existed, with their defaults: cache keys leave a key out
 #: while it keeps its default (:func:`stable_section`), so those caches and records stay valid
-TRANSFER_DEFAULTS = {k: DEFAULTS["training"][k] for k in ("head_epochs", "head_lr", "trainable")}
-LATE_DEFAULTS = {"training": TRANSFER_DEFAULTS, "split": {"analysis_from_test": None}}
+LATE_DEFAULTS = {"training": {k: DEFAULTS["training"][k] for k in ("head_epochs", "head_lr", "trainable", "kernel_l2")},
+                 "split": {"analysis_from_test": None}}
 
 
 def stable_section(cfg: dict, section: str) -> dict:
-    """``cfg[section]`` without the keys of :data:`LATE_DEFAULTS` that keep their default value."""
+    """``cfg[section]`` without the keys of :data:`LATE_DEFAULTS` that keep their default value (also of a
+    checkpoint record's settings: ``stable_section({"training": record["training"]}, "training")``)."""
     late = LATE_DEFAULTS.get(section, {})
     return {k: v for k, v in cfg[section].items() if k not in late or v != late[k]}
 
@@ -342,6 +353,10 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
     norm = cfg["normalize"]
     if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
         raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")
+    if norm.get("pixel_mean") and (cfg["dataset"] != "cifar10" or any(m != 0 for m in norm["mean"])):
+        raise ProfileError(f"{source}: 'normalize.pixel_mean' = true needs dataset 'cifar10' (not "
+                           f"{cfg['dataset']!r}) and 'normalize.mean' = zeros (got {norm['mean']}): the mean image "
+                           "of the training split replaces it")
     _check_checkpoint_overrides(cfg, overrides)
     return cfg
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from helpers.datasets import ArrayImages, DataBundle
-from helpers.utils import seed_everything
+from helpers.utils import atomic_path, seed_everything
 
 
 def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -46,12 +48,15 @@ def iterate_batches(dataset, batch_size: int, shuffle: bool = False, generator: 
 
 
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int | None = None) -> torch.Tensor:
-    """Batched random crop of the zero-padded image and, for ``crop_flip``, horizontal flip.
+    """Batched random crop of the zero-padded image and, for ``crop_flip``, horizontal flip; or, for
+    ``shift_flip``, :func:`shift_flip`.
 
     ``pad`` defaults to an eighth of the image side (4 at 32x32, the usual CIFAR setting; 28 at
     224x224).  Zero padding is applied in the normalised space (the dataset mean colour)."""
     if kind == "none":
         return x
+    if kind == "shift_flip":
+        return shift_flip(x, generator)
     b, c, h, w = x.shape
     pad = max(1, round(h / 8)) if pad is None else pad
     xp = F.pad(x, (pad, pad, pad, pad))
@@ -66,13 +71,42 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int | N
     return out.contiguous()
 
 
-def _optimizer(params, tcfg, lr=None):
-    params = [p for p in params if p.requires_grad]
+def shift_flip(x: torch.Tensor, generator: torch.Generator, shift: float = 0.1) -> torch.Tensor:
+    """Keras' ``ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)``,
+    batched: each image moved by a uniform random offset of up to ``shift`` of its width and of its height
+    (sub-pixel, bilinear), the pixels that come in repeating the nearest edge (Keras' ``fill_mode='nearest'``),
+    then flipped left-right with probability 1/2."""
+    b = x.shape[0]
+    offsets = (torch.rand(b, 2, generator=generator) * 2 - 1) * (2 * shift)  # in [-1, 1] grid units: 2 = one side
+    flip = torch.rand(b, generator=generator) < 0.5
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)  # x' = -x mirrors the image
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = offsets
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _param_groups(model: nn.Module, tcfg: dict) -> list[dict]:
+    """The trainable parameters, with ``training.kernel_l2`` as weight decay on the convolution kernels:
+    an L2 penalty c * sum(w^2) in the loss has the gradient 2 c w, which is what weight decay 2 c adds
+    (for SGD and for Adam, whose decay is added to the gradient before the moments)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    c = float(tcfg.get("kernel_l2") or 0.0)
+    if not c:
+        return [{"params": params}]
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    return [{"params": [p for p in params if id(p) in kernels], "weight_decay": tcfg["weight_decay"] + 2 * c},
+            {"params": [p for p in params if id(p) not in kernels]}]
+
+
+def _optimizer(model: nn.Module, tcfg, lr=None):
+    groups = _param_groups(model, tcfg)
     lr = tcfg["lr"] if lr is None else lr
     if tcfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=tcfg["momentum"],
+        return torch.optim.SGD(groups, lr=lr, momentum=tcfg["momentum"],
                                weight_decay=tcfg["weight_decay"], nesterov=tcfg["momentum"] > 0)
-    return torch.optim.Adam(params, lr=lr, weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adam(groups, lr=lr, weight_decay=tcfg["weight_decay"])
 
 
 def module_names(model: nn.Module, spec, key: str, special: str = "'all'") -> list[str]:
@@ -174,11 +208,42 @@ def predict_logits(model: nn.Module, dataset, device, batch_size: int = 512, loa
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def _training_state(model, opt, sched, scaler, gen, history) -> dict:
+    """Everything that decides the rest of a training run: weights, optimizer, schedule, loss scaler, the
+    data order's and dropout's random states, and the history so far."""
+    state = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+             "scaler": scaler.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "history": history, "epoch": len(history)}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state: dict, model, opt, sched, scaler, gen) -> list[dict]:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return list(state["history"])
+
+
 def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, device: torch.device,
-                progress: bool = True, loader: dict | None = None) -> list[dict]:
+                progress: bool = True, loader: dict | None = None, state_path: Path | None = None,
+                on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
     """Train on the train split; returns the per-epoch history (loss, train and val accuracy).
     The running loss and accuracy are summed on the device and read once per epoch (no host sync
-    per step).  ``loader``: keyword arguments of :func:`iterate_batches`."""
+    per step).  ``loader``: keyword arguments of :func:`iterate_batches`.
+
+    ``state_path``: after every epoch the whole training state (:func:`_training_state`) is written there
+    atomically, and a run that finds it resumes after its last epoch: on one machine, a run stopped and
+    resumed ends with the same weights, bit for bit, as one that ran straight through.  ``on_epoch_end``
+    is called with the number of finished epochs after each epoch's state is saved."""
     loader = loader or {}
     gen = seed_everything(seed)
     model.to(device)
@@ -188,11 +253,15 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
     train_ds = data["train"].dataset
     steps = math.ceil(len(train_ds) / tcfg["batch_size"])
     freeze_all_but(model, tcfg.get("trainable", "all"))
-    opt = _optimizer(model.parameters(), tcfg)
+    opt = _optimizer(model, tcfg)
     sched = _scheduler(opt, tcfg, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = []
-    bar = tqdm(range(tcfg["epochs"]), desc="train", disable=not progress)
+    if state_path is not None and Path(state_path).is_file():
+        history = _restore(torch.load(state_path, map_location=device, weights_only=True), model, opt, sched,
+                           scaler, gen)
+    bar = tqdm(range(len(history), tcfg["epochs"]), desc="train", disable=not progress, initial=len(history),
+               total=tcfg["epochs"])
     for epoch in bar:
         model.train()
         for m in model.modules():  # frozen BatchNorm layers keep their running statistics
@@ -225,6 +294,11 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
                         "train_acc_running": correct / max(n, 1),
                         "val_acc": val_acc, "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_acc=f"{val_acc:.3f}")
+        if state_path is not None:
+            with atomic_path(state_path) as tmp:
+                torch.save(_training_state(model, opt, sched, scaler, gen, history), tmp)
+        if on_epoch_end is not None:
+            on_epoch_end(len(history))
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
