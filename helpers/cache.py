@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from helpers import __version__
-from helpers.utils import atomic_path, atomic_write_json, file_sha256, set_aside
+from helpers.utils import atomic_path, atomic_write_json, file_sha256, safe_torch_load, set_aside
 
 T = TypeVar("T")
 
@@ -77,13 +77,11 @@ def _save_torch(obj, path) -> None:
 
 
 def _load_torch(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path, "cached stage")
 
 
-def _load_torch_pickle(path):
-    # a stage whose result holds NumPy arrays or other objects that torch's safe loader refuses;
-    # read only from this project's own cache folder
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _load_torch_arrays(path):
+    return safe_torch_load(path, "cached stage", arrays=True)
 
 
 #: a dict of NumPy arrays (``np.savez``, no pickles)
@@ -92,10 +90,11 @@ NPZ = Format("npz", _save_npz, _load_npz)
 FRAME = Format("csv.gz", _save_frame, _load_frame)
 #: a JSON document
 JSON = Format("json", _save_json, _load_json)
-#: tensors, dicts, lists and numbers (``torch.save``; read with ``weights_only=True``)
+#: tensors, dicts, lists and numbers (``torch.save``; read without running any code from the file:
+#: :func:`helpers.utils.safe_torch_load`, so a shared cache folder cannot carry code)
 TENSORS = Format("pt", _save_torch, _load_torch)
-#: like :data:`TENSORS` but holding NumPy arrays too (read with torch's full unpickler)
-TENSORS_AND_ARRAYS = Format("pt", _save_torch, _load_torch_pickle)
+#: like :data:`TENSORS`, NumPy arrays included
+TENSORS_AND_ARRAYS = Format("pt", _save_torch, _load_torch_arrays)
 
 
 # --------------------------------------------------------------------------- the cache
@@ -143,7 +142,7 @@ def versions() -> dict:
     """The versions a result was computed with (recorded in sidecars and checkpoint records)."""
     import sklearn
 
-    return {"helpers": __version__, "torch": torch.__version__, "numpy": np.__version__,
+    return {"helpers": __version__, "torch": str(torch.__version__), "numpy": np.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version()}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from helpers.cache import one_line
 from helpers.paths import in_repo
-from helpers.utils import atomic_path, atomic_write_json, file_sha256, first_nonfinite
+from helpers.utils import UnsafeFileError, atomic_path, atomic_write_json, file_sha256, first_nonfinite, safe_torch_load
 
 
 class CheckpointError(ValueError):
@@ -34,7 +34,9 @@ def read_checkpoint(path: Path, profile: str = "<profile>") -> dict:
     """The dict torch saved at ``path``; a :class:`CheckpointError` naming the file when torch cannot read
     it, when it holds no state dict, or when a weight is NaN or inf."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = safe_torch_load(path, "checkpoint")
+    except UnsafeFileError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:
         raise CheckpointError(f"checkpoint: {path} cannot be read ({one_line(e)}); the file is damaged or "
                               f"not a torch checkpoint: {restore_hint(path, profile)}") from None
@@ -81,3 +83,23 @@ def write_checkpoint(path: Path, state_dict: dict, history: list, info: dict) ->
         torch.save({"state_dict": state, "history": history, **info}, tmp)
     atomic_write_json(record_path(path), {**info, "sha256": file_sha256(path)})
     return path
+
+
+#: what a model's inputs and outputs mean, recorded with every checkpoint and checked when one is loaded
+CONTRACT_KEYS = ("model", "classes", "image_size", "in_channels", "normalize")
+
+
+def fit_problems(record: dict, expected: dict) -> list[str]:
+    """How a checkpoint's recorded contract (:data:`CONTRACT_KEYS`) differs from what the profile feeds it:
+    one ``key: checkpoint ..., profile ...`` line per difference.  Keys a record lacks (written before they
+    were recorded) are not compared."""
+    out = []
+    for key in CONTRACT_KEYS:
+        if key in record and key in expected and record[key] != expected[key]:
+            have, want = record[key], expected[key]
+            if key == "classes" and isinstance(have, list) and sorted(have) == sorted(want):
+                out.append(f"classes: the same names in another order (checkpoint {have[:5]}..., "
+                           f"profile {want[:5]}...)")
+            else:
+                out.append(f"{key}: checkpoint {have!r}, profile {want!r}")
+    return out

@@ -91,10 +91,12 @@ def rounded_reports(reports: dict, names=None) -> dict:
 
 def model_metrics(exp: Experiment, acc: pd.DataFrame, own: dict) -> dict:
     """``metrics.json``'s ``model`` section: name, accuracy, errors and size of each split (the regression's
-    split sizes), and the accuracy on the model's own training photos where the analysis splits are held
-    out (``split.analysis_from_test``)."""
+    split sizes), the accuracy on the model's own training photos where the analysis splits are held
+    out (``split.analysis_from_test``), and the loaded checkpoint's path and sha256."""
     return {"model": {"name": exp.cfg["model"],
                       "accuracy": dict(zip(acc["split"], acc["accuracy"].round(4))),
                       **({"model_split_accuracy": {k: round(v, 4) for k, v in own.items()}} if own else {}),
                       "errors": dict(zip(acc["split"], acc["errors"].astype(int))),
-                      "n": dict(zip(acc["split"], acc["n"].astype(int)))}}
+                      "n": dict(zip(acc["split"], acc["n"].astype(int))),
+                      # the checkpoint file the model came from, by content (none: trained here)
+                      **({"checkpoint": exp.loaded_checkpoint} if exp.loaded_checkpoint else {})}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from functools import cached_property
@@ -20,17 +21,18 @@ import pandas as pd
 import torch
 
 from helpers.cache import FRAME, JSON, TENSORS, Memo, StageCache, params_hash, sidecar_of, versions
-from helpers.checkpoints import CheckpointError, read_checkpoint, verified_record, write_checkpoint
+from helpers.checkpoints import CheckpointError, fit_problems, read_checkpoint, verified_record, write_checkpoint
 from helpers.datasets import DataBundle, data_search_dirs, load_data
 from helpers.devices import configure_device, get_device
 from helpers.models import build_model
 from helpers.paths import REPO_ROOT, cache_root, output_root
-from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_overrides, stable_section
+from helpers.profiles import DEFAULT_PROFILE, ProfileError, load_profile, parse_overrides, stable_section
 from helpers.training import prediction_table, train_head, train_model
 from helpers.utils import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    cli_main,
     file_sha256,
     first_nonfinite,
     json_default,
@@ -56,7 +58,7 @@ class Experiment:
     """
 
     def __init__(self, profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides: dict | None = None,
-                 output_dir: str | os.PathLike | None = None, progress: bool | None = None):
+                 output_dir: str | os.PathLike | None = None, progress: bool | None = None, check: bool = True):
         overrides = parse_overrides(overrides)  # a dict, or a JSON / YAML string from papermill's -p
         self.cfg = load_profile(profile, overrides)
         self.name = self.cfg["name"]
@@ -69,10 +71,42 @@ class Experiment:
         self.cache = StageCache(self.artifacts_dir, self.output_dir / "stages.json", str(self.device))
         #: results derived in memory from cached stages, kept for this experiment's lifetime
         self.memo = Memo()
+        #: the checkpoint file the model was loaded from: path, sha256, whether a JSON record vouched for it
+        self.loaded_checkpoint: dict | None = None
+        self._missing_checkpoint: Path | None = None
         if self.cfg["threads"]:  # float sums depend on the thread count: fix it where the profile asks
             torch.set_num_threads(self.cfg["threads"])
         configure_device(self.device, self.cfg["deterministic"])
         seed_everything(self.seed)
+        if check:
+            self.check_settings()
+
+    def check_settings(self) -> None:
+        """The settings that need the data or the model's structure, checked before any work (the profile's
+        own values are checked when it loads): ``conductance.classes`` are classes of the data,
+        ``conductance.layer`` and the ``trainable`` module names are modules of the model.  A
+        :class:`ProfileError` names the key, the value and what is valid."""
+        n = len(self.data.classes)
+        classes = self.cfg["conductance"]["classes"]
+        bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n]
+        if bad or not classes:
+            raise ProfileError(f"conductance.classes = {classes!r} is not valid: {bad or 'empty'}; valid: a non-empty "
+                               f"list of class indices 0..{n - 1} of the {n} classes of {self.name!r}")
+        model = self.build_model(weights=None)  # the structure only: no weights file is read
+        modules = [name for name, _ in model.named_modules() if name]
+        shown = ", ".join(m for m in modules if m.count(".") <= 1)
+        layer = self.cfg["conductance"]["layer"]
+        if layer is not None and layer not in modules:
+            raise ProfileError(f"conductance.layer = {layer!r} is not a module of {self.cfg['model']!r}; valid: null "
+                               f"(the model's last conv block, {model.last_conv_layer!r}) or a module name such as "
+                               f"{shown}")
+        for key, special in (("training", ("all",)), ("debugging", ("all", "last_conv"))):
+            spec = self.cfg.get(key, {}).get("trainable")
+            names = [] if spec is None or spec in special else [spec] if isinstance(spec, str) else list(spec)
+            unknown = [m for m in names if m not in modules]
+            if unknown:
+                raise ProfileError(f"{key}.trainable = {spec!r}: {unknown} are not modules of {self.cfg['model']!r}; "
+                                   f"valid: {' or '.join(map(repr, special))} or module names such as {shown}")
 
     @property
     def on_accelerator(self) -> bool:
@@ -150,24 +184,48 @@ class Experiment:
         path = self._path_of(ck)
         if not path.is_file():
             if self.cfg["if_no_checkpoint"] == "train":
+                self._missing_checkpoint = path
                 return None
             raise FileNotFoundError(f"checkpoint: no file at {path}; set `checkpoint: null` (or "
                                     f"`if_no_checkpoint: train`) to train instead")
         info = verified_record(path, self.name, self.cfg["verify_checkpoint"])
         obj = read_checkpoint(path, self.name)
+        provenance = info if info is not None else obj
+        problems = fit_problems(provenance, self.input_contract())
+        if problems and self.cfg["verify_checkpoint"]:
+            raise CheckpointError(f"checkpoint: {path} was made for other inputs or outputs than this profile's: "
+                                  + "; ".join(problems) + ". Use a checkpoint made for this data, or set "
+                                  "`verify_checkpoint: false` to use it knowingly")
+        for line in problems:
+            print(f"checkpoint: {path.name}: {line} (used anyway: verify_checkpoint is false)", file=sys.stderr)
+        if info is None and "data_key" not in obj:
+            print(f"checkpoint: {path} has no record ({path.with_suffix('.json').name}) and no provenance inside: "
+                  "nothing checks that it fits this data; its sha256 is recorded in metrics.json", file=sys.stderr)
         saw = obj.get("data_key")
         if saw is not None and saw != self.data_key:
             warnings.warn(f"checkpoint: {path.name} was trained on data {saw} ({obj.get('data_source')}), "
                           f"this profile's data is {self.data_key} ({self.data.source}); its numbers are "
                           f"not those of the committed run", stacklevel=2)
         model = self.build_model(weights=None)
-        model.load_state_dict(obj["state_dict"])
-        info = info if info is not None else obj
+        try:
+            model.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint: {path} does not fit model {self.cfg['model']!r} with "
+                                  f"{len(self.data.classes)} classes: {str(e).splitlines()[1].strip()[:300]}") from None
+        self.loaded_checkpoint = {"path": str(ck), "sha256": file_sha256(path), "record": info is not None}
+        info = provenance
         self.cache.log_entry(f"model-{file_sha256(path, 10)}", {
             "stage": "model (committed checkpoint)", "seconds": info.get("train_seconds"),
             "peak_rss_mb": None, "threads": info.get("train_threads"), "device": info.get("train_device"),
             "finished": None})
         return model, obj.get("history", [])
+
+    def input_contract(self) -> dict:
+        """What the model's inputs and outputs mean (:data:`checkpoints.CONTRACT_KEYS`): the architecture, the
+        class names in output order, the input size and channels, the normalisation."""
+        return {"model": self.cfg["model"], "classes": [str(c) for c in self.data.classes],
+                "image_size": self.cfg["image_size"], "in_channels": self.data.in_channels,
+                "normalize": self.cfg["normalize"]}
 
     def export_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write the trained model as a reusable checkpoint (``checkpoint:`` in a profile) with
@@ -176,7 +234,7 @@ class Experiment:
         path = Path(path)
         acc = self.predictions.groupby("split")["correct"].mean().round(6).to_dict()
         acc.update({k: round(v, 6) for k, v in self.model_split_accuracy().items()})
-        info = {"profile": self.name, "model": self.cfg["model"], "weights": self.cfg["weights"],
+        info = {"profile": self.name, **self.input_contract(), "weights": self.cfg["weights"],
                 "training": self.cfg["training"], "seed": self.seed, "data_key": self.data_key,
                 "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
                 "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
@@ -196,6 +254,9 @@ class Experiment:
             return model.to(self.device).eval(), history
 
         def compute():
+            if self._missing_checkpoint is not None:
+                print(f"checkpoint: no file at {self._missing_checkpoint}; training a new model instead "
+                      "(if_no_checkpoint: train)", file=sys.stderr, flush=True)
             seed_everything(self.seed)  # the same initial weights as head_features' model, even random ones
             model = self.build_model()
             history = []
@@ -389,4 +450,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))

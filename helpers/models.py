@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.names import MODEL_NAMES
+from helpers.utils import safe_torch_load
 
 #: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
 RESNET20_URL = (
@@ -197,7 +198,7 @@ def load_resnet20_checkpoint(model: ResNet20, path: str | Path) -> ResNet20:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights: no file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_torch_load(path, "weights")
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     state = {k.removeprefix("module."): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -237,6 +238,20 @@ def _resolve_resnet20_weights(weights: str, search_dirs) -> Path:
 
 
 # ----------------------------------------------------------------------------- torchvision
+def _load_all_but_head(model: nn.Module, state: dict, path, name: str) -> None:
+    """Load a state dict into a torchvision model whose classification head is then replaced: the head
+    (and InceptionV3's auxiliary classifier) may differ or be absent, every other weight must be there."""
+    head = ("fc.", "AuxLogits.") if name == "inception_v3" else (f"classifier.{len(model.classifier) - 1}.",)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not (k.startswith(head) and k in own and own[k].shape != v.shape)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in unexpected if not k.startswith(head)]
+    if missing or unexpected:
+        raise ValueError(f"weights: {path} does not match {name} (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}); only the classification head ({', '.join(head)}) may differ")
+
+
 def _torchvision_model(name: str, num_classes: int, weights: str | None):
     import torchvision
 
@@ -260,8 +275,8 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None):
             kw["aux_logits"] = False
         model = ctor(weights=None, **kw)
         if weights not in (None, "none", "imagenet", "pretrained"):
-            state = torch.load(weights, map_location="cpu", weights_only=False)
-            model.load_state_dict(state.get("state_dict", state), strict=False)
+            state = safe_torch_load(weights, "weights")
+            _load_all_but_head(model, state.get("state_dict", state), weights, name)
     if name == "inception_v3":
         model.aux_logits = False
         model.AuxLogits = None
@@ -328,7 +343,7 @@ def _load_squeezenet_features(model: SqueezeNetGAP, weights: str, search_dirs) -
             + (f"\n(torchvision download failed: {reason})" if reason else "")
             + "\nGive a path such as ../shared/weights/squeezenet1_1-imagenet-caffe.pth (Caffe normalisation; "
               "docs/data-and-weights.md says which public file it comes from) or go online for `pretrained`.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path, "weights")
     state = state.get("state_dict", state)
     feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     if not feats:

@@ -30,3 +30,15 @@ def in_repo(path: Path) -> str | None:
         return str(Path(path).resolve().relative_to(REPO_ROOT.resolve()))
     except ValueError:
         return None
+
+
+#: the folder variables a user may set; relative values are taken from where the user ran the command
+FOLDER_VARIABLES = ("COMPANION_OUTPUT_DIR", "COMPANION_ARTIFACTS", "COMPANION_DATA_DIR")
+
+
+def absolute_folder_variables() -> None:
+    """Make the folder variables absolute, relative to the current directory (where the user typed the
+    command), before kernels or worker processes start elsewhere (notebook kernels run in notebooks/)."""
+    for var in FOLDER_VARIABLES:
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().absolute())

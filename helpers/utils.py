@@ -102,3 +102,67 @@ def json_default(o):
 def tqdm_disabled_by_env() -> bool:
     """Whether ``TQDM_DISABLE`` asks for no progress bars: set, and not empty, 0, false or no."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _array_globals() -> list:
+    """What rebuilding a NumPy array from a torch file needs: the array type, its reconstructor and dtypes."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                          "uint8", "bool")]
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds Python objects whose loading could run code: refused, never unpickled."""
+
+
+def safe_torch_load(path, what: str, arrays: bool = False, map_location="cpu"):
+    """``torch.load`` that runs no code from the file: only tensors, numbers, strings, lists, dicts and
+    torch's version strings are rebuilt (``weights_only=True``), and NumPy arrays where ``arrays``.  A file
+    that holds anything else (a pickled object whose loading could run code) raises :class:`UnsafeFileError`
+    naming ``what`` and the file; a damaged file raises what torch raises."""
+    import pickle
+
+    allowed = [torch.torch_version.TorchVersion, *(_array_globals() if arrays else [])]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
+            raise
+        import re
+
+        m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", str(e))
+        found = f"the Python object {m.group(1)}" if m else "a Python object"
+        raise UnsafeFileError(
+            f"{what}: {path} holds {found}, which loading would have to run; refused (only tensors, numbers, "
+            "strings, lists and dicts are read). Save a plain state dict instead: "
+            "torch.save(model.state_dict(), path)") from None
+
+
+def cli_main(main, argv=None) -> int:
+    """Run a command-line tool's ``main(argv)`` so that a mistake reads as one line: ``error: <what, the
+    value, what is valid>`` on stderr and exit status 1, the traceback only with ``--debug``.  A failed
+    notebook (papermill's execution error) is named with its cell's error."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if hasattr(e, "ename") and hasattr(e, "evalue"):  # papermill: the notebook's own error
+            text = f"a notebook cell failed: {e.ename}: {str(e.evalue).strip().splitlines()[0] if e.evalue else ''}"
+        else:
+            lines = str(e).strip().splitlines()
+            text = lines[0] if lines else type(e).__name__
+            if type(e).__name__ in ("KeyError", "AttributeError", "TypeError", "IndexError", "RuntimeError"):
+                text = f"{type(e).__name__}: {text}"
+        print(f"error: {text}  (--debug shows the traceback)", file=sys.stderr)
+        return 1

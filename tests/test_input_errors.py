@@ -91,13 +91,11 @@ def test_make_lab_adds_allow_root_only_as_root():
 
 def test_out_of_range_conductance_classes_are_named_before_any_work(tmp_path, monkeypatch):
     from helpers.experiment import Experiment
-    from helpers.paper1 import stages as paper1
 
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
-    exp = Experiment("digits", {"conductance.classes": [3, 12]}, output_dir=tmp_path / "out", progress=False)
     with pytest.raises(ProfileError, match=r"conductance.classes = \[3, 12\] is not valid: \[12\]; valid: .*0\.\.9"):
-        paper1.conductance_table(exp)
-    assert "conductance" not in exp.cache.timings
+        Experiment("digits", {"conductance.classes": [3, 12]}, output_dir=tmp_path / "out", progress=False)
+    assert not list((tmp_path / "art" / "digits").glob("model-*"))  # nothing trained or cached
 
 
 def test_a_class_the_model_never_predicts_gives_a_note_not_a_crash():
@@ -132,3 +130,17 @@ def test_an_all_correct_split_is_named_with_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "with_predictions", lambda e, t: t.merge(perfect, on=["id", "split"]))
     with pytest.raises(ValueError, match="the val split has no wrong predictions .* use a larger split"):
         evaluation.evaluate_scores(exp, scores, ["msp"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"conductance.layer": "block9"}, r"conductance.layer = 'block9' is not a module of 'small_cnn'; valid: null"),
+    ({"training.trainable": ["linear", "head"]}, r"training.trainable = \['linear', 'head'\]: \['head'\] are not"),
+    ({"debugging.trainable": ["conv9"]}, r"debugging.trainable = \['conv9'\]: \['conv9'\] are not modules"),
+])
+def test_settings_that_need_the_model_are_checked_when_the_experiment_starts(tmp_path, monkeypatch, override, match):
+    from helpers.experiment import Experiment
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    with pytest.raises(ProfileError, match=match):
+        Experiment("digits", {**override, "checkpoint": None}, output_dir=tmp_path / "out", progress=False)
+    assert not list((tmp_path / "art" / "digits").glob("model-*"))

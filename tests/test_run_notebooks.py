@@ -87,3 +87,51 @@ def test_partial_notebooks_of_killed_runs_are_removed_and_live_ones_kept(tmp_pat
     (partial / f"01_conductance.{os.getpid()}.ipynb").write_text("{}")  # a run still going (this process)
     run_notebooks._remove_stale_partials(tmp_path)
     assert sorted(p.name for p in partial.iterdir()) == [f"01_conductance.{os.getpid()}.ipynb"]
+
+
+def test_a_second_run_of_the_same_outputs_stops_at_once_naming_the_first(tmp_path):
+    from helpers.tools.run_notebooks import claimed
+
+    with claimed(tmp_path / "out"):
+        with pytest.raises(RuntimeError, match=rf"being written by another run of this profile \(pid {os.getpid()}\)"):
+            with claimed(tmp_path / "out"):
+                pass
+    with claimed(tmp_path / "out"):  # released when the first run ends
+        pass
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_once_before_any_work(tmp_path, fake_papermill, capsys):
+    from helpers.tools.run_notebooks import main
+    from helpers.utils import cli_main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = cli_main(main, ["--profile", "digits", "--output-dir", str(blocker / "figs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "cannot be written" in err[0] and str(blocker) in err[0]
+    assert "tqdm_disable" not in fake_papermill  # no notebook was started
+
+
+def test_cli_errors_are_one_line_and_the_traceback_needs_debug(capsys):
+    from helpers.tools.run_notebooks import main
+    from helpers.utils import cli_main
+
+    assert cli_main(main, ["--profile", "no-such-profile"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: profile: 'no-such-profile' is not a known profile; valid:")
+    with pytest.raises(Exception, match="no-such-profile"):
+        cli_main(main, ["--profile", "no-such-profile", "--debug"])
+    with pytest.raises(SystemExit):  # --only needs at least one notebook
+        main(["--only"])
+
+
+def test_relative_folder_variables_mean_the_users_directory(tmp_path, monkeypatch):
+    from helpers.paths import absolute_folder_variables, cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPANION_ARTIFACTS", "rel/art")
+    monkeypatch.setenv("COMPANION_OUTPUT_DIR", "rel/out")
+    absolute_folder_variables()
+    assert os.environ["COMPANION_OUTPUT_DIR"] == str(tmp_path / "rel" / "out")
+    monkeypatch.chdir(tmp_path / "..")  # a kernel elsewhere still finds the same folder
+    assert cache_root() == tmp_path / "rel" / "art"

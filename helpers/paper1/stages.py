@@ -38,7 +38,6 @@ from helpers.paper1.lcr import (
     sprt_score,
 )
 from helpers.paper1.mutation import MutantSpec
-from helpers.profiles import ProfileError
 from helpers.training import iterate_batches
 
 
@@ -51,17 +50,6 @@ def conductance_params(exp: Experiment) -> dict:
     cc = exp.cfg["conductance"]
     return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "layer": conductance_layer(exp),
             "n_steps": cc["n_steps"], "method": cc["method"], "reduction": cc["reduction"]}
-
-
-def check_conductance_classes(exp: Experiment) -> list[int]:
-    """The profile's ``conductance.classes`` (the classes of the Tables 1-2 analogue), checked against
-    the dataset's classes before any work: a ProfileError names the key, the value and the valid range."""
-    classes, n = exp.cfg["conductance"]["classes"], len(exp.data.classes)
-    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n]
-    if bad or not classes:
-        raise ProfileError(f"conductance.classes = {classes!r} is not valid: {bad or 'empty'}; valid: a non-empty list "
-                           f"of class indices 0..{n - 1} of the {n} classes of {exp.name!r}")
-    return classes
 
 
 #: about this many images per conductance work unit of helpers.tools.precompute (rounded to whole eval batches)
@@ -100,7 +88,6 @@ def conductance_table(exp: Experiment) -> pd.DataFrame:
 
     Computed part by part (:func:`conductance_parts`); parts that ``helpers.tools.precompute`` cached (on
     other processes or machines) are read instead, with identical results."""
-    check_conductance_classes(exp)
     params = conductance_params(exp)
 
     def part(split, a, b):

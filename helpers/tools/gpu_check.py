@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from helpers.paths import REPO_ROOT
-from helpers.utils import atomic_write_json
+from helpers.utils import atomic_write_json, cli_main
 
 STEPS = ("environment", "gpu_tests", "profile", "bench")
 
@@ -107,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

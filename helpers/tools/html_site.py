@@ -15,10 +15,12 @@ import html
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from helpers.paths import FIGURES_DIR, NOTEBOOK_DIR, REPO_ROOT
 from helpers.profiles import DEFAULT_PROFILE
+from helpers.utils import cli_main
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
@@ -203,4 +205,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(cli_main(main))

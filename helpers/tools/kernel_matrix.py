@@ -28,6 +28,7 @@ from pathlib import Path
 from helpers.paths import REPO_ROOT
 from helpers.profiles import DEFAULT_PROFILE
 from helpers.tools import regression
+from helpers.utils import cli_main
 
 #: instruction set -> (cpuinfo flag that must be present, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)
 ISAS = {"SSE4_2": ("sse4_2", "SSE41", "SSE4_2"),
@@ -137,4 +138,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

@@ -48,8 +48,10 @@ import torch.distributed as dist
 from helpers.experiment import Experiment
 from helpers.paper1 import stages as paper1
 from helpers.paper2 import stages as paper2
+from helpers.paths import absolute_folder_variables
 from helpers.tools import testhooks
 from helpers.tools.run_notebooks import parse_set
+from helpers.utils import cli_main
 
 #: the stages, in the order their inputs require
 STAGES = ("conductance", "lcr", "cfe", "debugging")
@@ -185,7 +187,6 @@ def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], objec
 
 # --------------------------------------------------------------------------- the stages
 def conductance_stage(exp, group, shared, crash_after=None) -> dict:
-    paper1.check_conductance_classes(exp)  # before any work
     on_rank0(exp, group, shared, lambda: exp.predictions)
     parts = paper1.conductance_parts(exp)
     n = run_units(exp, group, [lambda p=p: paper1.conductance_part(exp, *p) for p in parts], shared, crash_after)
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help=f"comma-separated stages of {', '.join(STAGES)} (default: all)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
     a = ap.parse_args(argv)
+    absolute_folder_variables()  # relative folders mean the user's directory, on every rank
     only = [s.strip() for s in a.only.split(",")] if a.only else None
     bad = [s for s in only or [] if s not in STAGES]
     if bad:
@@ -270,4 +272,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

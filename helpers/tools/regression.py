@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.paths import REFERENCE_DIR, REPO_ROOT
-from helpers.utils import atomic_write_json
+from helpers.utils import atomic_write_json, cli_main
 
 #: tolerance = max(floor, K x standard error)
 K = 1.0
@@ -367,4 +367,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

@@ -26,11 +26,12 @@ import json
 import math
 import operator
 import re
+import sys
 from pathlib import Path
 
 from helpers.names import display_name
 from helpers.paths import REFERENCE_DIR, REPO_ROOT
-from helpers.utils import atomic_write_text
+from helpers.utils import atomic_write_text, cli_main
 
 #: the committed references (helpers.tools.regression.REFERENCE_DIR; same layout as figures/: <profile>/metrics.json)
 
@@ -604,4 +605,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(cli_main(main))

@@ -30,9 +30,9 @@ from pathlib import Path
 import yaml
 
 from helpers.experiment import default_output_dir
-from helpers.paths import NOTEBOOK_DIR, output_root
+from helpers.paths import NOTEBOOK_DIR, absolute_folder_variables, output_root
 from helpers.profiles import DEFAULT_PROFILE, load_profile
-from helpers.utils import atomic_write_json, tqdm_disabled_by_env
+from helpers.utils import atomic_write_json, cli_main, tqdm_disabled_by_env
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -177,10 +177,51 @@ def progress_bars_off():
             os.environ["TQDM_DISABLE"] = user
 
 
+@contextlib.contextmanager
+def claimed(folder: Path):
+    """Hold ``<folder>/.run.lock`` for the block: one run at a time writes a profile's outputs.  A second run
+    stops at once with a message instead of overwriting metrics.json under the first one's feet (the lock
+    is released when the process ends, however it ends)."""
+    import fcntl
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PermissionError(f"output folder {folder} cannot be written ({e.strerror}); give a writable one "
+                              "(--output-dir or COMPANION_OUTPUT_DIR)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RuntimeError(f"{folder} is being written by another run of this profile (pid {other}); wait for "
+                               "it to finish, or give this run another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_writable(folder: Path) -> None:
+    """A folder the run writes notebooks into, tried before any work: named once if it cannot be written."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"notebook folder {folder} cannot be written ({e.strerror}); run from a writable "
+                              "checkout or give --output-dir") from None
+
+
 def run(profile: str, overrides: dict | None = None, only: list[str] | None = None, output_dir: str | None = None,
         kernel: str = "python3") -> dict:
     import papermill as pm
 
+    absolute_folder_variables()  # the kernels run in notebooks/: relative folders mean the user's directory
     cfg = load_profile(profile, overrides)  # validate before any long work starts
     if Path(profile).suffix in (".yaml", ".yml"):
         profile = str(Path(profile).resolve())  # the notebooks run with notebooks/ as working directory
@@ -192,7 +233,12 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         output_dir = str(Path(output_dir).resolve())  # the notebooks run with notebooks/ as working directory
     fig_dir = Path(output_dir) if output_dir else output_root() / name  # where the notebooks put figures
     out_nb_dir = NOTEBOOK_DIR if default_run else fig_dir / "notebooks"
-    out_nb_dir.mkdir(parents=True, exist_ok=True)
+    with claimed(fig_dir):
+        _check_writable(out_nb_dir)
+        return _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, default_run, kernel)
+
+
+def _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, default_run, kernel) -> dict:
     params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},
                                      "output_dir": output_dir}
     stages = fig_dir / "stages.json"  # the stage log (helpers.experiment): a full run starts a new one
@@ -223,7 +269,7 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=DEFAULT_PROFILE, help="profile name (params/<name>.yaml) or a YAML path")
-    ap.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
+    ap.add_argument("--only", nargs="+", help="notebook prefixes to run, e.g. 00 01")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
     ap.add_argument("--output-dir", default=None, help="where figures go (default figures/<profile>/)")
     ap.add_argument("--kernel", default="python3")
@@ -232,4 +278,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))
