@@ -238,21 +238,23 @@ def _resolve_resnet20_weights(weights: str, search_dirs) -> Path:
 
 
 # ----------------------------------------------------------------------------- torchvision
-def _load_all_but_head(model: nn.Module, state: dict, path, name: str) -> None:
+def _load_all_but_head(model: nn.Module, state: dict, path, name: str, needed: tuple[str, ...] = ()) -> None:
     """Load a state dict into a torchvision model whose classification head is then replaced: the head
-    (and InceptionV3's auxiliary classifier) may differ or be absent, every other weight must be there."""
+    (and InceptionV3's auxiliary classifier) may differ or be absent, every other weight must be there
+    (with ``needed``: every weight whose name starts so, the only part of the model that is used)."""
     head = ("fc.", "AuxLogits.") if name == "inception_v3" else (f"classifier.{len(model.classifier) - 1}.",)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not (k.startswith(head) and k in own and own[k].shape != v.shape)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.startswith(head) and not k.endswith("num_batches_tracked")
+               and (not needed or k.startswith(needed))]
     unexpected = [k for k in unexpected if not k.startswith(head)]
     if missing or unexpected:
         raise ValueError(f"weights: {path} does not match {name} (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}); only the classification head ({', '.join(head)}) may differ")
 
 
-def _torchvision_model(name: str, num_classes: int, weights: str | None):
+def _torchvision_model(name: str, num_classes: int, weights: str | None, needed: tuple[str, ...] = ()):
     import torchvision
 
     ctor = {"inception_v3": torchvision.models.inception_v3, "vgg16": torchvision.models.vgg16}[name]
@@ -276,7 +278,7 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None):
         model = ctor(weights=None, **kw)
         if weights not in (None, "none", "imagenet", "pretrained"):
             state = safe_torch_load(weights, "weights")
-            _load_all_but_head(model, state.get("state_dict", state), weights, name)
+            _load_all_but_head(model, state.get("state_dict", state), weights, name, needed)
     if name == "inception_v3":
         model.aux_logits = False
         model.AuxLogits = None
@@ -294,7 +296,7 @@ class VGG16GAP(nn.Module):
 
     def __init__(self, num_classes: int, weights: str | None = None):
         super().__init__()
-        self.features = _torchvision_model("vgg16", num_classes, weights).features
+        self.features = _torchvision_model("vgg16", num_classes, weights, needed=("features.",)).features
         self.dropout = nn.Dropout(0.5)
         self.linear = nn.Linear(512, num_classes)
 

@@ -3,14 +3,18 @@
 A profile is loaded by name (``digits`` -> ``params/digits.yaml``) or by path, merged
 with optional overrides (a dict of dotted keys, e.g. ``{"training.epochs": 1}``,
 which is how notebooks receive them from papermill), and validated against
-:data:`SCHEMA` before any work starts: an unknown key, a missing required key or an
-invalid value raises :class:`ProfileError` naming the key, the value and what is
-valid.
+:data:`SCHEMA` and the rules across keys (:func:`_check_lists`, :func:`_check_rules`)
+before any work starts: an unknown key, a missing required key, an invalid value, a
+repeated key, a file that is not UTF-8, a malformed override or a copy of a committed
+profile that keeps its name raises :class:`ProfileError`, in one line naming the key
+(or file), the value and what is valid.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +32,18 @@ class ProfileError(ValueError):
 
 # --------------------------------------------------------------------------- schema
 # Each leaf: (type(s), required, check) where check is None, a tuple of allowed
-# values, or a (lo, hi) numeric range given as a dict {"min":..., "max":...}.
+# values, a (lo, hi) numeric range given as a dict {"min":..., "max":...}, or a compiled
+# pattern a string must match in full.  A float is always refused when it is NaN or +-inf.
 _NUM = (int, float)
 _OPT = type(None)
 
+#: a profile's name names its output folders (figures/<name>/, artifacts/<name>/): one plain folder name
+NAME_PATTERN = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME_VALID = ("letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters, "
+               "no '..' (it names the folders figures/<name>/ and artifacts/<name>/)")
+
 SCHEMA: dict[str, Any] = {
-    "name": (str, True, None),
+    "name": (str, True, NAME_PATTERN),
     "description": (str, False, None),
     "dataset": (str, True, DATASET_NAMES),
     "data_dir": ((str, _OPT), False, None),
@@ -53,7 +63,7 @@ SCHEMA: dict[str, Any] = {
         # ResNet20), instead of ``mean``, which must then be zeros; CIFAR-10 only
         "pixel_mean": (bool, False, None),
     },
-    "seed": (int, True, {"min": 0}),
+    "seed": (int, True, {"min": 0, "max": 2**32 - 1}),
     "device": (str, False, ("auto", "cpu", "cuda")),
     "num_workers": (int, False, {"min": 0}),
     # on an accelerator: evaluation batches this many times training.eval_batch_size (CPU-tuned)
@@ -126,8 +136,8 @@ SCHEMA: dict[str, Any] = {
         # cells beyond grid_operators x grid_rates, as [operator, rate] pairs (a stronger rate for one operator)
         "grid_extra": (list, False, None),
         "grid_mutants": (int, False, {"min": 1}),
-        "operator": ((str, _OPT), False, None),
-        "rate": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),
+        "operator": ((str, _OPT), False, MUTATION_OPERATORS),
+        "rate": ((float, _OPT), False, {"min": 0.0, "max": 1.0}),  # with operator; > 0 (_check_rules)
         "n_mutants": (int, False, {"min": 1}),
         "accept_threshold": (_NUM, False, {"min": 0.0, "max": 1.0}),
         "max_tries_factor": (int, False, {"min": 1}),
@@ -231,6 +241,92 @@ def stable_section(cfg: dict, section: str) -> dict:
     return {k: v for k, v in cfg[section].items() if k not in late or v != late[k]}
 
 
+# --------------------------------------------------------------------------- reading YAML
+#: numbers with an exponent that YAML 1.1 (PyYAML) reads as strings: ``1e-3``, ``1E5``, ``2.5e3``, ``.5e-2``
+_SCI_FLOAT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+")
+
+
+class ProfileLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that also reads ``1e-3`` as a float, as YAML 1.2 does."""
+
+
+ProfileLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{_SCI_FLOAT.pattern})$"),
+                                    list("-+0123456789."))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+def _check_duplicates(loader: ProfileLoader, node, where: str = "") -> None:
+    """Refuse a key given twice in one mapping (PyYAML keeps the last silently): a second ``conductance:``
+    section would replace the first.  ``<<`` merge keys are YAML's own way to combine mappings: allowed."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+            name = f"{where}{key}"
+            try:
+                if key is not None and key in seen:
+                    raise _DuplicateKey(name, key_node.start_mark.line + 1, seen[key])
+                if key is not None:
+                    seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the constructor names it
+                pass
+            _check_duplicates(loader, value_node, f"{name}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(loader, item, f"{where[:-1]}[{i}].")
+
+
+def load_yaml(text: str):
+    """One YAML document read with :class:`ProfileLoader`, a key repeated in a mapping refused."""
+    loader = ProfileLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(loader, node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error, in one line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    return where + problem
+
+
+def _read_profile_file(path: Path, source: str):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+        if "\x00" in text:  # UTF-16 / UTF-32 without a byte order mark: NUL bytes between the letters
+            raise UnicodeDecodeError("utf-8", data, text.index("\x00"), text.index("\x00") + 1, "NUL byte")
+    except UnicodeDecodeError as e:
+        kind = " (it looks like UTF-16 or UTF-32)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data else ""
+        raise ProfileError(f"{source}: not UTF-8 text{kind}, byte {e.start} = {data[e.start:e.start + 1]!r}; valid: "
+                           "a UTF-8 text file: save it as UTF-8 (an editor's 'Save with encoding', or "
+                           "iconv -f UTF-16 -t UTF-8)") from None
+    try:
+        return load_yaml(text)
+    except _DuplicateKey as e:
+        raise ProfileError(f"{source}, line {e.line}: duplicate key {e.key!r} (first at line {e.first}); valid: "
+                           "each key once per section: merge the two into one") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ProfileError(f"{source}{where}: not valid YAML ({problem}); fix the file's syntax") from None
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -244,6 +340,21 @@ def _merge(base: dict, over: dict) -> dict:
 def _type_name(t) -> str:
     ts = t if isinstance(t, tuple) else (t,)
     return " or ".join("null" if x is type(None) else x.__name__ for x in ts)
+
+
+def _range_text(check) -> str:
+    """What a numeric key accepts, for a message."""
+    if isinstance(check, dict) and "min" in check and "max" in check:
+        return f"a number from {check['min']} to {check['max']}"
+    if isinstance(check, dict) and "min" in check:
+        return f"a number >= {check['min']}"
+    return "a finite number"
+
+
+def _with_dot(text: str) -> str:
+    """``1e-3`` -> ``1.0e-3``: the way PyYAML's YAML 1.1 reads a number, for a message."""
+    mant, _, exp = text.lower().partition("e")
+    return f"{mant if '.' in mant else mant + '.0'}e{exp if exp[:1] in '+-' else '+' + exp}"
 
 
 def _validate(cfg: dict, schema: dict, where: str, source: str) -> None:
@@ -271,11 +382,18 @@ def _validate(cfg: dict, schema: dict, where: str, source: str) -> None:
         if not ok and float in ts and isinstance(val, int) and not isinstance(val, bool):
             ok = True
         if not ok:
-            raise ProfileError(f"{source}: {full!r} = {val!r} has the wrong type; expected {_type_name(types)}")
+            hint = ""
+            if float in ts and isinstance(val, str) and _SCI_FLOAT.fullmatch(val.strip()):
+                hint = f" (a number: write it with a dot, e.g. {_with_dot(val.strip())})"
+            raise ProfileError(f"{source}: {full!r} = {val!r} has the wrong type; expected {_type_name(types)}{hint}")
+        if isinstance(val, float) and not math.isfinite(val):
+            raise ProfileError(f"{source}: {full!r} = {val!r} is not a finite number; valid: {_range_text(check)}")
         if val is None or check is None:
             continue
         if isinstance(check, tuple) and val not in check:
             raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {', '.join(map(str, check))}")
+        if isinstance(check, re.Pattern) and not check.fullmatch(val):
+            raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {_NAME_VALID}")
         if isinstance(check, dict):
             if "min" in check and val < check["min"]:
                 raise ProfileError(f"{source}: {full!r} = {val!r} is below the minimum {check['min']}")
@@ -318,21 +436,16 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
 
     Returns a plain nested dict.  ``profile`` may also be an already-loaded dict.
     """
+    path = None
     if isinstance(profile, dict):
         raw, source = copy.deepcopy(profile), "profile"
     else:
         path = profile_path(profile)
         source = str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ProfileError(f"{source}{where}: not valid YAML ({problem}); fix the file's syntax") from None
+        raw = _read_profile_file(path, source) or {}
         if not isinstance(raw, dict):
             raise ProfileError(f"{source}: must be a YAML mapping of keys to values")
+    file_raw = raw
     overrides = parse_overrides(overrides)
     if overrides:
         ov = _expand_dotted(overrides)
@@ -340,61 +453,181 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
         raw = _merge(raw, ov)
     _validate(raw, SCHEMA, "", source)
     cfg = _merge(DEFAULTS, raw)
-    pool = cfg["split"]["analysis_from_test"]
-    if pool is not None:
-        if cfg["dataset"] != "cub200":
-            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} needs an official train/test split; "
-                               f"valid for dataset 'cub200', not {cfg['dataset']!r}")
-        if (len(pool) != 3 or not all(isinstance(v, _NUM) and not isinstance(v, bool) and 0 < v < 1 for v in pool)
-                or abs(sum(pool) - 1) > 1e-6):
-            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} is not valid; valid: three fractions "
-                               "in (0, 1) for train, val and test that sum to 1, e.g. [0.5, 0.25, 0.25], or null")
     _check_lists(cfg, source)
-    norm = cfg["normalize"]
-    if len(norm["mean"]) != len(norm["std"]) or any(s <= 0 for s in norm["std"]):
-        raise ProfileError(f"{source}: 'normalize' needs mean and std of equal length with std > 0, got {norm}")
-    if norm.get("pixel_mean") and (cfg["dataset"] != "cifar10" or any(m != 0 for m in norm["mean"])):
-        raise ProfileError(f"{source}: 'normalize.pixel_mean' = true needs dataset 'cifar10' (not "
-                           f"{cfg['dataset']!r}) and 'normalize.mean' = zeros (got {norm['mean']}): the mean image "
-                           "of the training split replaces it")
+    _check_rules(cfg, source)
+    if path is not None:
+        _check_committed_name(cfg["name"], path, file_raw, source)
     _check_checkpoint_overrides(cfg, overrides)
     return cfg
 
 
-def _check_lists(cfg: dict, source: str) -> None:
-    """The list-valued keys whose items the schema cannot type: ``lcr.grid_extra`` and
-    ``conductance.cross_fit.fractions``."""
+def _is_number(v) -> bool:
+    """A finite int or float, not a bool."""
+    if isinstance(v, bool) or not isinstance(v, _NUM):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
 
-    extra = cfg["lcr"]["grid_extra"]
+
+def _check_lists(cfg: dict, source: str) -> None:
+    """The list-valued keys, whose items the schema cannot type: each item checked (numbers finite)."""
+
+    def bad(key: str, val, valid: str, at=None):
+        where = f" at {at!r}" if at is not None else ""
+        return ProfileError(f"{source}: {key!r} = {val!r} is not valid{where}; valid: {valid}")
+
+    norm = cfg["normalize"]
+    for key in ("mean", "std"):
+        vals = norm[key]
+        wrong = next((v for v in vals if not _is_number(v) or (key == "std" and v <= 0)), None)
+        if not vals or wrong is not None:
+            raise bad(f"normalize.{key}", vals, "a non-empty list of finite numbers, one per image channel"
+                      + (", each > 0" if key == "std" else "") + ", e.g. [0.5, 0.5, 0.5]",
+                      None if not vals else wrong)
+    if len(norm["mean"]) != len(norm["std"]):
+        raise bad("normalize", {"mean": norm["mean"], "std": norm["std"]},
+                  "mean and std of equal length (one number per image channel)")
+    classes = cfg["conductance"]["classes"]
+    wrong = next((c for c in classes if isinstance(c, bool) or not isinstance(c, int) or c < 0), None)
+    if not classes or wrong is not None:
+        raise bad("conductance.classes", classes, "a non-empty list of class indices (integers >= 0), e.g. [0, 1, 2]",
+                  wrong)
+    lc = cfg["lcr"]
+    wrong = next((o for o in lc["grid_operators"] if o not in MUTATION_OPERATORS), None)
+    if wrong is not None:
+        raise bad("lcr.grid_operators", lc["grid_operators"],
+                  f"a list of operators among {', '.join(MUTATION_OPERATORS)}", wrong)
+    wrong = next((r for r in lc["grid_rates"] if not _is_number(r) or not 0 < r <= 1), None)
+    if wrong is not None:
+        raise bad("lcr.grid_rates", lc["grid_rates"], "a list of mutation rates in (0, 1], e.g. [0.01, 0.05]", wrong)
+    extra = lc["grid_extra"]
     for cell in extra:
         if (not isinstance(cell, list) or len(cell) != 2 or cell[0] not in MUTATION_OPERATORS
-                or isinstance(cell[1], bool) or not isinstance(cell[1], _NUM) or not 0 < cell[1] <= 1):
-            raise ProfileError(f"{source}: 'lcr.grid_extra' = {extra!r} is not valid at {cell!r}; valid: a list of "
-                               f"[operator, rate] pairs, operator one of {', '.join(MUTATION_OPERATORS)}, "
-                               "rate in (0, 1], e.g. [[gf, 0.003], [gf, 0.01]]")
+                or not _is_number(cell[1]) or not 0 < cell[1] <= 1):
+            raise bad("lcr.grid_extra", extra, f"a list of [operator, rate] pairs, operator one of "
+                      f"{', '.join(MUTATION_OPERATORS)}, rate in (0, 1], e.g. [[gf, 0.003], [gf, 0.01]]", cell)
     fr = cfg["conductance"]["cross_fit"]["fractions"]
-    if not fr or not all(isinstance(f, _NUM) and not isinstance(f, bool) and 0 < f <= 1 for f in fr) or 1 not in fr:
-        raise ProfileError(f"{source}: 'conductance.cross_fit.fractions' = {fr!r} is not valid; valid: fractions in "
-                           "(0, 1] of each fold's training photos that include 1, e.g. [0.25, 0.5, 1.0]")
+    if not fr or not all(_is_number(f) and 0 < f <= 1 for f in fr) or 1 not in fr:
+        raise bad("conductance.cross_fit.fractions", fr,
+                  "fractions in (0, 1] of each fold's training photos that include 1, e.g. [0.25, 0.5, 1.0]")
+    grid = cfg["debugging"]["grid"]
+    wrong = next((c for c in grid if not isinstance(c, list) or len(c) != 2
+                  or not all(_is_number(x) and x >= 0 for x in c)), None)
+    if not grid or wrong is not None:
+        raise bad("debugging.grid", grid, "a non-empty list of [l1, l2] pairs of finite numbers >= 0, "
+                  "e.g. [[0, 0], [1.0e-3, 2.0e-5]]", wrong)
+    for key, special in (("training.trainable", ("all",)), ("debugging.trainable", ("last_conv", "all"))):
+        section, name = key.split(".")
+        val = cfg[section][name]
+        if val in special:
+            continue
+        if not (isinstance(val, list) and val and all(isinstance(m, str) and m for m in val)):
+            hint = f" (one module: [{val}])" if isinstance(val, str) and val else ""
+            raise bad(key, val, f"{' or '.join(repr(x) for x in special)}, or a non-empty list of module names, "
+                      f"e.g. [features, linear]{hint}")
+
+
+#: the fractions the digits loader uses for a null ``split.val_fraction`` / ``split.test_fraction``
+#: (helpers.datasets.load_digits_bundle; the only dataset with a test fraction)
+_DIGITS_SPLIT_DEFAULT = 0.2
+
+
+def _check_rules(cfg: dict, source: str) -> None:
+    """Rules across keys."""
+    sp = cfg["split"]
+    val, test = sp["val_fraction"], sp["test_fraction"]
+    if cfg["dataset"] == "digits":
+        val = _DIGITS_SPLIT_DEFAULT if val is None else val
+        test = _DIGITS_SPLIT_DEFAULT if test is None else test
+    if val is not None and test is not None and val + test >= 1:
+        raise ProfileError(f"{source}: 'split.val_fraction' + 'split.test_fraction' = {val!r} + {test!r} leaves "
+                           "no training split; valid: a sum below 1, e.g. 0.25 + 0.25 (for digits a null one "
+                           f"counts as its default {_DIGITS_SPLIT_DEFAULT})")
+    pool = sp["analysis_from_test"]
+    if pool is not None:
+        if cfg["dataset"] != "cub200":
+            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} needs an official train/test split; "
+                               f"valid for dataset 'cub200', not {cfg['dataset']!r}")
+        if len(pool) != 3 or not all(_is_number(v) and 0 < v < 1 for v in pool) or abs(sum(pool) - 1) > 1e-6:
+            raise ProfileError(f"{source}: 'split.analysis_from_test' = {pool!r} is not valid; valid: three fractions "
+                               "in (0, 1) for train, val and test that sum to 1, e.g. [0.5, 0.25, 0.25], or null")
+    lc = cfg["lcr"]
+    if (lc["operator"] is None) != (lc["rate"] is None) or lc["rate"] == 0:
+        raise ProfileError(f"{source}: 'lcr.operator' = {lc['operator']!r} with 'lcr.rate' = {lc['rate']!r} is not "
+                           "valid; valid: both set (an operator and a rate in (0, 1], e.g. gf and 0.01) or both "
+                           "null (the grid's best cell)")
+    if lc["operator"] is None and not (lc["grid_operators"] and lc["grid_rates"] or lc["grid_extra"]):
+        raise ProfileError(f"{source}: 'lcr.grid_operators' = {lc['grid_operators']!r} x 'lcr.grid_rates' = "
+                           f"{lc['grid_rates']!r} (and 'lcr.grid_extra' = {lc['grid_extra']!r}) has no cell, and "
+                           "'lcr.operator' is null; valid: at least one operator and one rate, or lcr.operator and "
+                           "lcr.rate set")
+    norm = cfg["normalize"]
+    if norm.get("pixel_mean") and (cfg["dataset"] != "cifar10" or any(m != 0 for m in norm["mean"])):
+        raise ProfileError(f"{source}: 'normalize.pixel_mean' = true needs dataset 'cifar10' (not "
+                           f"{cfg['dataset']!r}) and 'normalize.mean' = zeros (got {norm['mean']}): the mean image "
+                           "of the training split replaces it")
+
+
+def _check_committed_name(name: str, path: Path, file_raw: dict, source: str) -> None:
+    """A profile file other than params/<name>.yaml that claims a committed profile's name (a copy that kept
+    ``name: digits``, or ``--set name=digits``) must hold that profile's settings: otherwise its results
+    would overwrite the committed figures/<name>/ and artifacts/<name>/.  Compared: the mappings the two
+    files load to, defaults filled and before overrides (comments and layout do not count)."""
+    committed = PARAMS_DIR / f"{name}.yaml"
+    if not committed.is_file() or committed.resolve() == path.resolve():
+        return
+    theirs = _read_profile_file(committed, f"params/{name}.yaml") or {}
+    if _merge(DEFAULTS, {**file_raw, "name": name}) != _merge(DEFAULTS, theirs):
+        raise ProfileError(f"{source}: 'name' = {name!r} is the name of the committed profile params/{name}.yaml, "
+                           "whose settings differ; valid: a new name for a profile of your own (e.g. "
+                           f"name: my-{name}), so that its results do not overwrite figures/{name}/")
+
+
+def _parse_value(key: str, text: str, source: str):
+    """One override value given as YAML text (``--set key=value``), read as a profile file reads it."""
+    try:
+        return load_yaml(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{source}: {key!r} = {text!r} is not a valid YAML value ({_yaml_problem(e)}); valid: a "
+                           "number, true / false, null, text, or a list such as [0.5, 0.5]") from None
+
+
+def parse_set(items) -> dict:
+    """``--set`` items, ``["training.lr=1e-3", "lcr.grid_rates=[0.01, 0.05]"]``, as a dict of dotted keys;
+    each value read as YAML the way a profile file is (``1e-3`` a float)."""
+    out = {}
+    for item in items or []:
+        if not isinstance(item, str) or "=" not in item:
+            raise ProfileError(f"--set: {item!r} is not valid; valid: key=value, e.g. training.epochs=1")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ProfileError(f"--set: {item!r} has no key; valid: key=value, e.g. training.epochs=1")
+        out[key] = _parse_value(key, text, "--set")
+    return out
 
 
 def parse_overrides(overrides) -> dict:
-    """Overrides as a dict of dotted keys, or as a JSON / YAML mapping in a string (what
-    ``papermill -p overrides '{"conductance.n_steps": 5}'`` passes)."""
+    """Overrides as a dict of dotted keys, as a JSON / YAML mapping in a string (what
+    ``papermill -p overrides '{"conductance.n_steps": 5}'`` passes), or as a list of ``key=value``
+    strings (``--set``, :func:`parse_set`)."""
     if overrides is None or isinstance(overrides, dict):
         return overrides or {}
+    if isinstance(overrides, (list, tuple)) and all(isinstance(x, str) and "=" in x for x in overrides):
+        return parse_set(overrides)
     if isinstance(overrides, str):
         try:
-            parsed = yaml.safe_load(overrides) if overrides.strip() else {}
+            parsed = load_yaml(overrides) if overrides.strip() else {}
+        except _DuplicateKey as e:
+            raise ProfileError(f"overrides: {overrides!r} gives {e.key!r} twice; valid: each key once") from None
         except yaml.YAMLError as e:
-            raise ProfileError(f"overrides: {overrides!r} is not a JSON or YAML mapping ({e.__class__.__name__}); "
+            raise ProfileError(f"overrides: {overrides!r} is not a JSON or YAML mapping ({_yaml_problem(e)}); "
                                "valid: e.g. '{\"training.epochs\": 1}'") from None
         if parsed is None:
             return {}
         if isinstance(parsed, dict):
             return parsed
     raise ProfileError(f"overrides: {overrides!r} is not a mapping of dotted keys to values; "
-                       "valid: a dict or a JSON / YAML string, e.g. '{\"training.epochs\": 1}'")
+                       "valid: a dict, a JSON / YAML string, e.g. '{\"training.epochs\": 1}', or key=value items")
 
 
 #: override keys that decide the trained model: with a committed checkpoint they would not take effect

@@ -49,8 +49,8 @@ from helpers.experiment import Experiment
 from helpers.paper1 import stages as paper1
 from helpers.paper2 import stages as paper2
 from helpers.paths import absolute_folder_variables
+from helpers.profiles import parse_set
 from helpers.tools import testhooks
-from helpers.tools.run_notebooks import parse_set
 from helpers.utils import cli_main
 
 #: the stages, in the order their inputs require

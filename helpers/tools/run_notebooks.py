@@ -27,11 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from helpers.experiment import default_output_dir
 from helpers.paths import NOTEBOOK_DIR, absolute_folder_variables, output_root
-from helpers.profiles import DEFAULT_PROFILE, load_profile
+from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_set
 from helpers.utils import atomic_write_json, cli_main, tqdm_disabled_by_env
 
 
@@ -42,16 +40,6 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
         if not nbs:
             raise SystemExit(f"--only: {only} matches no notebook in {NOTEBOOK_DIR}")
     return nbs
-
-
-def parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"--set: {item!r} must look like key=value (e.g. training.epochs=1)")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
 
 
 def kernel_config():
