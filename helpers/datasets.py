@@ -19,12 +19,17 @@ Loaders:
 
 The folder datasets' fingerprint (part of the data key that roots every cache key and is recorded in
 checkpoints) covers every file's name and content (sha256), never its mtime: an image replaced or
-damaged in place is new data, and the same tree gives the same key on any machine.
+damaged in place is new data, and the same tree gives the same key on any machine.  Computing it opens
+and decodes every image, so that an empty, damaged or too large one (a decompression bomb) is named before
+any training.  Hidden and system entries (names starting with '.', ``__MACOSX``, ``Thumbs.db``,
+``desktop.ini``) are never classes or images, and a class folder without images is refused.  16-bit and
+float images are scaled to 8 bits (0..65535 and 0..1 to 0..255), not clipped.
 """
 from __future__ import annotations
 
 import io
 import os
+import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from helpers.cache import params_hash
+from helpers.cache import one_line, params_hash
 from helpers.paths import REPO_ROOT, cache_root
 from helpers.profiles import ProfileError
-from helpers.utils import atomic_path, file_sha256
+from helpers.utils import atomic_path, file_sha256, set_aside
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -58,27 +63,137 @@ class DamagedImageError(OSError):
     """A data file cannot be decoded as an image: truncated, corrupted, or not an image at all."""
 
 
-def read_image(path, mode: str, size: int) -> np.ndarray:
-    """The image file at ``path`` converted to PIL ``mode`` and resized to ``size`` x ``size`` (uint8 array).
+#: names that are never data, wherever a class folder or an image list is read: any name starting with
+#: '.' (``.DS_Store``, ``.ipynb_checkpoints``, AppleDouble ``._*`` files, ...) and these system names
+SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", ".ds_store", ".ipynb_checkpoints"})
+#: the most pixels (width x height) an image may have (8192 x 8192; PIL's own ``Image.MAX_IMAGE_PIXELS``
+#: when lower): a larger one is refused as a possible decompression bomb, before it is decoded
+MAX_IMAGE_PIXELS = 8192 * 8192
 
-    A file PIL cannot decode raises :class:`DamagedImageError` naming it (PIL's own message names no file)."""
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is a hidden or system entry that is never data (:data:`SYSTEM_NAMES`)."""
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+
+
+def image_files(d) -> list[Path]:
+    """The image files of folder ``d`` (by extension, :data:`IMAGE_EXTS`), sorted; hidden and system
+    files (:func:`is_hidden`) and subfolders are not images."""
+    with os.scandir(d) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if not is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS and e.is_file())
+
+
+def pixel_limit() -> int:
+    """The most pixels an image may have: :data:`MAX_IMAGE_PIXELS`, or PIL's limit when that is lower."""
+    from PIL import Image
+
+    pil = Image.MAX_IMAGE_PIXELS
+    return min(MAX_IMAGE_PIXELS, int(pil)) if pil else MAX_IMAGE_PIXELS
+
+
+def damaged_message(path, exc) -> str:
+    """One line: which file is damaged, what is wrong (the decoder's exception, or a description), what to do."""
+    why = exc if isinstance(exc, str) else f"it cannot be decoded ({one_line(exc)})"
+    return f"{path}: damaged image file, {why}; replace it with an intact copy or remove it from the dataset"
+
+
+def too_large_message(path, what: str) -> str:
+    """One line: which image is over :func:`pixel_limit`, by how much, what is valid."""
+    limit = pixel_limit()
+    return (f"{path}: image of {what} is over the limit of {limit:,} pixels (a decompression bomb, or not an image "
+            f"of this dataset); valid: at most {limit:,} pixels (helpers.datasets.MAX_IMAGE_PIXELS): downscale it or "
+            "remove it from the dataset")
+
+
+def open_image(src, shown):
+    """PIL's image of ``src`` (a path or a binary file), its header checked: an empty file, an undecodable one
+    and one of more than :func:`pixel_limit` pixels raise :class:`DamagedImageError` naming ``shown``.
+    The pixels are not decoded yet (a bomb is refused before)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert(mode)
-            im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
+        empty = (os.path.getsize(src) if isinstance(src, (str, os.PathLike)) else src.getbuffer().nbytes) == 0
+        if empty:
+            raise DamagedImageError(damaged_message(shown, "it is empty (0 bytes)"))
+        im = Image.open(src)
+    except (DamagedImageError, FileNotFoundError):
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DamagedImageError(too_large_message(shown, f"more pixels than PIL allows ({one_line(exc)})")) from exc
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
-        raise DamagedImageError(damaged_message(path, exc)) from exc
+        raise DamagedImageError(damaged_message(shown, exc)) from exc
+    w, h = im.size
+    if w * h > pixel_limit():
+        im.close()
+        raise DamagedImageError(too_large_message(shown, f"{w} x {h} = {w * h:,} pixels"))
+    return im
 
 
-def damaged_message(path, exc: BaseException) -> str:
-    """One line: which file is damaged, what the decoder said, what to do."""
-    return (f"{path}: damaged image file, it cannot be decoded ({type(exc).__name__}: {exc}); "
-            "replace it with an intact copy or remove it from the dataset")
+def to_8bit(im, shown):
+    """``im`` with 8 bits per channel: 16-bit grayscale (modes ``I;16*``, and ``I`` as PIL opened 16-bit
+    PNGs) scaled from 0..65535 to 0..255, 32-bit float (``F``) from 0..1 to 0..255 (PIL's own conversion
+    clips them to 0 / 255); any other mode unchanged (``convert`` handles palette, alpha, ...).  Values
+    outside those ranges raise :class:`DamagedImageError` naming ``shown``."""
+    from PIL import Image
+
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return im
+    arr = np.asarray(im)
+    top, valid = (1.0, "floats in [0, 1]") if im.mode == "F" else (65535, "integers in 0..65535")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= top):
+        raise DamagedImageError(f"{shown}: image of mode {im.mode} with values in [{lo:g}, {hi:g}]; valid for mode "
+                                f"{im.mode}: {valid}: convert it to 8 or 16 bits or remove it from the dataset")
+    if im.mode == "F":
+        out = np.floor(arr.astype(np.float64) * 255.0 + 0.5)
+    else:
+        out = (arr.astype(np.int64) * 255 + 32767) // 65535  # rounded, 65535 -> 255
+    return Image.fromarray(out.astype(np.uint8), mode="L")
+
+
+def decode_image(src, mode: str, shown, size: int | None = None) -> np.ndarray:
+    """The image of ``src`` (a path or a binary file) converted to PIL ``mode`` (16-bit and float images
+    scaled to 8 bits, :func:`to_8bit`) and, when ``size`` is given, resized to ``size`` x ``size``: a uint8
+    array.  A file that is empty, undecodable or too large raises :class:`DamagedImageError` naming ``shown``."""
+    from PIL import Image
+
+    try:
+        with open_image(src, shown) as im:
+            im = to_8bit(im, shown).convert(mode)
+            if size is not None:
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (DamagedImageError, FileNotFoundError):
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DamagedImageError(damaged_message(shown, exc)) from exc
+
+
+def read_image(path, mode: str, size: int) -> np.ndarray:
+    """The image file at ``path`` converted to PIL ``mode`` and resized to ``size`` x ``size`` (uint8 array).
+
+    A file PIL cannot decode (or an empty or too large one) raises :class:`DamagedImageError` naming it (PIL's
+    own message names no file)."""
+    return decode_image(path, mode, path, size)
+
+
+def check_image(path) -> str | None:
+    """None when the image file at ``path`` decodes (a JPEG at reduced scale: the whole file is still read),
+    else the one-line message of its :class:`DamagedImageError`."""
+    from PIL import Image
+
+    try:
+        with open_image(path, path) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+            to_8bit(im, path)
+    except DamagedImageError as exc:
+        return str(exc)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return damaged_message(path, exc)
+    return None
 
 
 # --------------------------------------------------------------------------- datasets
@@ -338,26 +453,49 @@ def _cifar_from_torchvision(root: Path, download: bool):
     return (np.asarray(tr.data), np.asarray(tr.targets)), (np.asarray(te.data), np.asarray(te.targets))
 
 
-def _cifar_from_imagefolder(src: Path):
-    """Decode an ImageFolder copy (folder or .tar.gz) of CIFAR-10 into uint8 arrays, in official order."""
-    from PIL import Image
+def _data_parts(rel: str) -> list[str] | None:
+    """The parts of the relative path ``rel`` of a file in a folder or archive, or None when one of them is a
+    hidden or system name (:func:`is_hidden`: ``__MACOSX/``, ``._*``, ``.ipynb_checkpoints/``, ...)."""
+    parts = [x for x in rel.replace("\\", "/").split("/") if x not in ("", ".")]
+    return None if any(is_hidden(x) for x in parts) else parts
 
+
+def _cifar_folder_files(src: Path) -> dict[str, Path]:
+    """{relative path: file} of the image files of an extracted CIFAR-10 copy, hidden and system ones left out."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        for name in filenames:
+            if not is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTS:
+                p = Path(dirpath) / name
+                files[p.relative_to(src).as_posix()] = p
+    return dict(sorted(files.items()))
+
+
+def _cifar_from_imagefolder(src: Path):
+    """Decode an ImageFolder copy (folder or .tar.gz) of CIFAR-10 into uint8 arrays, in official order.
+    Hidden and system files are left out; an image that is damaged, not 32 x 32, or a second copy of an
+    index is named (:class:`DamagedImageError`)."""
     out = {"train": {}, "test": {}}
     cls_index = {c: i for i, c in enumerate(CIFAR10_CLASSES)}
 
     def add(rel: str, data: bytes):
-        parts = rel.replace("\\", "/").split("/")
-        if len(parts) < 3 or parts[-3] not in out or parts[-2] not in cls_index:
+        parts = _data_parts(rel)
+        if parts is None or len(parts) < 3 or parts[-3] not in out or parts[-2] not in cls_index:
             return
         stem = os.path.splitext(parts[-1])[0]
         if not stem.isdigit():
             return
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DamagedImageError(damaged_message(f"{src}: {rel}" if src.is_file() else src / rel, exc)) from exc
-        out[parts[-3]][int(stem)] = (arr, cls_index[parts[-2]])
+        shown = f"{src}: {rel}" if src.is_file() else src / rel
+        arr = decode_image(io.BytesIO(data), "RGB", shown)
+        if arr.shape != (32, 32, 3):
+            raise DamagedImageError(f"{shown}: image of {arr.shape[1]} x {arr.shape[0]} pixels is not a CIFAR-10 "
+                                    "image; valid: 32 x 32: replace it with the original or remove it")
+        split, idx = parts[-3], int(stem)
+        if idx in out[split]:
+            raise DamagedImageError(f"{shown}: a second image of {split} index {idx} (the first: "
+                                    f"{out[split][idx][2]}); valid: one image per index: remove one of them")
+        out[split][idx] = (arr, cls_index[parts[-2]], shown)
 
     if src.is_file():
         with tarfile.open(src) as tf:
@@ -365,9 +503,8 @@ def _cifar_from_imagefolder(src: Path):
                 if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
                     add(m.name, tf.extractfile(m).read())
     else:
-        for p in sorted(src.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTS:
-                add(str(p.relative_to(src)), p.read_bytes())
+        for rel, p in _cifar_folder_files(src).items():
+            add(rel, p.read_bytes())
     res = []
     for s in ("train", "test"):
         keys = sorted(out[s])
@@ -377,6 +514,39 @@ def _cifar_from_imagefolder(src: Path):
         res.append((np.stack([out[s][k][0] for k in keys]), np.array([out[s][k][1] for k in keys]),
                     np.array(keys)))
     return res
+
+
+CIFAR_ARRAYS = ("xtr", "ytr", "itr", "xte", "yte", "ite")
+
+
+def cifar_cache_key(src: Path) -> str:
+    """The key of the decoded copy of ``src`` (``cifar10-imagefolder-<key>.npz``): its content, never its path,
+    size or mtime (an image replaced in place is other data): a .tar.gz's sha256, or an extracted folder's
+    file list and each file's sha256 (:func:`content_digest`)."""
+    if src.is_file():
+        return params_hash("cifar10-jpeg decode", "archive sha256", file_sha256(src))
+    files = _cifar_folder_files(src)
+    return params_hash("cifar10-jpeg decode", "folder files", content_digest(files, check_images=False))
+
+
+def _read_cifar_cache(cached: Path):
+    """The six arrays of a decoded copy, or None when ``cached`` is damaged: then it is set aside
+    (``<file>.corrupt``) and one line on stderr says so (as :class:`helpers.cache.StageCache` does)."""
+    try:
+        with np.load(cached, allow_pickle=False) as z:
+            arrays = tuple(z[k] for k in CIFAR_ARRAYS)
+        xtr, ytr, itr, xte, yte, ite = arrays
+        if not (len(xtr) == len(ytr) == len(itr) > 0 and len(xte) == len(yte) == len(ite) > 0
+                and xtr.dtype == xte.dtype == np.uint8 and xtr.shape[1:] == xte.shape[1:] == (32, 32, 3)):
+            raise ValueError("arrays of inconsistent lengths or shapes")
+        return arrays
+    except MemoryError:
+        raise
+    except Exception as exc:  # truncated or damaged: BadZipFile, EOFError, KeyError, ValueError, ...
+        aside = set_aside(cached)
+        print(f"cifar10: cached decoded dataset {cached} is corrupt ({one_line(exc)}); set aside as {aside.name}, "
+              "decoding again", file=sys.stderr, flush=True)
+        return None
 
 
 CIFAR_LAYOUT = ("cifar10-jpeg.tar.gz, cifar10-jpeg/ or cifar-10-batches-py/ (or set `download: true` to let "
@@ -424,17 +594,15 @@ def load_cifar10_bundle(cfg: dict) -> DataBundle:
         itr, ite = np.arange(len(ytr)), np.arange(len(yte))
         source = f"torchvision CIFAR10 at {shown_path(path)}"
     else:
-        st = path.stat()
-        key = params_hash(str(path.resolve()), st.st_size, int(st.st_mtime))
-        cached = cache_root() / "datasets" / f"cifar10-imagefolder-{key}.npz"
-        if cached.is_file():
-            z = np.load(cached)
-            xtr, ytr, itr, xte, yte, ite = (z[k] for k in ("xtr", "ytr", "itr", "xte", "yte", "ite"))
-        else:
+        cached = cache_root() / "datasets" / f"cifar10-imagefolder-{cifar_cache_key(path)}.npz"
+        arrays = _read_cifar_cache(cached) if cached.is_file() else None
+        if arrays is None:
             (xtr, ytr, itr), (xte, yte, ite) = _cifar_from_imagefolder(path)
             with atomic_path(cached) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, xtr=xtr, ytr=ytr, itr=itr, xte=xte, yte=yte, ite=ite)
+        else:
+            xtr, ytr, itr, xte, yte, ite = arrays
         source = f"ImageFolder copy {path.name}"
     n_val = split_setting(cfg, "val_from_test", len(yte) // 2, "a count of at least 1")
     if not 0 < n_val < len(yte):
@@ -473,9 +641,25 @@ def _find_root(cfg: dict, dataset: str, must_have: list[str], hint: str) -> Path
                             "in the profile or COMPANION_DATA_DIR to the folder that holds it.")
 
 
-def _list_class_dir(d: Path) -> dict[str, list[Path]]:
-    return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-            for c in sorted(d.iterdir()) if c.is_dir()}
+def class_folders(d: Path) -> list[Path]:
+    """The class folders of ``d`` (its subfolders but hidden and system ones: :func:`is_hidden`), sorted."""
+    return sorted(c for c in d.iterdir() if c.is_dir() and not is_hidden(c.name))
+
+
+def refuse_empty_classes(dataset: str, empty: list) -> None:
+    """Refuse class folders without image files (they would become classes without data)."""
+    if empty:
+        raise DataNotFoundError(
+            f"dataset {dataset!r}: class folder(s) with no image files: {', '.join(str(d) for d in empty)}; valid: "
+            f"a class folder holds at least one image ({', '.join(IMAGE_EXTS)}; hidden and system files such as "
+            "._*, .DS_Store and Thumbs.db are ignored): add its images or remove the folder")
+
+
+def _list_class_dir(d: Path, dataset: str = "imagefolder") -> dict[str, list[Path]]:
+    """{class name: its image files} of the class folders of ``d``; an empty class folder is refused."""
+    out = {c.name: image_files(c) for c in class_folders(d)}
+    refuse_empty_classes(dataset, [d / c for c, ps in out.items() if not ps])
+    return out
 
 
 def file_digest(path) -> str:
@@ -483,14 +667,25 @@ def file_digest(path) -> str:
     return file_sha256(path, 32)
 
 
-def content_digest(files: dict) -> str:
+def content_digest(files: dict, check_images: bool = True) -> str:
     """One hash of every file's content, keyed by sample id (``{id: path}``): the same tree gives the same
     digest on any machine and at any mtime; replacing, fixing or corrupting one file in place changes it.
-    Files are read by a few threads (hashing releases the GIL)."""
+
+    With ``check_images``, every file is also opened and decoded (:func:`check_image`), so that an empty,
+    damaged or too large image is named (:class:`DamagedImageError`) before any training, not when a
+    later stage first reads it.  Files are read by a few threads (hashing and decoding release the GIL)."""
     ids = sorted(files)
+
+    def one(i):
+        return file_digest(files[i]), (check_image(files[i]) if check_images else None)
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(file_digest, [files[i] for i in ids]))
-    return params_hash("sha256 of each file", list(zip(ids, digests)), length=32)
+        results = list(pool.map(one, ids))
+    bad = [msg for _, msg in results if msg is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more damaged image file(s))" if len(bad) > 1 else ""
+        raise DamagedImageError(bad[0] + more)
+    return params_hash("sha256 of each file", [(i, d) for i, (d, _) in zip(ids, results)], length=32)
 
 
 def _files_bundle(cfg, name, classes, files: dict, root: Path, source: str,
@@ -563,19 +758,27 @@ def load_imagefolder_bundle(cfg: dict) -> DataBundle:
                          root, f"ImageFolder at {root}")
 
 
+def _has_image(d: Path) -> bool:
+    """Whether folder ``d`` holds an image file (stops at the first: cheap on a full ImageNet train/)."""
+    with os.scandir(d) as entries:
+        return any(not is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS and e.is_file()
+                   for e in entries)
+
+
 def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
     """Paper 1's ImageNet subsets: n seeded classes; N train / M val per class from train/, official val as test."""
     n = split_setting(cfg, "n_classes", 50, "a count of at least 2")
     n_tr = split_setting(cfg, "train_per_class", 500, "a count of at least 1")
     n_va = split_setting(cfg, "val_per_class", 50, "a count of at least 1")
     root = _find_root(cfg, "imagenet", ["train", "val"], "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
-    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    wnids = [c.name for c in class_folders(root / "train")]
+    refuse_empty_classes("imagenet_subset", [root / "train" / w for w in wnids if not _has_image(root / "train" / w)])
     if n > len(wnids):
         raise ValueError(f"split.n_classes: {n} but {root / 'train'} has only {len(wnids)} classes")
     chosen = sorted(_rng(cfg["seed"], "classes").permutation(wnids)[:n].tolist())
     files = {"train": [], "val": [], "test": []}
     for ci, w in enumerate(chosen):
-        ps = sorted(p for p in (root / "train" / w).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        ps = image_files(root / "train" / w)
         ps = [ps[i] for i in _rng(cfg["seed"], "per-class", w).permutation(len(ps))]
         if len(ps) < n_tr + n_va:
             raise ValueError(f"split.train_per_class + val_per_class = {n_tr + n_va} "
@@ -583,8 +786,10 @@ def load_imagenet_subset_bundle(cfg: dict) -> DataBundle:
         files["train"] += [(p, ci) for p in sorted(ps[:n_tr])]
         files["val"] += [(p, ci) for p in sorted(ps[n_tr:n_tr + n_va])]
         vd = root / "val" / w
-        files["test"] += ([(p, ci) for p in sorted(vd.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
-                          if vd.is_dir() else [])
+        test = image_files(vd) if vd.is_dir() else []
+        if vd.is_dir() and not test:
+            refuse_empty_classes("imagenet_subset", [vd])
+        files["test"] += [(p, ci) for p in test]
     return _files_bundle(cfg, "imagenet_subset", chosen, files, root, f"ImageNet layout at {root}")
 
 

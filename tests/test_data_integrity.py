@@ -1,8 +1,10 @@
 """Damaged or stale data inputs are caught instead of giving silently wrong numbers, on tiny synthetic trees.
 
 An image-folder dataset's data key follows each file's content (not its name or mtime); a damaged image
-is named in the error; an explicit ``data_dir`` that does not exist is refused instead of falling back
-to the default places; ``split.val_fraction: 0`` is refused instead of becoming the default.
+is named in the error when the data key is computed (before any training); an explicit ``data_dir`` that
+does not exist is refused instead of falling back to the default places; ``split.val_fraction: 0`` is
+refused instead of becoming the default.  (tests/test_imagefolder_hygiene.py: hidden files, empty class
+folders, 16-bit images, decompression bombs, the decoded CIFAR-10 cache.)
 """
 import os
 import shutil
@@ -10,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers.datasets import DataNotFoundError, load_data
+from helpers.datasets import DamagedImageError, DataNotFoundError, load_data
 from helpers.experiment import Experiment
 from helpers.profiles import ProfileError, load_profile
 
@@ -30,7 +32,8 @@ def folder_profile(data_dir, dataset="imagefolder", **split):
     return {"name": "tiny", "dataset": dataset, "data_dir": None if data_dir is None else str(data_dir),
             "model": "small_cnn", "image_size": 8, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3},
             "seed": 0, "device": "cpu", "split": {"val_fraction": 0.25, **split},
-            "training": {"epochs": 1, "batch_size": 4, "optimizer": "adam", "lr": 0.01}}
+            "training": {"epochs": 1, "batch_size": 4, "optimizer": "adam", "lr": 0.01},
+            "conductance": {"classes": [0, 1]}}  # classes of the tiny trees (the default names three)
 
 
 @pytest.fixture
@@ -83,14 +86,18 @@ def test_a_damaged_image_is_named_in_the_error(tmp_path, damage):
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     else:
         bad.write_text("<html>404 Not Found</html>\n")
-    test = load_data(load_profile(folder_profile(root)))["test"]
-    i = test.ids.tolist().index("test/a/img_900.jpg")
-    with pytest.raises(OSError) as e:
-        test.dataset[i]
+    with pytest.raises(DamagedImageError) as e:
+        load_data(load_profile(folder_profile(root)))  # computing the data key opens every image: before training
     msg = str(e.value)
     assert str(bad) in msg and "damaged" in msg.replace(str(tmp_path), "")  # (the test's tmp_path says "damaged")
-    with pytest.raises(OSError, match="img_900.jpg"):
-        test.dataset.tensors()  # the whole split at once names it too
+    assert "\n" not in msg
+    good = image_tree(tmp_path / "good")
+    test = load_data(load_profile(folder_profile(good)))["test"]
+    shutil.copyfile(bad, test.dataset.paths[0])  # damaged after the data key was computed
+    with pytest.raises(DamagedImageError, match="img_000.png"):
+        test.dataset[0]  # reading names it too
+    with pytest.raises(OSError, match="img_000.png"):
+        test.dataset.tensors()  # the whole split at once as well
 
 
 def _no_reading(monkeypatch):
