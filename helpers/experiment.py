@@ -27,6 +27,7 @@ from helpers.devices import configure_device, get_device
 from helpers.models import build_model
 from helpers.paths import REPO_ROOT, cache_root, output_root
 from helpers.profiles import DEFAULT_PROFILE, ProfileError, load_profile, parse_overrides, stable_section
+from helpers.progress import wanted as progress_wanted
 from helpers.training import prediction_table, train_head, train_model
 from helpers.utils import (
     atomic_path,
@@ -37,7 +38,6 @@ from helpers.utils import (
     first_nonfinite,
     json_default,
     seed_everything,
-    tqdm_disabled_by_env,
 )
 
 
@@ -66,7 +66,7 @@ class Experiment:
         self.seed = self.cfg["seed"]
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(self.name, overrides)
         self.artifacts_dir = cache_root() / self.name
-        self.progress = not tqdm_disabled_by_env() if progress is None else progress
+        self.progress = progress_wanted() if progress is None else progress
         #: the profile's cached stages (:mod:`helpers.cache`)
         self.cache = StageCache(self.artifacts_dir, self.output_dir / "stages.json", str(self.device))
         #: results derived in memory from cached stages, kept for this experiment's lifetime

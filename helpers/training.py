@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from helpers.datasets import ArrayImages, DataBundle
+from helpers.progress import bar as progress_bar
 from helpers.utils import atomic_path, seed_everything
 
 
@@ -260,8 +260,8 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
     if state_path is not None and Path(state_path).is_file():
         history = _restore(torch.load(state_path, map_location=device, weights_only=True), model, opt, sched,
                            scaler, gen)
-    bar = tqdm(range(len(history), tcfg["epochs"]), desc="train", disable=not progress, initial=len(history),
-               total=tcfg["epochs"])
+    bar = progress_bar(range(len(history), tcfg["epochs"]), desc="train (epochs)", enabled=progress,
+                       initial=len(history), total=tcfg["epochs"])
     for epoch in bar:
         model.train()
         for m in model.modules():  # frozen BatchNorm layers keep their running statistics

@@ -135,3 +135,37 @@ def test_relative_folder_variables_mean_the_users_directory(tmp_path, monkeypatc
     assert os.environ["COMPANION_OUTPUT_DIR"] == str(tmp_path / "rel" / "out")
     monkeypatch.chdir(tmp_path / "..")  # a kernel elsewhere still finds the same folder
     assert cache_root() == tmp_path / "rel" / "art"
+
+
+def test_a_run_into_another_output_folder_leaves_the_committed_notebooks_alone(tmp_path, fake_papermill, monkeypatch):
+    monkeypatch.setenv("COMPANION_OUTPUT_DIR", str(tmp_path / "elsewhere"))
+    before = {p.name: p.read_bytes() for p in run_notebooks.NOTEBOOK_DIR.glob("*.ipynb")}
+    run_notebooks.run("digits", only=["00"])
+    assert {p.name: p.read_bytes() for p in run_notebooks.NOTEBOOK_DIR.glob("*.ipynb")} == before
+    assert (tmp_path / "elsewhere" / "digits" / "notebooks" / "00_data_and_model.ipynb").is_file()
+
+
+def test_the_terminal_shows_each_stage_the_kernel_reports(tmp_path, monkeypatch):
+    """A kernel's bars (helpers.progress.FileBar) appear on the runner's terminal, one line per finished stage."""
+    import io
+
+    from helpers import progress
+
+    log = tmp_path / "progress.jsonl"
+    log.write_text("")
+    monkeypatch.setenv(progress.ENV, str(log))
+    out = io.StringIO()
+    watcher = run_notebooks.ProgressWatcher(log, "[digits] 02", stream=out, min_seconds=0.0)
+    watcher.start()
+    bar = progress.bar(total=3, desc="screen gf@0.01 (accepted mutants)")
+    assert isinstance(bar, progress.FileBar)
+    for _ in range(3):
+        bar.update(1)
+    bar.set_postfix(tried=5)
+    bar.close()
+    for _ in progress.bar(range(2), desc="train (epochs)"):
+        pass
+    watcher.stop()
+    lines = [ln for ln in out.getvalue().replace("\r", "\n").splitlines() if " in " in ln and " min" in ln]
+    assert lines[0].startswith("[digits] 02 screen gf@0.01 (accepted mutants): 3/3 in ") and "(tried=5)" in lines[0]
+    assert lines[1].startswith("[digits] 02 train (epochs): 2/2 in ")

@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from helpers.utils import tqdm_disabled_by_env
+from helpers.progress import bar as progress_bar
 
 METHODS = ("auto", "exact", "riemann", "captum")
 REDUCTIONS = ("sum", "mean")
@@ -442,8 +442,6 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
     had to fall back on some batch), "layer", "reduction", "n_steps"}``.
     """
     _check_args(model, layer, method, reduction, n_steps, internal_batch_size)
-    from tqdm import tqdm
-
     if device is not None:
         device = torch.device(device)
         model.to(device)
@@ -456,8 +454,7 @@ def conductance_dataset(model: nn.Module, layer: str, loader: Iterable, *,
         total = len(loader)
     except TypeError:
         total = None
-    bar = tqdm(loader, total=total, desc=f"conductance {layer}", unit="batch",
-               disable=(not progress) or tqdm_disabled_by_env())
+    bar = progress_bar(loader, total=total, desc=f"conductance {layer} (batches)", unit="batch", enabled=progress)
     for batch in bar:
         if isinstance(batch, (list, tuple)):
             x, y = batch[0], (batch[1] if len(batch) > 1 else None)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 import warnings
 import weakref
@@ -40,6 +39,7 @@ import torch.nn as nn
 
 from helpers.devices import canonical_device, model_device
 from helpers.paper1.mutation import MutantSpec, check_operator, check_rate, make_patch, make_patches
+from helpers.progress import bar as progress_bar
 
 #: default SPRT label-change-probability threshold and indifference half-width
 #: (p0 = 0.30, p1 = 0.40).  Tuned for ranking at a fixed forward budget on the pretrained
@@ -107,18 +107,6 @@ def _resolve(model: nn.Module, device):
     if canonical_device(dev) != canonical_device(here):
         model = copy.deepcopy(model).to(dev)
     return model, dev
-
-
-class _Progress:
-    def __init__(self, enabled: bool, what: str, every: float = 5.0):
-        self.enabled, self.what, self.every = enabled, what, every
-        self.t0 = self.last = time.perf_counter()
-
-    def __call__(self, msg: str, force: bool = False):
-        now = time.perf_counter()
-        if self.enabled and (force or now - self.last >= self.every):
-            self.last = now
-            print(f"[{self.what}] {msg} ({now - self.t0:.1f}s)", file=sys.stderr, flush=True)
 
 
 #: model -> its torch.compile wrapper (one compilation per model and process).  The wrapper holds
@@ -255,7 +243,7 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
     m = len(patches)
     n = _n_samples(inputs)
     chunks, orig_chunks = [], []
-    prog = _Progress(progress, "mutant_predictions")
+    prog = progress_bar(total=n, desc=f"{m} mutants on the samples", unit="sample", enabled=progress)
     params = dict(model.named_parameters())
     run = forward_fn(model, compile and mode == "loop")
     with _eval_mode(model), torch.inference_mode():
@@ -294,7 +282,8 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
                     s += k
             chunks.append(out.cpu())
             done += x.shape[0]
-            prog(f"{done}/{n if n is not None else '?'} samples x {m} mutants")
+            prog.update(x.shape[0])
+    prog.close()
     preds = (torch.cat(chunks, 1) if chunks else torch.zeros((m, 0), dtype=torch.int64)).numpy()
     ncls = int(preds.max()) + 1 if preds.size else 1
     preds = preds.astype(_label_dtype(ncls))
@@ -390,7 +379,7 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     model, dev = _resolve(model, device)
     params = dict(model.named_parameters())
     run = forward_fn(model, compile)
-    prog = _Progress(progress, f"screen {operator}@{rate}")
+    prog = progress_bar(total=n_mutants, desc=f"screen {operator}@{rate} (accepted mutants)", enabled=progress)
     perm = None
     with _eval_mode(model), torch.inference_mode():
         if _is_tensor_like(val_inputs):
@@ -453,7 +442,9 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
                 accepted.append(spec)
                 accs.append(correct / n_val)
                 preds.append(torch.cat(cand).cpu())
-            prog(f"accepted {len(accepted)}/{n_mutants}, tried {tried}")
+                prog.update(1)
+            prog.set_postfix(tried=tried)
+    prog.close()
     seconds = time.perf_counter() - t0
     if len(accepted) < n_mutants:
         raise ScreenExhausted(

@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from helpers.devices import torch_threads
+from helpers.progress import bar as progress_bar
 
 
 def thresholded_relu(x: torch.Tensor, theta: float = 0.5) -> torch.Tensor:
@@ -146,7 +146,8 @@ def train_generators(features: torch.Tensor | Callable[[torch.Tensor], torch.Ten
     n_gen = len(gens.classes)
     sums = torch.zeros(cfg.epochs, 5, dtype=torch.float64)   # ce, sparsity, logits, active, hits (summed)
     groups = generator_groups(k, n_gen, group_size)
-    bar = tqdm(total=cfg.epochs * len(groups), desc="CFE generators", disable=not progress, mininterval=5.0)
+    bar = progress_bar(total=cfg.epochs * len(groups), desc="CFE generators (epochs x groups)", enabled=progress,
+                       mininterval=5.0)
     for sl in groups:
         w, b, group_sums = train_generator_group(features, n_samples, head, classes, sl, cfg, seed, threads, bar)
         gens.weight.data[sl] = w

@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from helpers.devices import model_device, torch_threads
 from helpers.models import pooled_forward, pooled_head
 from helpers.paper2.cfe import thresholded_relu
+from helpers.progress import bar as progress_bar
 from helpers.training import augment, module_names, set_trainable
 
 
@@ -218,7 +218,8 @@ def _fine_tune(model, x_train, y_train, x_val, y_val, class_masks, cfg, l1, l2, 
     best = (-1.0, 0, _cpu_state(model))
     history = []
     seconds = []
-    bar = tqdm(range(cfg.epochs), desc=f"fine-tune l1={l1:g} l2={l2:g}", disable=not progress, mininterval=5.0)
+    bar = progress_bar(range(cfg.epochs), desc=f"fine-tune l1={l1:g} l2={l2:g} (epochs)", enabled=progress,
+                       mininterval=5.0)
     for epoch in bar:
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen)

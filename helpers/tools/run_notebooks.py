@@ -5,8 +5,10 @@
     python -m helpers.tools.run_notebooks --profile my.yaml --set training.epochs=1
 
 The default profile's executed notebooks replace the committed ones in notebooks/
-(so they carry the outputs nbval compares); any other profile's go to
-figures/<profile>/notebooks/.  Figures, tables and metrics.json go to figures/<profile>/.
+(so they carry the outputs nbval compares); any other profile's, and any run with overrides, an
+--output-dir or COMPANION_OUTPUT_DIR, go to <outputs>/<profile>/notebooks/ and leave notebooks/ alone.
+Figures, tables and metrics.json go to figures/<profile>/ (or the output folder).  The long stages
+report their progress to this terminal (helpers.progress), not into the executed notebooks.
 Each notebook is executed into a temporary file and moved into place only when it has finished, so
 an interrupted run leaves every notebook either as it was or complete.  No run writes the regression
 reference (tests/reference/<profile>/, :mod:`helpers.tools.regression`): ``make reference`` does.
@@ -24,12 +26,15 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from helpers.experiment import default_output_dir
 from helpers.paths import NOTEBOOK_DIR, absolute_folder_variables, output_root
 from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_set
+from helpers.progress import ENV as PROGRESS_ENV
 from helpers.utils import atomic_write_json, cli_main, tqdm_disabled_by_env
 
 
@@ -110,8 +115,99 @@ def _remove_stale_partials(folder: Path) -> None:
             pass
 
 
+class ProgressWatcher(threading.Thread):
+    """Shows on this terminal the progress that a notebook's kernel reports (:mod:`helpers.progress`): on a
+    terminal one live bar per running stage, with its rate and ETA; in a log (not a terminal) a line per
+    minute of a running stage with its ETA; and one line per finished stage that took at least
+    ``min_seconds``, with what it took."""
+
+    def __init__(self, path: Path, prefix: str, stream=None, min_seconds: float = 5.0, every: float = 60.0):
+        super().__init__(daemon=True)
+        self.path, self.prefix, self.stream = path, prefix, stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_seconds, self.every = min_seconds, every
+        self.stopping = threading.Event()
+        self.bars: dict[str, object] = {}
+        self.started: dict[str, float] = {}
+        self.said: dict[str, float] = {}
+
+    def run(self) -> None:
+        with open(self.path) as f:
+            while True:
+                line = f.readline()
+                if line:
+                    self.show(line)
+                elif self.stopping.is_set():
+                    break
+                else:
+                    time.sleep(0.3)
+        for b in self.bars.values():
+            b.close()
+
+    def show(self, line: str) -> None:
+        from tqdm import tqdm
+
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        key, now = ev["id"], time.monotonic()
+        of = f"/{ev['total']}" if ev["total"] else ""
+        if key not in self.started:
+            self.started[key] = self.said[key] = now
+            if self.live:
+                self.bars[key] = tqdm(total=ev["total"], desc=f"{self.prefix} {ev['desc']}", file=self.stream,
+                                      leave=False, mininterval=0.5, dynamic_ncols=True)
+        took = now - self.started[key]
+        if key in self.bars:
+            b = self.bars[key]
+            b.n = ev["n"]
+            b.set_postfix_str(ev["postfix"], refresh=False)
+            b.refresh()
+        elif not ev["done"] and now - self.said[key] >= self.every and ev["n"]:
+            self.said[key] = now
+            eta = f", ETA {took / ev['n'] * (ev['total'] - ev['n']) / 60:.1f} min" if ev["total"] else ""
+            print(f"{self.prefix} {ev['desc']}: {ev['n']}{of} after {took / 60:.1f} min{eta}", file=self.stream,
+                  flush=True)
+        if ev["done"]:
+            if key in self.bars:
+                self.bars.pop(key).close()
+            del self.started[key], self.said[key]
+            if took >= self.min_seconds:
+                print(f"{self.prefix} {ev['desc']}: {ev['n']}{of} in {took / 60:.1f} min"
+                      + (f" ({ev['postfix']})" if ev["postfix"] else ""), file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+
+
+@contextlib.contextmanager
+def progress_on_terminal(prefix: str, enabled: bool):
+    """While the block runs, kernels started in it report their progress to a temporary file that a
+    :class:`ProgressWatcher` shows here (the kernels inherit ``COMPANION_PROGRESS_FILE``)."""
+    if not enabled:
+        yield
+        return
+    fd, name = tempfile.mkstemp(prefix="companion-progress-", suffix=".jsonl")
+    os.close(fd)
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = name
+    watcher = ProgressWatcher(Path(name), prefix)
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.stop()
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before
+        Path(name).unlink(missing_ok=True)
+
+
 def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: dict, kernel: str, config,
-             manager) -> float:
+             manager, terminal_progress: bool = False) -> float:
     """Execute one notebook with papermill; returns its seconds.
 
     papermill writes the notebook after every cell: into a temporary file of this process, moved over
@@ -124,8 +220,10 @@ def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: d
     partial.parent.mkdir(exist_ok=True)
     failed = fig_dir / "failed" / nb.name
     try:
-        pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
-                            progress_bar=False, config=config, kernel_manager_class=manager)
+        with progress_on_terminal(f"[{name}] {nb.stem[:2]}", terminal_progress):
+            pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel,
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
+                                kernel_manager_class=manager)
     except Exception:
         if partial.is_file():
             failed.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +312,9 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
     if Path(profile).suffix in (".yaml", ".yml"):
         profile = str(Path(profile).resolve())  # the notebooks run with notebooks/ as working directory
     name = cfg["name"]
-    default_run = profile == DEFAULT_PROFILE and not overrides and not output_dir
+    # only the default profile's own run, into figures/, replaces the committed notebooks in notebooks/
+    default_run = (profile == DEFAULT_PROFILE and not overrides and not output_dir
+                   and not os.environ.get("COMPANION_OUTPUT_DIR"))
     if overrides and not output_dir:  # never mix an override run into the profile's own results
         output_dir = str(default_output_dir(name, overrides))
     if output_dir:
@@ -233,12 +333,14 @@ def _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, de
     if not only and stages.is_file():
         stages.unlink()
     timings = {}
+    terminal = not tqdm_disabled_by_env()  # the user's choice, read before the kernels' bars are turned off
     config, manager = kernel_config(), kernel_manager_class()
     _remove_stale_partials(out_nb_dir)
     try:
         with progress_bars_off():
             for nb in notebooks(only):
-                timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager)
+                timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager,
+                                            terminal)
     finally:
         with contextlib.suppress(OSError):
             (out_nb_dir / ".partial").rmdir()  # empty unless another run of the profile is still going
