@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
 #   make test      set up, then lint (ruff) and run every test: the unit tests and the nbval regression of the notebooks
-#   make lab       set up, then open JupyterLab on notebooks/ with the project's kernel (LAB_ARGS="--no-browser --port 8890")
+#   make lab       set up, then open JupyterLab on the repository (notebooks/ first, so links to docs/ open) with the
+#                  project's kernel and autosave off (LAB_ARGS="--no-browser --port 8890")
 #   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
 # For developers:
 #   make test-fast       the edit loop: lint and the tests not marked slow (no subprocesses, no notebooks; about a minute)
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[notebooks,test]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (companion)" > /dev/null
-	$(PY) -c "from helpers.notebook import write_kernel_config; write_kernel_config()"
+	$(PY) -c "from helpers.notebook import write_kernel_config, write_lab_settings; write_kernel_config(); write_lab_settings()"
 	touch $(STAMP)
 
 figures: $(STAMP)
@@ -51,7 +52,8 @@ lint: $(STAMP)
 # The venv's JupyterLab; JUPYTER_PATH (above) puts the venv's "python3" kernel ("Python 3 (companion)") first.
 # As root (a container), JupyterLab refuses to start without --allow-root: added then.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(VENV)/bin/jupyter-lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 html: $(STAMP)
 	$(PY) -m helpers.tools.html_site --out build/html

@@ -76,3 +76,19 @@ def write_kernel_config(prefix: str | None = None) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(KERNEL_CONFIG)
     return str(path)
+
+
+#: JupyterLab settings ``make setup`` writes into the venv: no autosave, so that running a committed
+#: notebook by hand does not write its new outputs over the committed, nbval-checked file unless the user
+#: saves it on purpose (File > Save)
+LAB_OVERRIDES = {"@jupyterlab/docmanager-extension:plugin": {"autosave": False}}
+
+
+def write_lab_settings(prefix: str | None = None) -> str:
+    """Write :data:`LAB_OVERRIDES` to ``<prefix>/share/jupyter/lab/settings/overrides.json``; returns the path."""
+    import json
+
+    path = Path(prefix or sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(LAB_OVERRIDES, indent=2) + "\n")
+    return str(path)

@@ -85,7 +85,7 @@ def test_papermill_p_overrides_as_a_json_string(tmp_path):
 @pytest.mark.slow
 def test_make_lab_adds_allow_root_only_as_root():
     dry = subprocess.run(["make", "-n", "lab", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert "jupyter-lab --notebook-dir=notebooks" in dry.stdout
+    assert "jupyter-lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks" in dry.stdout
     assert ("--allow-root" in dry.stdout) == (os.geteuid() == 0)
 
 
