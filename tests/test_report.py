@@ -106,3 +106,12 @@ def test_a_difference_that_rounds_to_zero_has_no_sign():
     from helpers.tools.report import points
 
     assert [points(v) for v in (-0.0, -0.00004, 0.00004, 0.0016, -0.0015)] == ["0.00", "0.00", "0.00", "+0.16", "-0.15"]
+
+
+@pytest.mark.parametrize("profile", sorted(p.parent.name for p in FIG.glob("*/report.md")))
+def test_the_report_shows_every_figure_and_table_its_notebooks_wrote(profile):
+    text = build_report(FIG / profile)
+    missing = [p.name for p in sorted((FIG / profile).glob("*.png")) if f"]({p.name})" not in text]
+    missing += [p.name for p in sorted((FIG / profile).glob("*.md")) if p.name != "report.md"
+                and (FIG / profile / p.name).read_text().strip().splitlines()[0] not in text]
+    assert not missing, missing

@@ -66,17 +66,20 @@ DETECTOR_ORDER = ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "jo
 #: report sections: (title, [table files], [figure stems])
 SECTIONS = [
     ("Data and model (notebook 00)", ["splits", "accuracy"], ["samples", "training_curves"]),
-    ("Conductance (notebook 01; paper 1, sections 3, 4.1)", ["fm_high", "detectors_conductance"],
-     ["conductance_examples", "conductance_detector_curve", "roc_conductance"]),
+    ("Conductance (notebook 01; paper 1, sections 3, 4.1)",
+     ["fm_high", "detectors_conductance", "conductance_learning_curve", "detectors_conductance_cf"],
+     ["conductance_examples", "conductance_detector_curve", "roc_conductance", "conductance_learning_curve"]),
     ("Label Change Rate (notebook 02; paper 1, section 4.2)", ["lcr_grid", "detectors_lcr", "lcr_sprt"],
      ["lcr_distributions", "lcr_auroc_by_n_mutants", "roc_lcr"]),
     ("Joint classifier (notebook 03; paper 1, section 4.3)",
-     ["joint_leak", "detectors_joint", "joint_confusion", "operating_points"], ["roc_joint", "relay_curve"]),
+     ["joint_leak", "detectors_joint", "joint_confusion", "operating_points"],
+     ["roc_joint", "joint_confusion", "relay_curve"]),
     ("Counterfactual filters (notebook 04; paper 2, sections 3, 4.2)",
-     ["cfe_global_filters", "cfe_disable", "cfe_table1", "detectors_cfe"],
-     ["cfe_generator_training", "cfe_mask_sizes", "cfe_examples", "cfe_global_filters", "roc_cfe"]),
+     ["cfe_generator_history", "cfe_global_filters", "cfe_disable", "cfe_table1", "detectors_cfe", "cfe_gc_sources"],
+     ["cfe_generator_training", "cfe_mask_sizes", "cfe_examples", "cfe_global_filters", "roc_cfe",
+      "cfe_mask_size_vs_agreement"]),
     ("Model debugging (notebook 05; paper 2, sections 4.3, 4.4)",
-     ["debugging_grid", "debugging_seeds", "debugging_class_recall", "debugging_beyond"],
+     ["debugging_grid", "debugging_loss_terms", "debugging_seeds", "debugging_class_recall", "debugging_beyond"],
      ["debugging_curves", "debugging_gradcam"]),
 ]
 
@@ -177,6 +180,13 @@ def build_report(output_dir: str | Path) -> str:
             parts += [f"### {t}", "", (out / f"{t}.md").read_text().rstrip(), ""]
         for f in present_f:
             parts += [f"![{f}]({f}.png)", ""]
+    listed = {n for _, tables, figs in SECTIONS for n in (*tables, *figs)}
+    others_t = sorted(p.stem for p in out.glob("*.md") if p.stem not in listed and p.name != "report.md")
+    others_f = sorted(p.stem for p in out.glob("*.png") if p.stem not in listed)
+    if others_t or others_f:  # every table and figure a notebook wrote is on the page
+        parts += ["## Other tables and figures", ""]
+        parts += [x for t in others_t for x in (f"### {t}", "", (out / f"{t}.md").read_text().rstrip(), "")]
+        parts += [x for f in others_f for x in (f"![{f}]({f}.png)", "")]
     return "\n".join(parts).rstrip() + "\n"
 
 
