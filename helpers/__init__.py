@@ -19,6 +19,7 @@ The root: what both papers share
     baselines     one-pass error scores a reviewer asks for: MSP, entropy, energy, max logit, DOCTOR
     metrics       AUROC with bootstrap intervals, operating points, detection reports
     plots         every figure of the notebooks
+    progress      progress of the long stages: tqdm bars by hand, the batch runner's terminal in a batch run
     notebook      the notebooks' parameter check and kernel configuration
     utils         seeds, atomic writes, JSON and progress-bar conventions
 

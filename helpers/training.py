@@ -87,7 +87,7 @@ def shift_flip(x: torch.Tensor, generator: torch.Generator, shift: float = 0.1) 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _param_groups(model: nn.Module, tcfg: dict) -> list[dict]:
+def param_groups(model: nn.Module, tcfg: dict) -> list[dict]:
     """The trainable parameters, with ``training.kernel_l2`` as weight decay on the convolution kernels:
     an L2 penalty c * sum(w^2) in the loss has the gradient 2 c w, which is what weight decay 2 c adds
     (for SGD and for Adam, whose decay is added to the gradient before the moments)."""
@@ -101,7 +101,7 @@ def _param_groups(model: nn.Module, tcfg: dict) -> list[dict]:
 
 
 def _optimizer(model: nn.Module, tcfg, lr=None):
-    groups = _param_groups(model, tcfg)
+    groups = param_groups(model, tcfg)
     lr = tcfg["lr"] if lr is None else lr
     if tcfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=tcfg["momentum"],

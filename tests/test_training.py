@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from helpers.experiment import Experiment
 from helpers.models import ResNet20Keras, build_model
 from helpers.profiles import ProfileError, load_profile
-from helpers.training import _param_groups, shift_flip, train_model
+from helpers.training import param_groups, shift_flip, train_model
 from helpers.utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,7 +100,7 @@ def test_kernel_l2_is_the_keras_penalty_on_convolution_kernels():
     model = build_model("resnet20_keras", 10)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     c = 1e-4
-    groups = _param_groups(model, {"kernel_l2": c, "weight_decay": 0.0})
+    groups = param_groups(model, {"kernel_l2": c, "weight_decay": 0.0})
     kernels = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
     assert {id(p) for p in groups[0]["params"]} == kernels and groups[0]["weight_decay"] == 2 * c
     model.eval()
