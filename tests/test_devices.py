@@ -101,3 +101,17 @@ def test_vmap_chunk_is_bounded_by_free_memory(monkeypatch):
         chunks.append(vmap_chunk_for(model, x, patches, dev))
     assert chunks[0] == 1 and chunks[-1] == 64 and chunks == sorted(chunks) and 1 < chunks[2] < 64, chunks
     assert vmap_chunk_for(model, x[:8], patches, dev) >= chunks[-2]  # smaller batches: more mutants at once
+
+
+def test_the_process_group_follows_the_profiles_device_where_cuda_is_visible(monkeypatch):
+    """On a GPU machine a CPU profile (digits: device cpu) still runs its torchrun ranks on gloo and the CPU."""
+    import torch
+
+    from helpers.tools.precompute import Group, profile_uses_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert profile_uses_cuda("digits") is False
+    group = Group(cuda=profile_uses_cuda("digits"))
+    assert group.backend == "gloo" and not group.cuda
+    assert Group(cuda=True).backend == "nccl"

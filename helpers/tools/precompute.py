@@ -58,22 +58,36 @@ STAGES = ("conductance", "lcr", "cfe", "debugging")
 
 
 # --------------------------------------------------------------------------- the process group
-class Group:
-    """This process's place in the job: rank, world size, and the helpers the stages need."""
+def profile_uses_cuda(profile: str, overrides: dict | None = None) -> bool:
+    """Whether the profile's device resolves to a CUDA GPU here (``device: cpu`` never does, even where
+    CUDA is visible): the process group's backend and device follow it."""
+    from helpers.devices import get_device
+    from helpers.profiles import load_profile
 
-    def __init__(self):
+    return get_device(load_profile(profile, overrides)["device"]).type == "cuda"
+
+
+class Group:
+    """This process's place in the job: rank, world size, and the helpers the stages need.  ``cuda``: the
+    profile runs on CUDA GPUs (NCCL, one GPU per local rank), else on CPUs (gloo), whatever is visible."""
+
+    def __init__(self, cuda: bool = False):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.distributed = self.world > 1
-        self.cuda = torch.cuda.is_available()
+        self.cuda = cuda
         if self.distributed and not dist.is_initialized():
             if self.cuda:
                 torch.cuda.set_device(self.local_rank)  # "cuda" below means this rank's GPU
             # ranks wait while rank 0 computes upstream stages (the final LCR screening, a model to
             # train): far longer than the collectives' default timeouts (10 min for NCCL)
             minutes = float(os.environ.get("COMPANION_PRECOMPUTE_TIMEOUT_MIN", "720"))
-            dist.init_process_group("nccl" if self.cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
+            dist.init_process_group(self.backend, timeout=datetime.timedelta(minutes=minutes))
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.cuda else "gloo"
 
     def barrier(self) -> None:
         if self.distributed:
@@ -235,7 +249,7 @@ STAGE_FUNCTIONS = {"conductance": conductance_stage, "lcr": lcr_stage, "cfe": cf
 def precompute(profile: str, only: list[str] | None = None, overrides: dict | None = None,
                crash_after: int | None = None) -> dict:
     """Run the stages (all of :data:`STAGES`, or ``only``) on this process's share; returns a summary."""
-    group = Group()
+    group = Group(cuda=profile_uses_cuda(profile, overrides))
     private = testhooks.private_cache()
     if private:
         os.environ["COMPANION_ARTIFACTS"] = str(Path(private) / f"rank{group.rank}")
