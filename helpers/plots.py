@@ -19,6 +19,10 @@ from helpers.datasets import denormalize
 from helpers.names import display_name
 
 PALETTE = {"correct": "#4C72B0", "wrong": "#C44E52"}
+#: MSP's curve in ROC figures: the baseline, drawn black, dashed and above the detectors' curves
+BASELINE_STYLE = {"color": "k", "ls": "--", "lw": 1.8, "zorder": 5}
+#: the chance diagonal: thin, light and dotted, below every curve, unlike any detector's line
+CHANCE_STYLE = {"ls": (0, (1, 3)), "c": "0.72", "lw": 1.0, "zorder": 1}
 
 
 CAPTION_SIZE = 9
@@ -243,17 +247,20 @@ def roc_figure(curves: dict, title: str = "ROC on validation", markers: dict | N
     fig, ax = plt.subplots(figsize=(8.4, 4.5))
     for name, (y, s) in curves.items():
         fpr, tpr, thr = roc_curve(y, s)
-        line, = ax.plot(fpr, tpr, label=f"{display_name(name)} ({roc_auc_score(y, s):.3f})")
+        # the confidence baseline every detector must beat: black, dashed and on top, so it never hides
+        style = BASELINE_STYLE if name == "msp" else {"zorder": 2}
+        line, = ax.plot(fpr, tpr, label=f"{display_name(name)} ({roc_auc_score(y, s):.3f})", **style)
         if markers and name in markers:
             t = markers[name]
             flagged = np.asarray(s) >= t
             y = np.asarray(y).astype(bool)
-            ax.plot([flagged[~y].mean()], [flagged[y].mean()], "o", color=line.get_color(), ms=7, mec="k")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+            ax.plot([flagged[~y].mean()], [flagged[y].mean()], "o", color=line.get_color(), ms=7, mec="k",
+                    zorder=6)
+    ax.plot([0, 1], [0, 1], **CHANCE_STYLE)
     ax.set(xlabel="false positive rate (correct predictions flagged)",
            ylabel="true positive rate\n(wrong predictions flagged)", title=title, aspect="equal")
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], ls=":", c="grey"))
+    handles.append(Line2D([], [], **CHANCE_STYLE))
     labels.append("chance (AUROC 0.5)")
     if markers and any(n in markers for n in curves):
         handles.append(Line2D([], [], ls="", marker="o", ms=7, mfc="0.85", mec="k"))
@@ -334,11 +341,12 @@ def detector_curve(history: pd.DataFrame, best_epoch: int, title: str = "Conduct
     ax2.plot(history["epoch"], history["train_loss"], color="grey", alpha=0.6, label="train loss (right axis)")
     ax2.set_ylabel("train loss (BCE)")
     ax2.grid(False)
-    ax.set_zorder(ax2.get_zorder() + 1)  # the legend above the loss line
+    ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    # below the axes: inside, it covered the curves (the loss falls where the AUROC rises)
+    ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=1, frameon=False)
     return _finish(fig, caption)
 
 

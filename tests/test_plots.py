@@ -80,3 +80,29 @@ def test_mask_size_legend_is_neutral_and_labels_clear_the_bars():
         assert not box.overlaps(legend_box), text.get_text()
         assert box.y0 >= max(p.get_window_extent(renderer).y1 for p in ax.patches
                              if abs(p.get_x() + p.get_width() / 2 - text.xy[0]) < 1e-6) - 0.5
+
+
+def test_msp_is_drawn_on_top_and_unlike_the_chance_line():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    curves = {n: (y, y * rng.random() + rng.random(300)) for n in ("conductance", "lcr", "joint_nn", "joint_nn_msp")}
+    curves["msp"] = (y, y * 0.5 + rng.random(300))
+    fig = plots.roc_figure(curves)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]  # curves and the diagonal, not the dots
+    msp = [ln for ln in lines if ln.get_label().startswith(plots.display_name("msp"))][0]
+    chance = [ln for ln in lines if list(ln.get_xdata()) == [0, 1] and list(ln.get_ydata()) == [0, 1]][0]
+    others = [ln for ln in lines if ln not in (msp, chance)]
+    assert len(others) == 4
+    assert msp.get_zorder() > max(ln.get_zorder() for ln in others) > chance.get_zorder()
+    assert msp.get_color() != chance.get_color() and msp.get_linewidth() > chance.get_linewidth()
+
+
+def test_detector_curve_legend_covers_no_curve():
+    h = pd.DataFrame({"epoch": range(1, 21), "val_auroc": np.linspace(0.7, 0.9, 20),
+                      "train_loss": np.linspace(0.7, 0.2, 20)})
+    fig = plots.detector_curve(h, 12)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())  # outside the plotting area, below it
