@@ -112,7 +112,7 @@ def test_lcr_screening_on_a_file_dataset(tmp_path, monkeypatch):
             write_images(tmp_path / "tree" / split / c, 6, size=(8, 8), seed=ci + 3 * len(split))
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     e = Experiment("digits", {"dataset": "imagefolder", "data_dir": str(tmp_path / "tree"), "training.epochs": 1,
-                              "checkpoint": None,
+                              "checkpoint": None, "conductance.classes": [0, 1],
                               "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}, output_dir=tmp_path / "f",
                    progress=False)
     z = paper1.screen(e, "filter_nai", 0.05, 2)
