@@ -1,5 +1,7 @@
-"""`make html`: the executed notebooks and reports as a static site, built without executing anything."""
+"""`make html`: the executed notebooks, reports and docs as one static site that works offline, built without
+executing anything; its link checker."""
 import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -7,7 +9,16 @@ import pytest
 
 from helpers.paths import NOTEBOOK_DIR
 from helpers.profiles import DEFAULT_PROFILE
-from helpers.tools.html_site import available_profiles, build_site, notebook_title
+from helpers.tools.html_site import (
+    Slugger,
+    available_profiles,
+    build_site,
+    check_site,
+    github_slug,
+    markdown_parser,
+    notebook_title,
+    tex_to_mathml,
+)
 
 HREF = re.compile(r'(?:href|src)="([^"#]+)"')
 
@@ -21,8 +32,9 @@ def test_default_profile_site(tmp_path):
     links = _local_links(index)
     nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     assert len(nbs) == 6
-    assert [h for h in links if h != f"{DEFAULT_PROFILE}/report.html"] == \
+    assert [h for h in links if h.startswith(f"{DEFAULT_PROFILE}/") and h != f"{DEFAULT_PROFILE}/report.html"] == \
         [f"{DEFAULT_PROFILE}/{nb.stem}.html" for nb in nbs]  # paper order
+    assert "README.html" in links and "docs/README.html" in links  # one site: the README and the docs index
     text = index.read_text(encoding="utf-8")
     for nb in nbs:
         assert notebook_title(nb).replace("'", "&#x27;") in text
@@ -36,6 +48,9 @@ def test_default_profile_site(tmp_path):
     conductance = (index.parent / DEFAULT_PROFILE / "01_conductance.html").read_text(encoding="utf-8")
     assert "data:image/png;base64" in conductance  # the committed outputs, figures included
     assert 'href="../index.html"' in conductance and 'href="02_lcr.html"' in conductance
+    # one profile only: the pages it links of the others (docs/results.md -> figures/cub100/report.md) are
+    # rendered all the same, so that no link of a partial site is dead
+    assert not any(check_site(index.parent).values()), check_site(index.parent)
 
 
 def _notebook(path: Path, title: str) -> None:
@@ -73,3 +88,137 @@ def test_profiles_side_by_side(tmp_path):
     assert "<table>" in (index.parent / "alpha" / "report.html").read_text(encoding="utf-8")
     with pytest.raises(SystemExit, match="neither"):
         build_site(tmp_path / "site2", ["empty"], fig, nb_dir, "main")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one site that works offline: anchors, links, images, math, nothing from another host
+
+def _text_outside_code(page: str) -> str:
+    """The visible text of a page outside code, preformatted output, formulas, styles and scripts."""
+    page = re.sub(r"<(pre|code|math|style|script)\b.*?</\1>", " ", page, flags=re.S | re.I)
+    return re.sub(r"<[^>]*>", " ", page)
+
+
+#: TeX as MathJax would have read it: $...$, $$...$$ or a TeX command
+RAW_TEX = re.compile(r"\$\$?[^$\s][^$]*?\$|\\(?:frac|mathrm|sum|int|alpha|theta|lambda|sigma|text)\b")
+#: a resource loaded from another host: <script src>, <link href>, <img src>, ... with http(s):// or //
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source|video|audio|embed)\b[^>]*\b(?:src|href)="
+                      r"""["']?(?:https?:)?//""", re.I)
+
+
+@pytest.fixture(scope="module")
+def full_site(tmp_path_factory):
+    """Every profile's notebooks and report, the README and the docs: the site `make html` builds."""
+    start = time.perf_counter()
+    index = build_site(tmp_path_factory.mktemp("site") / "html")
+    print(f"site of {len(available_profiles())} profiles built in {time.perf_counter() - start:.1f} s")
+    return index.parent
+
+
+@pytest.mark.slow  # builds every profile: about 10 s
+def test_site_has_no_dead_links(full_site):
+    """The link checker: every relative href/src is a file of the site, every #anchor an id on its page,
+    every image there, no script, style sheet or image from another host."""
+    problems = check_site(full_site)
+    assert problems == {"dead links": [], "dead anchors": [], "missing images": [], "external resources": []}
+    pages = sorted(full_site.rglob("*.html"))
+    assert len(pages) >= 6 * len(available_profiles()) + 10
+    for page in pages:  # and independently of check_site's parser
+        text = page.read_text(encoding="utf-8")
+        assert not EXTERNAL.search(text), page
+        assert "cdnjs" not in text and "mathjax" not in text.lower(), page
+
+
+@pytest.mark.slow  # builds every profile: about 10 s
+def test_site_anchors_and_cross_links(full_site):
+    """Headings carry GitHub's anchors; Markdown links point to the rendered pages, anchors kept; files that
+    are not pages (figures of docs/results.md, folders, sources) are in the site."""
+    readme = (full_site / "README.html").read_text(encoding="utf-8")
+    for anchor in re.findall(r'href="#([^"]+)"', readme):  # the Contents list
+        assert f'id="{anchor}"' in readme, anchor
+    assert 'id="two-commands"' in readme and 'href="#two-commands"' in readme
+    running = (full_site / "docs" / "running.html").read_text(encoding="utf-8")
+    assert 'id="a-browsable-site-make-html"' in running
+    assert 'href="data-and-weights.html#cub100"' in (full_site / "docs" / "birds-cub100.html").read_text("utf-8")
+    assert 'id="cub100"' in (full_site / "docs" / "data-and-weights.html").read_text(encoding="utf-8")
+    results = (full_site / "docs" / "results.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img[^>]*src="([^"]+)"', results)
+    assert images and all(src.startswith(f"../{DEFAULT_PROFILE}/") for src in images), images
+    assert all((full_site / "docs" / src).is_file() for src in images)
+    assert ".md" not in "".join(re.findall(r'href="([^"#:]+)', readme + results))
+    for page in [full_site / "README.html", *sorted((full_site / "docs").glob("*.html"))]:  # one site
+        text = page.read_text(encoding="utf-8")
+        up = "../" if page.parent.name == "docs" else ""
+        assert f'href="{up}index.html"' in text and f'href="{up}docs/README.html"' in text, page
+    index = (full_site / "index.html").read_text(encoding="utf-8")
+    assert 'href="README.html"' in index and 'href="docs/README.html"' in index
+
+
+@pytest.mark.slow  # builds every profile: about 10 s
+def test_site_math_is_mathml(full_site):
+    """Formulas of the notebooks' Markdown and of the docs are MathML, made at build time: no raw TeX left
+    outside code, and the `$` of code untouched."""
+    for page in (full_site / DEFAULT_PROFILE / "04_cfe_filters.html", full_site / "docs" / "methods.html"):
+        text = page.read_text(encoding="utf-8")
+        assert text.count("<math") >= 20, page
+        outside = _text_outside_code(text)
+        assert "$G_c$" not in outside and not RAW_TEX.search(outside), (page, RAW_TEX.search(outside))
+        assert 'class="tex"' not in text  # every formula converted
+    assert "<code>$COMPANION_ARTIFACTS</code>" in (full_site / "README.html").read_text(encoding="utf-8")
+
+
+def test_markdown_cells_math_outputs_untouched(tmp_path):
+    """Only the notebooks' Markdown cells get MathML: a `$` in code, in a code span or in an output stays."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# T\n\nThe set $G_c$, the code `$HOME`, and\n\n$$\\frac{a}{b}$$"),
+        nbformat.v4.new_code_cell("print('$x$')", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="costs $5 and $6\n"),
+            nbformat.v4.new_output("display_data", data={"text/markdown": "output $y$"})])])
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    nbformat.write(nb, nb_dir / "00_t.ipynb")
+    index = build_site(tmp_path / "site", None, tmp_path / "figures", nb_dir, "main")
+    page = (index.parent / "main" / "00_t.html").read_text(encoding="utf-8")
+    assert page.count("<math") == 2 and "<mfrac>" in page and 'display="block"' in page
+    assert "$HOME" in page and "costs $5 and $6" in page and "$y$" in page and "$x$" in page
+    assert "$G_c$" not in page
+    assert not any(check_site(index.parent).values())
+
+
+def test_github_slugs():
+    assert github_slug("A browsable site: make html") == "a-browsable-site-make-html"
+    assert github_slug("SqueezeNet 1.1 (ImageNet features, cub100)") == "squeezenet-11-imagenet-features-cub100"
+    assert github_slug("1. Conductance (paper 1, eq. 5)") == "1-conductance-paper-1-eq-5"
+    assert github_slug("Paper vs. this — companion's run") == "paper-vs-this--companions-run"
+    assert github_slug("Über_große Zahlen") == "über_große-zahlen"
+    slug = Slugger()
+    assert [slug("Tests"), slug("Tests"), slug("tests"), slug("Tests-1")] == ["tests", "tests-1", "tests-2",
+                                                                                "tests-1-1"]
+    html = markdown_parser()("# A browsable site: `make html`\n\n## Results\n\n## Results\n")
+    assert re.findall(r'<h\d id="([^"]+)"', html) == ["a-browsable-site-make-html", "results", "results-1"]
+
+
+def test_markdown_math():
+    html = markdown_parser()("Text $x^2$ and `$HOME` and\n\n```\n$y$\n```\n\n$$\\sum_i a_i$$\n\n"
+                             "| a | $b$ |\n|---|---|\n")
+    assert html.count("<math") == 3 and "<code>$HOME</code>" in html and "$y$" in html
+    assert 'display="block"' in tex_to_mathml(r"\sum_i a_i", display=True)
+    arg = tex_to_mathml(r"\arg\min_\theta f")  # latex2mathml does not know \arg
+    assert "\\arg" not in arg and '<mi mathvariant="normal">a</mi>' in arg
+
+
+def test_check_site_finds_problems(tmp_path):
+    """The checker itself: each kind of problem is found, and nothing else."""
+    (tmp_path / "a.html").write_text('<h2 id="x">X</h2><a href="#x">self</a>')
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="//cdn.example/x.css"><script src="https://cdn.example/x.js"></script>'
+        '<style>@import url("https://fonts.example/f.css");</style>'
+        '<a href="a.html#x">ok</a> <a href="a.html#nope">bad anchor</a> <a href="gone.html">gone</a> '
+        '<img src="missing.png"> <img src="data:image/png;base64,AAAA"> <a href="https://arxiv.org/abs/1910.00387">'
+        'a paper</a> <a href="mailto:x@example.org">mail</a> <a href="#top">top</a><p id="top"></p>')
+    assert check_site(tmp_path) == {
+        "dead links": ["index.html: gone.html"], "dead anchors": ["index.html: a.html#nope"],
+        "missing images": ["index.html: missing.png"],
+        "external resources": ["index.html: https://fonts.example/f.css",
+                               "index.html: <link href=//cdn.example/x.css>",
+                               "index.html: <script src=https://cdn.example/x.js>"]}
