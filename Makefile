@@ -56,7 +56,7 @@ lab: $(STAMP)
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 html: $(STAMP)
-	$(PY) -m helpers.tools.html_site --out build/html
+	$(PY) -m helpers.tools.html_site --out build/html --check
 
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.run_all
