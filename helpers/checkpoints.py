@@ -40,6 +40,8 @@ def read_checkpoint(path: Path, profile: str = "<profile>") -> dict:
     except Exception as e:
         raise CheckpointError(f"checkpoint: {path} cannot be read ({one_line(e)}); the file is damaged or "
                               f"not a torch checkpoint: {restore_hint(path, profile)}") from None
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        obj = {"state_dict": obj}  # a plain state dict (torch.save(model.state_dict(), path)): no provenance
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint: {path} holds no state_dict; point `checkpoint:` at a file written "
                               f"by export_checkpoint, or {restore_hint(path, profile)}")

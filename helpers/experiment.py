@@ -24,7 +24,7 @@ from helpers.cache import FRAME, JSON, TENSORS, Memo, StageCache, params_hash, s
 from helpers.checkpoints import CheckpointError, fit_problems, read_checkpoint, verified_record, write_checkpoint
 from helpers.datasets import DataBundle, data_search_dirs, load_data
 from helpers.devices import configure_device, get_device
-from helpers.models import build_model
+from helpers.models import LayerError, build_model
 from helpers.paths import REPO_ROOT, cache_root, output_root
 from helpers.profiles import DEFAULT_PROFILE, ProfileError, load_profile, parse_overrides, stable_section
 from helpers.progress import wanted as progress_wanted
@@ -92,7 +92,10 @@ class Experiment:
         if bad or not classes:
             raise ProfileError(f"conductance.classes = {classes!r} is not valid: {bad or 'empty'}; valid: a non-empty "
                                f"list of class indices 0..{n - 1} of the {n} classes of {self.name!r}")
-        model = self.build_model(weights=None)  # the structure only: no weights file is read
+        try:
+            model = self.build_model(weights=None)  # the structure only: no weights file is read
+        except LayerError as e:  # the layers of the detectors (helpers.models.find_layers): before any work
+            raise ProfileError(str(e)) from None
         modules = [name for name, _ in model.named_modules() if name]
         shown = ", ".join(m for m in modules if m.count(".") <= 1)
         layer = self.cfg["conductance"]["layer"]
@@ -156,6 +159,9 @@ class Experiment:
         params = {"data": self.data_key, "model": c["model"], "weights": c["weights"],
                   "training": stable_section(c, "training"),
                   "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
+        for key in ("model_kwargs", "layers"):  # only where a profile sets them: the others' keys stay as they were
+            if c.get(key):
+                params[key] = c[key]
         for key in ("weights", "checkpoint"):  # a file's content, not just its name, decides the model
             path = self._path_of(c.get(key))
             if path is not None and path.is_file():
@@ -175,7 +181,8 @@ class Experiment:
         c = self.cfg
         return build_model(c["model"], len(self.data.classes), self.data.in_channels,
                            c["weights"] if weights == "profile" else weights,
-                           search_dirs=[d.parent / "weights" for d in data_search_dirs(c)] + data_search_dirs(c))
+                           search_dirs=[d.parent / "weights" for d in data_search_dirs(c)] + data_search_dirs(c),
+                           image_size=c["image_size"], model_kwargs=c.get("model_kwargs"), layers=c.get("layers"))
 
     def _load_checkpoint(self) -> tuple[torch.nn.Module, list] | None:
         ck = self.cfg.get("checkpoint")
@@ -292,7 +299,7 @@ class Experiment:
 
         c = self.cfg
         params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "seed": self.seed,
-                  **{k: v for k, v in self.model_params.items() if k == "weights_file"}}
+                  **{k: v for k, v in self.model_params.items() if k in ("weights_file", "model_kwargs")}}
 
         def compute():
             seed_everything(self.seed)  # the model that is then trained draws the same initial weights

@@ -15,18 +15,45 @@ read instead of hard-coding layer names:
     ``(layer_name, linear_name)`` when the output of ``layer_name`` reaches the
     logits only through global average pooling followed by the linear layer
     ``linear_name`` (the condition for exact one-pass conductance), else ``None``.
+
+The models of :data:`LAYERS` have them declared.  Any other classifier, ``torchvision.<builder>`` or a
+callable of your own ``<module>:<callable>``, has them *found* (:func:`find_layers`): one forward pass of
+a dummy batch at the profile's image size with forward hooks on every module, where
+
+* the conductance layer is the last module, in the order modules return (so a container after its last
+  child: ``layer4``, not ``layer4.1``), called once, whose output is a 4-D map larger than 1x1 that
+  reaches the logits (autograd graph), returned before the classification head starts, and that is not
+  a pooling module, a pass-through (dropout, identity, stochastic depth) nor a container whose output
+  a pooling module produced (VGG's ``features`` ends with a max-pool: its last ReLU is the layer);
+* the pooled head (paper 2's ``g`` and final linear layer) is that map's global average pool and the
+  classification head, kept only when ``linear(mean over H, W of the map)`` reproduces the logits
+  (relative 1e-4); otherwise the model has none and paper 2 refuses it (:func:`pooled_head`);
+* the classification head is the last ``nn.Linear`` with one output per logit (else the last 1x1
+  convolution with one output channel per logit, SqueezeNet's); it is replaced by a fresh one with
+  one output per class of the data, as torchvision's fine-tuning recipes do.
+
+A profile's ``layers:`` (``conductance``, ``pooled``, ``linear``: module names) replaces what is found
+or declared, each key on its own; a declared pooled head must pass the same numerical check.
 """
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
+import itertools
 import math
+import re
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers.names import MODEL_NAMES
+from helpers.names import MODEL_FORMS, MODEL_NAMES, TORCHVISION_PREFIX, model_kind
+from helpers.paths import REPO_ROOT
 from helpers.utils import safe_torch_load
 
 #: Public address of the pretrained CIFAR-10 ResNet20 (akamaster/pytorch_resnet_cifar10, BSD-2).
@@ -238,11 +265,14 @@ def _resolve_resnet20_weights(weights: str, search_dirs) -> Path:
 
 
 # ----------------------------------------------------------------------------- torchvision
-def _load_all_but_head(model: nn.Module, state: dict, path, name: str, needed: tuple[str, ...] = ()) -> None:
+def _load_all_but_head(model: nn.Module, state: dict, path, name: str, needed: tuple[str, ...] = (),
+                       head: tuple[str, ...] | None = None) -> None:
     """Load a state dict into a torchvision model whose classification head is then replaced: the head
     (and InceptionV3's auxiliary classifier) may differ or be absent, every other weight must be there
-    (with ``needed``: every weight whose name starts so, the only part of the model that is used)."""
-    head = ("fc.", "AuxLogits.") if name == "inception_v3" else (f"classifier.{len(model.classifier) - 1}.",)
+    (with ``needed``: every weight whose name starts so, the only part of the model that is used).
+    ``head``: the prefixes of the head's keys (default: those of the models of :data:`LAYERS`)."""
+    if head is None:
+        head = ("fc.", "AuxLogits.") if name == "inception_v3" else (f"classifier.{len(model.classifier) - 1}.",)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not (k.startswith(head) and k in own and own[k].shape != v.shape)}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -374,16 +404,45 @@ LAYERS = {
 }
 
 
+#: the image size of the dummy batch that finds a model's layers when none is given (torchvision's ImageNet size)
+DEFAULT_IMAGE_SIZE = 224
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str | None = None,
-                search_dirs=()) -> nn.Module:
+                search_dirs=(), *, image_size: int | None = None, model_kwargs: dict | None = None,
+                layers: dict | None = None) -> nn.Module:
     """Build a classifier by name and tag it with its conductance layers.
+
+    ``name``: one of :data:`MODEL_NAMES` (layers declared in :data:`LAYERS`), ``torchvision.<builder>`` (any
+    classifier of ``torchvision.models.list_models()``, built with ``torchvision.models.get_model``) or
+    ``<importable.module>:<callable>`` (a callable of your own returning an ``nn.Module``, called with
+    ``num_classes=`` and ``in_channels=`` where it takes them, and ``model_kwargs``); the layers of the last
+    two are found (:func:`find_layers`) on a dummy batch of ``image_size`` (default 224) pixels.
 
     ``weights``: ``None`` / ``"none"`` (random init), ``"pretrained"`` (ResNet20:
     the akamaster checkpoint, found in ``search_dirs`` or downloaded; torchvision
-    models: ImageNet weights through torchvision) or a path to a checkpoint.
+    models: ImageNet weights through torchvision) or a path to a checkpoint.  For ``torchvision.<builder>``
+    also a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...; offline: a notice and random
+    init); for a model of your own a state-dict file.  ``model_kwargs``: keyword arguments of the builder
+    or callable.  ``layers``: a profile's ``layers:`` mapping, module names that replace what is found
+    or declared (``conductance``, ``pooled``, ``linear``).
     """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"model: {name!r} is not a known model; valid: {', '.join(MODEL_NAMES)}")
+    kind = model_kind(name)
+    if kind is None:
+        raise ValueError(f"model: {name!r} is not a known model; valid: {', '.join(MODEL_NAMES)}, or "
+                         f"{' or '.join(MODEL_FORMS)} (e.g. torchvision.resnet18, mypackage.models:build)")
+    if model_kwargs and kind == "known":
+        raise ValueError(f"model_kwargs: {model_kwargs!r} is not valid for model {name!r}; valid: null, or a "
+                         f"mapping for a model named {' or '.join(MODEL_FORMS)}")
+    if model_kwargs and "num_classes" in model_kwargs:
+        raise ValueError(f"model_kwargs: num_classes = {model_kwargs['num_classes']!r} is not valid: the data "
+                         "decides the number of classes (the classification head is resized to it); remove it")
+    size = image_size or DEFAULT_IMAGE_SIZE
+    if kind == "torchvision":
+        return _torchvision_classifier(name[len(TORCHVISION_PREFIX):], num_classes, in_channels, weights,
+                                       search_dirs, size, model_kwargs, layers)
+    if kind == "callable":
+        return _user_model(name, num_classes, in_channels, weights, search_dirs, size, model_kwargs, layers)
     if name == "small_cnn":
         model = SmallCNN(num_classes, in_channels)
     elif name == "resnet20_keras":
@@ -402,7 +461,450 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str 
         model = _torchvision_model(name, num_classes, weights)
     model.last_conv_layer, model.gap_linear_head = LAYERS[name]
     model.model_name = name
+    if layers and any(v is not None for v in layers.values()):
+        found = find_layers(model, size, in_channels, layers, name)
+        if layers.get("conductance") is not None:
+            model.last_conv_layer = found["conductance"]
+        if layers.get("pooled") is not None or layers.get("linear") is not None:
+            model.gap_linear_head = found["pooled"]
     return model
+
+
+# ----------------------------------------------------------------------------- layers found, not declared
+class LayerError(ValueError):
+    """The layers a detector needs were not found in a model, or a profile's ``layers:`` names a wrong one."""
+
+
+#: modules that pool (never the conductance layer, nor a container whose output one of them produced)
+_POOLING = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+            nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._LPPoolNd, nn.FractionalMaxPool2d,
+            nn.FractionalMaxPool3d)
+#: modules that pass their input on in eval mode (never the conductance layer)
+_PASS_THROUGH = (nn.modules.dropout._DropoutNd, nn.Identity)
+_PASS_THROUGH_NAMES = ("StochasticDepth", "DropPath")  # torchvision.ops / timm
+#: relative tolerance of the pooled head's check (as helpers.paper2.stages.pooled_table checks it)
+POOLED_RTOL = 1e-4
+
+
+def _pass_through(m: nn.Module) -> bool:
+    return isinstance(m, _PASS_THROUGH) or type(m).__name__ in _PASS_THROUGH_NAMES
+
+
+def _main_output(module, args, out):
+    """Forward hook on a model's root: the main logits where its forward returns a named tuple (InceptionV3's
+    and GoogLeNet's auxiliary logits in train mode), a dict (``logits`` / ``out``) or a tuple (the first
+    item); a tensor passes unchanged."""
+    if isinstance(out, torch.Tensor):
+        return None
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
+    if isinstance(out, dict):
+        for key in ("logits", "out"):
+            if isinstance(out.get(key), torch.Tensor):
+                return out[key]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
+@dataclass(eq=False)
+class _Call:
+    """What one module did in the dummy forward pass."""
+
+    name: str
+    module: nn.Module
+    start: int                   # when it was first called (a counter over pre- and post-hooks)
+    end: int = -1                # when it last returned
+    calls: int = 0
+    shape: tuple | None = None   # its output's shape, when a tensor
+    grad_fn: object = None       # its output's autograd node, when it returned
+    gap: torch.Tensor | None = None  # a 4-D output's mean over H, W (float64), when it returned
+    producer: str | None = None  # the leaf module that last wrote its output tensor, when it returned
+    inp: torch.Tensor | None = None  # an nn.Linear's input (float64)
+    val: torch.Tensor | None = None  # an nn.Linear's output (float64)
+
+    def text(self) -> str:
+        return f"{self.name} {tuple(self.shape) if self.shape is not None else '(no tensor)'}"
+
+
+def _trace(model: nn.Module, image_size: int, in_channels: int):
+    """One forward pass of a dummy batch (2 images of ``image_size``, a private seeded generator: the global
+    RNG is not touched) in eval mode with hooks on every module; training flags restored.  Returns
+    ``(logits, {name: _Call}, the autograd node of the input)``."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x0 = torch.randn(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x0 = x0.to(device=device, dtype=dtype).requires_grad_(True)
+    records: dict[str, _Call] = {}
+    producer: dict[int, str] = {}
+    keep: list = []  # outputs stay alive during the pass, so that their ids stay unique
+    counter = itertools.count()
+
+    def pre(name):
+        def hook(m, args):
+            rec = records.get(name)
+            if rec is None:
+                records[name] = rec = _Call(name, m, next(counter))
+            else:
+                next(counter)
+            if isinstance(m, nn.Linear) and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+                rec.inp = args[0].detach().double()  # a head's input: (N, features)
+        return hook
+
+    def post(name, leaf):
+        def hook(m, args, out):
+            rec = records[name]
+            rec.calls += 1
+            rec.end = next(counter)
+            if isinstance(out, torch.Tensor):
+                keep.append(out)
+                if leaf and not _pass_through(m):
+                    producer[id(out)] = name
+                rec.shape, rec.grad_fn, rec.producer = tuple(out.shape), out.grad_fn, producer.get(id(out))
+                if out.dim() == 4 and out.is_floating_point():
+                    rec.gap = out.detach().double().mean((2, 3))
+                if isinstance(m, nn.Linear) and out.dim() == 2:
+                    rec.val = out.detach().double()
+        return hook
+
+    handles = []
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for name, m in model.named_modules():
+            if not name:
+                continue
+            leaf = next(m.children(), None) is None
+            try:
+                handles.append(m.register_forward_pre_hook(pre(name)))
+                handles.append(m.register_forward_hook(post(name, leaf)))
+            except RuntimeError:  # e.g. a scripted submodule: not traced
+                continue
+        model.eval()
+        with torch.enable_grad():
+            x = x0 * 1  # not the leaf itself: the model may change its input in place
+            source = x.grad_fn
+            out = model(x)
+        logits = _main_output(model, (x,), out)
+        logits = out if logits is None else logits
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return logits, records, source
+
+
+def _reachable(fn) -> set:
+    """The autograd nodes the logits depend on."""
+    seen, stack = set(), [fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        stack.extend(g for g, _ in f.next_functions)
+    return seen
+
+
+def _is_cut(logits_fn, node, source) -> bool:
+    """Every path from the input to the logits passes through ``node`` (so conductance over that layer is
+    complete: a branch inside a block is not a cut, the block's output is)."""
+    seen, stack = {node}, [logits_fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        if f is source:
+            return False
+        seen.add(f)
+        stack.extend(g for g, _ in f.next_functions)
+    return True
+
+
+def _close(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Equal shapes and values within :data:`POOLED_RTOL` of ``b``'s largest magnitude."""
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    return float((a - b).abs().max()) <= POOLED_RTOL * max(float(b.abs().max()), 1e-30)
+
+
+def _pooled_check(rec: _Call | None, lin: _Call | None, logits: torch.Tensor) -> bool:
+    """The linear layer of ``lin`` sees the global average pool of ``rec``'s output (mean over H, W) and
+    gives the logits, both within relative :data:`POOLED_RTOL`; so ``linear(GAP(map))`` reproduces the
+    logits whatever the layer's weights (a zero-initialised head would reproduce them from any input)."""
+    return (rec is not None and lin is not None and rec.gap is not None
+            and _close(lin.inp, rec.gap) and _close(lin.val, logits.detach().double()))
+
+
+def find_layers(model: nn.Module, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3,
+                layers: dict | None = None, name: str | None = None) -> dict:
+    """The layers both papers' detectors need, found from one forward pass of a dummy batch with forward
+    hooks (hooks, not ``torch.fx``: they follow any Python control flow); the rules are in the module
+    docstring.  ``layers``: a profile's ``layers:`` mapping (``conductance``, ``pooled``, ``linear``), whose
+    names replace what is found, each checked.
+
+    Returns ``{"conductance": name, "pooled": (layer, linear) or None, "head": the classification head's
+    name or None, "num_outputs": logits per image}``.  A :class:`LayerError` names the model, what was found
+    and the ``layers:`` key to set where no conductance layer is found (a vision transformer: no 4-D map)
+    or a declaration is wrong; a model without a pooled head is no error (paper 2 refuses it later)."""
+    label = name or getattr(model, "model_name", None) or type(model).__name__
+    declared = {k: v for k, v in (layers or {}).items() if v is not None}
+    modules = dict(model.named_modules())
+    for key, mod in declared.items():
+        if mod not in modules or not mod:
+            shown = ", ".join(n for n in modules if n and n.count(".") <= 1)
+            raise LayerError(f"layers.{key}: {mod!r} is not a module of {label!r}; valid: a module name such as "
+                             f"{shown}")
+    logits, records, source = _trace(model, image_size, in_channels)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise LayerError(f"model: {label!r} returns {type(logits).__name__} "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''} for a batch of images; "
+                         "valid: a classifier returning logits of shape (N, classes)")
+    n_out = logits.shape[1]
+    reach = _reachable(logits.grad_fn) if logits.grad_fn is not None else None
+
+    def reaches(rec: _Call) -> bool:
+        return reach is None or (rec.grad_fn is not None and rec.grad_fn in reach)
+
+    once = [r for r in records.values() if r.calls == 1 and r.shape is not None]
+    head = None
+    for kinds in ((nn.Linear,), (nn.modules.conv._ConvNd,)):
+        cands = [r for r in once if isinstance(r.module, kinds) and reaches(r)
+                 and not isinstance(r.module, nn.modules.conv._ConvTransposeNd)
+                 and (r.module.out_features if isinstance(r.module, nn.Linear) else r.module.out_channels) == n_out
+                 and (isinstance(r.module, nn.Linear) or all(k == 1 for k in r.module.kernel_size))]
+        if cands:
+            head = max(cands, key=lambda r: r.end)
+            break
+
+    def usable(r: _Call) -> bool:
+        prod = records.get(r.producer) if r.producer else None
+        return (len(r.shape) == 4 and r.shape[2] * r.shape[3] > 1 and r.gap is not None
+                and not isinstance(r.module, _POOLING) and not _pass_through(r.module)
+                and not (prod is not None and isinstance(prod.module, _POOLING))
+                and (head is None or r.end < head.start) and reaches(r))
+
+    found = next((r for r in sorted(once, key=lambda r: -r.end) if usable(r)
+                  and (reach is None or _is_cut(logits.grad_fn, r.grad_fn, source))), None)
+    hint = ("set `layers: {conductance: <module name>}` in the profile (and `layers.pooled` / `layers.linear` "
+            "for paper 2's pooled features)")
+    tokens = [r for r in once if found is not None and len(r.shape) == 3 and r.end > found.end
+              and (head is None or r.end < head.start) and reaches(r)]
+    if tokens and "conductance" not in declared:  # a vision transformer: its patch embedding is the last 4-D map
+        raise LayerError(f"model: {label!r}: found no layer for conductance: the last 4-D feature map, "
+                         f"{found.text()}, is turned into a token sequence ({tokens[-1].text()}) before the logits, "
+                         f"so the model has no last conv block (a vision transformer?); {hint}")
+
+    def declared_rec(key: str) -> _Call:
+        rec = records.get(declared[key])
+        if rec is None or rec.calls != 1 or rec.shape is None:
+            what = ("never runs" if rec is None else f"runs {rec.calls} times" if rec.calls != 1
+                    else "returns no tensor")
+            raise LayerError(f"layers.{key}: {declared[key]!r} {what} in a forward pass of {label!r}; valid: a "
+                             "module that runs once and returns a tensor")
+        return rec
+
+    if "conductance" in declared:
+        cond = declared_rec("conductance")
+        if len(cond.shape) < 2:
+            raise LayerError(f"layers.conductance: {declared['conductance']!r} returns shape {cond.shape}; valid: "
+                             "a module returning (N, channels, ...) feature maps")
+    elif found is None:
+        last = [r.text() for r in sorted(once, key=lambda r: r.end)[-4:]]
+        maps = [r for r in once if len(r.shape) == 4 and reaches(r) and (head is None or r.end < head.start)]
+        why = (f"its 4-D feature maps are at most 1x1 at image_size {image_size} (raise image_size)"
+               if maps and all(r.shape[2] * r.shape[3] <= 1 for r in maps)
+               else "no module returns a 4-D feature map (N, C, H, W) larger than 1x1 that every path to the "
+                    "logits crosses")
+        raise LayerError(f"model: {label!r}: found no layer for conductance: {why} (the last module outputs: "
+                         f"{', '.join(last)}); {hint}")
+    else:
+        cond = found
+    pooled = None
+    if "pooled" in declared or "linear" in declared:
+        linear_name = declared.get("linear") or (head.name if head is not None else None)
+        if "linear" in declared:
+            declared_rec("linear")
+        if linear_name is None or not isinstance(modules[linear_name], nn.Linear):
+            raise LayerError(f"layers.linear: {linear_name!r} of {label!r} is not an nn.Linear; valid: the final "
+                             "nn.Linear layer, which maps the pooled features to the logits")
+        prec = declared_rec("pooled") if "pooled" in declared else cond
+        if not _pooled_check(prec, records.get(linear_name), logits):
+            raise LayerError(f"layers: {label!r}: {linear_name!r} applied to the global average pool of "
+                             f"{prec.name!r} (output {prec.shape}) does not reproduce the logits; valid: "
+                             "`layers.pooled` a module whose 4-D output reaches the logits only through global "
+                             "average pooling and `layers.linear` (null: none, paper 2 is then impossible)")
+        pooled = (prec.name, linear_name)
+    elif head is not None and isinstance(head.module, nn.Linear):
+        for rec in dict.fromkeys((cond, found)):
+            if rec is not None and _pooled_check(rec, head, logits):
+                pooled = (rec.name, head.name)
+                break
+    return {"conductance": cond.name, "pooled": pooled, "head": head.name if head is not None else None,
+            "num_outputs": n_out}
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _resize_head(model: nn.Module, head: str, num_classes: int) -> None:
+    """Replace the classification head by a freshly initialised one with ``num_classes`` outputs (the same
+    kind of layer, input and bias), as torchvision's fine-tuning recipes do."""
+    old = model.get_submodule(head)
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = type(old)(old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+                        dilation=old.dilation, bias=old.bias is not None)
+    _set_module(model, head, new.to(device=old.weight.device, dtype=old.weight.dtype))
+
+
+def _finish(model: nn.Module, name: str, num_classes: int, in_channels: int, image_size: int, layers,
+            state_file: Path | None, aux: tuple[str, ...] = ()) -> nn.Module:
+    """Find the layers of a built model, resize its head to ``num_classes``, load ``state_file`` (all but a
+    resized head) and tag it."""
+    model.register_forward_hook(_main_output)
+    found = find_layers(model, image_size, in_channels, layers, name)
+    resized = found["num_outputs"] != num_classes
+    if resized:
+        if found["head"] is None:
+            raise LayerError(f"model: {name!r} returns {found['num_outputs']} logits, the data has {num_classes} "
+                             "classes, and no classification head (a final nn.Linear, or 1x1 convolution, with "
+                             "one output per logit) was found to resize; valid: a model with num_classes outputs "
+                             "(a callable taking num_classes)")
+        _resize_head(model, found["head"], num_classes)
+    if state_file is not None:
+        state = safe_torch_load(state_file, "weights")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        if resized or aux:
+            heads = ((found["head"] + ".",) if resized else ()) + tuple(f"{a}." for a in aux)
+            _load_all_but_head(model, state, state_file, name, head=heads)
+        else:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"weights: {state_file} does not fit model {name!r}: "
+                                 f"{str(e).splitlines()[1].strip()[:300]}") from None
+    model.last_conv_layer, model.gap_linear_head = found["conductance"], found["pooled"]
+    model.model_name = name
+    return model
+
+
+def _local_file(weights: str, search_dirs) -> Path | None:
+    """A weights file: the path itself, relative to the repository, or its name in a search dir."""
+    cand = Path(weights).expanduser()
+    for p in (cand, REPO_ROOT / cand, *(Path(d) / cand.name for d in search_dirs)):
+        if p.is_file():
+            return p
+    return None
+
+
+#: torchvision builders with auxiliary classifiers (switched off: their train-mode forward returns a tuple)
+_AUX = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
+
+
+def _torchvision_classifier(builder: str, num_classes: int, in_channels: int, weights, search_dirs,
+                            image_size: int, model_kwargs, layers) -> nn.Module:
+    import torchvision
+
+    name = TORCHVISION_PREFIX + builder
+    valid = torchvision.models.list_models(module=torchvision.models)
+    if builder not in valid:
+        close = difflib.get_close_matches(builder, valid, n=5) or valid[:8]
+        raise ValueError(f"model: {name!r} is not a torchvision classifier; valid: torchvision.<builder> with a "
+                         f"builder of torchvision.models.list_models(), e.g. "
+                         f"{', '.join(TORCHVISION_PREFIX + b for b in close)}")
+    if in_channels != 3:
+        raise ValueError(f"model: {name!r} takes 3-channel (RGB) images, the data has {in_channels} channel(s); "
+                         "valid: a dataset of colour images, or a model of your own (<module>:<callable>)")
+    enum = torchvision.models.get_model_weights(builder)
+    tv_weights, state_file = None, None
+    if weights not in (None, "none"):
+        short = "DEFAULT" if weights in ("pretrained", "imagenet") else str(weights).removeprefix(enum.__name__ + ".")
+        if short in enum.__members__:
+            tv_weights = enum[short]
+        else:
+            state_file = _local_file(str(weights), search_dirs)
+            if state_file is None:
+                what = ("not a weights name of" if re.fullmatch(r"[A-Z0-9_]+", short)
+                        else "no file, nor a weights name of")
+                raise FileNotFoundError(f"weights: {weights!r} is {what} {name}; valid: null, "
+                                        f"{', '.join(enum.__members__)}, 'pretrained' (DEFAULT) or a state-dict file")
+    kw = dict(model_kwargs or {})
+    model = None
+    if tv_weights is not None:
+        try:
+            model = torchvision.models.get_model(builder, weights=tv_weights, **kw)
+        except Exception as exc:
+            warnings.warn(
+                f"weights={weights!r}: could not load {tv_weights} for {name} through torchvision "
+                f"({type(exc).__name__}: {exc}); using random initialisation. Give a local path in "
+                "`weights` to use a downloaded file.",
+                stacklevel=3,
+            )
+    if model is None:
+        if builder in _AUX:  # no auxiliary classifiers built, torchvision's initialisation without its notice
+            kw.setdefault("aux_logits", False)
+            kw.setdefault("init_weights", True)
+        model = torchvision.models.get_model(builder, weights=None, **kw)
+    aux = _AUX.get(builder, ())
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+    for attr in aux:
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    return _finish(model, name, num_classes, in_channels, image_size, layers, state_file, aux)
+
+
+def _import_callable(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if str(REPO_ROOT) in sys.path or not e.name or not module_name.startswith(e.name):
+            raise ValueError(f"model: {spec!r}: cannot import {module_name!r} ({e}); valid: "
+                             "<importable.module>:<callable>, the module on the Python path") from None
+        sys.path.append(str(REPO_ROOT))  # a module of the repository, from a notebook run in notebooks/
+        return _import_callable(spec)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model: {spec!r}: {module_name!r} has no {attr!r}; valid: <importable.module>:<callable>")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model: {spec!r} is a {type(obj).__name__}, not a callable returning an nn.Module")
+    return obj
+
+
+def _user_model(spec: str, num_classes: int, in_channels: int, weights, search_dirs, image_size: int,
+                model_kwargs, layers) -> nn.Module:
+    """A model of your own: ``<module>:<callable>`` called with ``num_classes`` / ``in_channels`` where its
+    signature names them (``num_classes`` also through ``**kwargs``) and ``model_kwargs``; ``weights`` a
+    state-dict file (plain, or ``{"state_dict": ...}``) or null."""
+    fn = _import_callable(spec)
+    kw = dict(model_kwargs or {})
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kw["num_classes"] = num_classes
+    if "in_channels" in params:
+        kw.setdefault("in_channels", in_channels)
+    model = fn(**kw)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: {spec!r} returned a {type(model).__name__}; valid: a callable returning an "
+                         "nn.Module")
+    state_file = None
+    if weights not in (None, "none"):
+        state_file = _local_file(str(weights), search_dirs)
+        if state_file is None:
+            raise FileNotFoundError(f"weights: no file at {weights!r}; valid for a model of your own: null or a "
+                                    "state-dict file")
+    return _finish(model, spec, num_classes, in_channels, image_size, layers, state_file)
 
 
 def last_conv_layer(model: nn.Module) -> nn.Module:
@@ -413,12 +915,15 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
 def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """Paper 2's pooled features ``g`` and final linear layer (docs/methods.md section 6): the name of the
     module whose output, globally average-pooled, is ``g``, and the linear layer that maps ``g`` to
-    the logits.  Read from the model's declaration in :data:`LAYERS` (``gap_linear_head``)."""
+    the logits.  Read from ``model.gap_linear_head``: declared in :data:`LAYERS`, or found and checked
+    by :func:`find_layers`."""
     head = getattr(model, "gap_linear_head", None)
     if head is None:
         raise ValueError(f"model: {getattr(model, 'model_name', type(model).__name__)!r} has no global-average-"
                          "pool + linear head, so it has no pooled features g for the CFE filters (paper 2); "
-                         f"models with one: {', '.join(n for n, (_, h) in LAYERS.items() if h)}")
+                         f"models with one: {', '.join(n for n, (_, h) in LAYERS.items() if h)}, most "
+                         "torchvision.<builder> (e.g. torchvision.resnet18), or name yours in the profile's "
+                         "`layers: {pooled: <module>, linear: <module>}` (checked: linear(GAP) must give the logits)")
     layer, linear = head
     lin = model.get_submodule(linear)
     if not isinstance(lin, nn.Linear):

@@ -9,6 +9,31 @@ import re
 
 #: the models :func:`helpers.models.build_model` builds (``model:`` in a profile)
 MODEL_NAMES = ("small_cnn", "resnet20", "resnet20_keras", "inception_v3", "vgg16", "vgg16_gap", "squeezenet1_1")
+#: ``model:`` may also name any torchvision classifier, ``torchvision.<builder>`` (a name of
+#: ``torchvision.models.list_models()``), or a callable of your own that returns an ``nn.Module``,
+#: ``<importable.module>:<callable>``; :func:`helpers.models.build_model` finds their layers
+MODEL_FORMS = ("torchvision.<builder>", "<module>:<callable>")
+TORCHVISION_PREFIX = "torchvision."
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_BUILDER = re.compile(rf"torchvision\.{_IDENT}")
+_CALLABLE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*")
+
+
+def model_kind(name) -> str | None:
+    """What ``model:`` names: ``"known"`` (one of :data:`MODEL_NAMES`, its layers declared in
+    ``helpers.models.LAYERS``), ``"torchvision"`` (``torchvision.<builder>``), ``"callable"``
+    (``<module>:<callable>``), or None (not a model name)."""
+    if not isinstance(name, str):
+        return None
+    if name in MODEL_NAMES:
+        return "known"
+    if _BUILDER.fullmatch(name):
+        return "torchvision"
+    if _CALLABLE.fullmatch(name):
+        return "callable"
+    return None
+
+
 #: the datasets :func:`helpers.datasets.load_data` reads (``dataset:`` in a profile)
 DATASET_NAMES = ("digits", "cifar10", "imagenet_subset", "cub200", "imagefolder")
 #: the mutation operators of :mod:`helpers.paper1.mutation` (``lcr.*operator*`` in a profile; paper 1, sec. 4.2)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from helpers.names import DATASET_NAMES, MODEL_NAMES, MUTATION_OPERATORS
+from helpers.names import DATASET_NAMES, MODEL_FORMS, MODEL_NAMES, MUTATION_OPERATORS, model_kind
 from helpers.paths import PARAMS_DIR, REPO_ROOT
 
 DEFAULT_PROFILE = "digits"
@@ -48,7 +48,17 @@ SCHEMA: dict[str, Any] = {
     "dataset": (str, True, DATASET_NAMES),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
+    # one of MODEL_NAMES, or torchvision.<builder> / <module>:<callable> (helpers.names.model_kind)
     "model": (str, True, MODEL_NAMES),
+    # keyword arguments of a torchvision builder or of your callable (never num_classes: the data decides)
+    "model_kwargs": ((dict, _OPT), False, None),
+    # module names that replace the layers found (or declared in helpers.models.LAYERS): paper 1's conductance
+    # layer, paper 2's pooled layer (its global average pool is g) and final linear layer
+    "layers": {
+        "conductance": ((str, _OPT), False, None),
+        "pooled": ((str, _OPT), False, None),
+        "linear": ((str, _OPT), False, None),
+    },
     "weights": ((str, _OPT), False, None),
     "checkpoint": ((str, _OPT), False, None),
     "if_no_checkpoint": (str, False, ("error", "train")),
@@ -391,7 +401,10 @@ def _validate(cfg: dict, schema: dict, where: str, source: str) -> None:
         if val is None or check is None:
             continue
         if isinstance(check, tuple) and val not in check:
-            raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {', '.join(map(str, check))}")
+            if check is MODEL_NAMES and model_kind(val):
+                continue
+            also = f", or {' or '.join(MODEL_FORMS)}" if check is MODEL_NAMES else ""
+            raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {', '.join(map(str, check))}{also}")
         if isinstance(check, re.Pattern) and not check.fullmatch(val):
             raise ProfileError(f"{source}: {full!r} = {val!r} is not valid; valid: {_NAME_VALID}")
         if isinstance(check, dict):
@@ -455,6 +468,7 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
     cfg = _merge(DEFAULTS, raw)
     _check_lists(cfg, source)
     _check_rules(cfg, source)
+    _check_model_keys(cfg, source)
     if path is not None:
         _check_committed_name(cfg["name"], path, file_raw, source)
     _check_checkpoint_overrides(cfg, overrides)
@@ -524,6 +538,24 @@ def _check_lists(cfg: dict, source: str) -> None:
             hint = f" (one module: [{val}])" if isinstance(val, str) and val else ""
             raise bad(key, val, f"{' or '.join(repr(x) for x in special)}, or a non-empty list of module names, "
                       f"e.g. [features, linear]{hint}")
+
+
+def _check_model_keys(cfg: dict, source: str) -> None:
+    """``model_kwargs`` and ``layers``, keys a profile sets only for a model of its own choosing: keyword names,
+    no ``num_classes``, only with a ``torchvision.<builder>`` or ``<module>:<callable>`` model; module names."""
+    kw = cfg.get("model_kwargs")
+    if kw:
+        if model_kind(cfg["model"]) == "known":
+            raise ProfileError(f"{source}: 'model_kwargs' = {kw!r} is not valid for model {cfg['model']!r}; valid: "
+                               f"null, or a mapping for a model named {' or '.join(MODEL_FORMS)}")
+        wrong = next((k for k in kw if not isinstance(k, str) or not k.isidentifier() or k == "num_classes"), None)
+        if wrong is not None:
+            raise ProfileError(f"{source}: 'model_kwargs' = {kw!r} is not valid at {wrong!r}; valid: keyword arguments "
+                               "of the builder or callable, e.g. {dropout: 0.2}, never num_classes (the data decides)")
+    for key, val in (cfg.get("layers") or {}).items():
+        if val is not None and (not val or val != val.strip()):
+            raise ProfileError(f"{source}: 'layers.{key}' = {val!r} is not valid; valid: null or a module name of "
+                               "the model, e.g. layer4")
 
 
 #: the fractions the digits loader uses for a null ``split.val_fraction`` / ``split.test_fraction``
@@ -631,7 +663,7 @@ def parse_overrides(overrides) -> dict:
 
 
 #: override keys that decide the trained model: with a committed checkpoint they would not take effect
-MODEL_KEYS = ("dataset", "model", "weights", "image_size", "normalize", "seed", "split", "training")
+MODEL_KEYS = ("dataset", "model", "model_kwargs", "weights", "image_size", "normalize", "seed", "split", "training")
 _NOT_MODEL_KEYS = ("training.eval_batch_size", "training.amp")
 
 

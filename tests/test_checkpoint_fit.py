@@ -57,7 +57,7 @@ def test_another_class_order_is_refused_or_used_knowingly(tmp_path, exported, ca
 def test_a_checkpoint_without_record_says_so_and_its_hash_is_recorded(tmp_path, exported, capsys):
     exp, _ = exported
     bare = tmp_path / "bare.pt"
-    torch.save({"state_dict": exp.model.state_dict()}, bare)
+    torch.save(exp.model.state_dict(), bare)  # a plain state dict, as torch.save(model.state_dict()) writes
     other = load(tmp_path, bare)
     _ = other.model
     assert "has no record" in capsys.readouterr().err

@@ -27,8 +27,10 @@ Methods (all give the same numbers where they apply):
 ``"exact"``
     When the layer reaches the logits only through global average pooling and
     one linear layer (``model.gap_linear_head``, set by
-    :func:`helpers.models.build_model`: ResNet20 ``layer3.2``, SmallCNN
-    ``block``, InceptionV3 ``Mixed_7c``), dF_t/dy = W[t, k] / (H*W) is constant
+    :func:`helpers.models.build_model`: declared for ResNet20 ``layer3.2``, SmallCNN
+    ``block``, InceptionV3 ``Mixed_7c``; found and checked numerically for
+    ``torchvision.<builder>`` and models of your own, e.g. ResNet18 ``layer4``,
+    EfficientNet ``features``), dF_t/dy = W[t, k] / (H*W) is constant
     along the path, and the stepped sum telescopes:
     ``Cond_k = W[t, k] * (GAP_k(y(x)) - GAP_k(y(x')))`` for ``reduction="sum"``
     (divided by H*W for ``"mean"``), for every ``n_steps``.  One forward pass
@@ -171,14 +173,27 @@ def _reduce(x: Tensor, reduction: str) -> Tensor:
 
 class _Capture:
     """Forward hook on the layer: keep (a copy of) its output, optionally swap it
-    for a detached leaf that requires grad so that autograd starts at the layer."""
+    for a detached leaf that requires grad so that autograd starts at the layer.
+    A module that runs more than once per forward pass (one activation module
+    reused, as torchvision's ResNet blocks reuse their ReLU) is refused: its
+    conductance is not one layer's."""
 
     def __init__(self, module: nn.Module, leaf: bool):
         self.leaf = leaf
         self.out: Tensor | None = None
+        self.calls = 0
         self.handle = module.register_forward_hook(self)
 
+    def forward(self, model: nn.Module, x: Tensor) -> Tensor:
+        """``model(x)``, this layer's output captured once."""
+        self.calls = 0
+        return model(x)
+
     def __call__(self, module, inp, out):
+        self.calls += 1
+        if self.calls > 1:
+            raise ValueError("layer: the module runs more than once per forward pass (a reused module); valid: "
+                             "a module that runs once, e.g. the block that contains it")
         if not isinstance(out, Tensor):
             raise TypeError(f"layer output is a {type(out).__name__}, conductance needs a single tensor")
         if self.leaf:
@@ -219,14 +234,14 @@ def _exact_batch(model, layer_mod, linear, inputs, target, base, reduction, cach
     cap = _Capture(layer_mod, leaf=False)
     try:
         with torch.no_grad():
-            logits = model(inputs)
+            logits = cap.forward(model, inputs)
             a = cap.out
             # the baseline is fixed within one conductance_dataset call: key on its shape only
             key = ("exact", tuple(base.shape), base.dtype, base.device)
             if base.shape[0] == 1 and cache is not None and key in cache:
                 a0, logits0 = cache[key]
             else:
-                logits0 = model(base)
+                logits0 = cap.forward(model, base)
                 a0 = cap.out
                 if base.shape[0] == 1 and cache is not None:
                     cache[key] = (a0, logits0)
@@ -299,7 +314,7 @@ def _riemann_batch(model, layer_mod, inputs, target, base, n_steps, reduction, i
                 rows = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
                 if channels_last:
                     rows = rows.contiguous(memory_format=torch.channels_last)
-                logits = model(rows)
+                logits = cap.forward(model, rows)
                 y = cap.out
                 cap.out = None
                 if J[0] == n_steps:

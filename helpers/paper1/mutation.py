@@ -31,11 +31,30 @@ Paper 1's filter-level operators (a "weight" is a whole conv output filter)
                variant for CIFAR-10 at rate 0.01.
     ``"filter_gf"``  rate x (all conv filters); the whole kernel is replaced by
                draws from N(mean, std) of its layer's weight tensor.
-For BatchNorm networks
-    ``"bn_nai"`` rate x (all BatchNorm channels); negate the channel's gamma and
+For networks with normalisation layers
+    ``"bn_nai"`` rate x (all channels of the affine normalisation layers: BatchNorm,
+               InstanceNorm, GroupNorm, LayerNorm); negate the channel's gamma and
                beta.  After a bias-free conv this is the exact inversion of the
                channel's pre-activation (``filter_nai`` is not, because BN's running
-               mean is not negated).
+               mean is not negated).  LayerNorm (ConvNeXt's LayerNorm2d, a
+               transformer's) is treated like BatchNorm's affine parameters, not like
+               a linear layer's weights: its gamma and beta are per-channel scale and
+               shift, and negating both inverts the channel's normalised output
+               exactly, as for BN; each element of a multi-dimensional
+               ``normalized_shape`` counts as a channel.  A norm without bias has
+               its gamma negated only.
+
+Which modules.  Any module type: a module counts by its class, wherever it sits
+(``nn.Linear`` and its subclasses, every ``Conv1d/2d/3d`` including depthwise and grouped
+ones, whose output filters are the first weight dimension; squeeze-excite blocks are made of
+such convs and linears).  Transposed convolutions count for ``gf`` only (their first weight
+dimension is the input channels, not units).  A parameter counts once, where it is first
+met, and only where the module holds it itself (a weight under ``torch.nn.utils.parametrize``
+or shared with another module under another name is met once or not at all).  Parameters
+outside these modules (an attention block's in-projection, ConvNeXt's layer scale, a class
+token) are not mutated.  Activations, ``inplace=True`` or not, hold no parameters: a mutant
+is its patch of parameters, so a model with in-place activations is restored bitwise by
+``Patch.revert`` like any other.
 
 Speed: a mutant is a :class:`MutantSpec` ``(operator, rate, seed)``; :func:`make_patch`
 turns it deterministically (a private ``torch.Generator`` seeded by ``spec.seed``,
@@ -66,7 +85,7 @@ RATE_OF = {
     "ns": "the output units of each conv/linear layer",
     "filter_nai": "all conv filters",
     "filter_gf": "all conv filters",
-    "bn_nai": "all BatchNorm channels",
+    "bn_nai": "all channels of the normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm)",
 }
 
 
@@ -109,14 +128,33 @@ def n_selected(rate: float, population: int) -> int:
 
 
 # ----------------------------------------------------------------------------- layers
-def _conv_linear(model: nn.Module, conv_only: bool = False):
+def _own(model: nn.Module, keep) -> list:
+    """``(name, module)`` of the modules ``keep`` accepts whose ``weight`` is a parameter they hold themselves,
+    each parameter once (where it is first met)."""
+    out, seen = [], set()
+    for n, m in model.named_modules():
+        w = m._parameters.get("weight") if keep(m) else None
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        out.append((n, m))
+    return out
+
+
+def _conv_linear(model: nn.Module, conv_only: bool = False, units: bool = True):
+    """Conv (any dimension, depthwise and grouped too) and linear layers; ``units``: without transposed
+    convolutions (whose first weight dimension is not their output units)."""
     types = (nn.modules.conv._ConvNd,) if conv_only else (nn.modules.conv._ConvNd, nn.Linear)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, types) and m.weight is not None]
+    return _own(model, lambda m: isinstance(m, types)
+                and not (units and isinstance(m, nn.modules.conv._ConvTransposeNd)))
+
+
+#: affine normalisation layers of ``bn_nai`` (LayerNorm treated like BatchNorm's affine parameters)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def _batchnorms(model: nn.Module):
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine]
+    return _own(model, lambda m: isinstance(m, _NORMS))
 
 
 def _pname(module_name: str, attr: str) -> str:
@@ -127,12 +165,12 @@ def unit_count(model: nn.Module, operator: str) -> int:
     """Size of the population ``rate`` is a fraction of (see ``RATE_OF``); for "ns" the total units."""
     check_operator(operator)
     if operator == "gf":
-        return sum(m.weight.numel() for _, m in _conv_linear(model))
+        return sum(m.weight.numel() for _, m in _conv_linear(model, units=False))
     if operator in ("nai", "ws", "ns"):
         return sum(m.weight.shape[0] for _, m in _conv_linear(model))
     if operator in ("filter_nai", "filter_gf"):
         return sum(m.weight.shape[0] for _, m in _conv_linear(model, conv_only=True))
-    return sum(m.weight.shape[0] for _, m in _batchnorms(model))
+    return sum(m.weight.numel() for _, m in _batchnorms(model))
 
 
 # ----------------------------------------------------------------------------- patches
@@ -259,7 +297,7 @@ def gaussian_fuzzing(model: nn.Module, rate: float, generator: torch.Generator) 
     Like every operator function it returns patch entries ``[(parameter name, flat
     indices, new values)]`` and leaves the model unchanged.
     """
-    layers = _conv_linear(model)
+    layers = _conv_linear(model, units=False)
     sizes = [m.weight.numel() for _, m in layers]
     entries = []
     for li, flat in _pick_global(sizes, n_selected(rate, sum(sizes)), generator):
@@ -356,17 +394,18 @@ def filter_gaussian_fuzzing(model: nn.Module, rate: float, generator: torch.Gene
 
 
 def bn_activation_inverse(model: nn.Module, rate: float, generator: torch.Generator) -> list:
-    """Clean NAI for BatchNorm networks: ``rate`` is a fraction of ALL BatchNorm channels
-    (affine BN layers); the selected channels' gamma and beta are negated, which inverts
-    the channel's normalised pre-activation exactly (negating a bias-free conv kernel
-    does not, because BN's running mean keeps its sign)."""
+    """Clean NAI for BatchNorm networks: ``rate`` is a fraction of ALL channels of the affine
+    normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm); the selected channels'
+    gamma and beta are negated, which inverts the channel's normalised pre-activation exactly
+    (negating a bias-free conv kernel does not, because BN's running mean keeps its sign)."""
     layers = _batchnorms(model)
-    sizes = [m.weight.shape[0] for _, m in layers]
+    sizes = [m.weight.numel() for _, m in layers]
     entries = []
     for li, ch in _pick_global(sizes, n_selected(rate, sum(sizes)), generator):
         name, m = layers[li]
-        entries.append((_pname(name, "weight"), ch, -m.weight.detach().cpu()[ch]))
-        entries.append((_pname(name, "bias"), ch.clone(), -m.bias.detach().cpu()[ch]))
+        entries.append((_pname(name, "weight"), ch, -m.weight.detach().cpu().reshape(-1)[ch]))
+        if m._parameters.get("bias") is not None:
+            entries.append((_pname(name, "bias"), ch.clone(), -m.bias.detach().cpu().reshape(-1)[ch]))
     return entries
 
 
