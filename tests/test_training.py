@@ -1,6 +1,8 @@
 """Training that survives a stop (resumed bit for bit on one machine), and the pieces of paper 1's training
 recipe (docs/methods.md section 2; Keras' example cifar10_resnet.py): the shift-and-flip augmentation, the
 L2 penalty on convolution kernels, the per-pixel mean, and the Keras ResNet20 v1."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,3 +130,27 @@ def test_pixel_mean_needs_cifar10_and_zero_mean():
     cfg = load_profile("cifar10", {"normalize": {"mean": [0, 0, 0], "std": [1, 1, 1], "pixel_mean": True},
                                    "checkpoint": None})
     assert cfg["normalize"]["pixel_mean"] is True
+
+
+def test_an_unfinished_run_is_exported_and_finished_elsewhere(tmp_path, monkeypatch):
+    """--export-train-state on one machine, --resume-from on another (another cache folder here)."""
+    import helpers.experiment as experiment
+
+    over = {"checkpoint": None, "training.epochs": 2}
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "first"))
+    real = experiment.train_model
+    monkeypatch.setattr(experiment, "train_model", lambda *a, **k: real(*a, **k, on_epoch_end=stop_after_one))
+    first = Experiment("digits", over, output_dir=tmp_path / "o1", progress=False)
+    with pytest.raises(Stop):
+        _ = first.model
+    exported = experiment.export_train_state(first, tmp_path / "handover" / "state.pt")
+    monkeypatch.setattr(experiment, "train_model", real)
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "second"))
+    second = Experiment("digits", over, output_dir=tmp_path / "o2", progress=False)
+    experiment.resume_from(second, exported)
+    assert second.train_state_path.is_file() and len(second.history) == 2
+    record = json.loads(exported.with_suffix(".json").read_text())
+    assert record["epochs_done"] == 1 and second.history.iloc[0].to_dict() == record["history"][0]  # resumed
+    other = Experiment("digits", {**over, "training.lr": 0.5}, output_dir=tmp_path / "o3", progress=False)
+    with pytest.raises(ValueError, match="is the training state of model"):
+        experiment.resume_from(other, exported)  # another model's state is refused
