@@ -24,7 +24,7 @@ from helpers.cache import FRAME, JSON, TENSORS, Memo, StageCache, params_hash, s
 from helpers.checkpoints import CheckpointError, fit_problems, read_checkpoint, verified_record, write_checkpoint
 from helpers.datasets import DataBundle, data_search_dirs, load_data
 from helpers.devices import configure_device, get_device
-from helpers.models import LayerError, build_model
+from helpers.models import LayerError, build_model, load_state
 from helpers.paths import REPO_ROOT, cache_root, output_root
 from helpers.profiles import DEFAULT_PROFILE, ProfileError, load_profile, parse_overrides, stable_section
 from helpers.progress import wanted as progress_wanted
@@ -215,7 +215,7 @@ class Experiment:
                           f"not those of the committed run", stacklevel=2)
         model = self.build_model(weights=None)
         try:
-            model.load_state_dict(obj["state_dict"])
+            load_state(model, obj["state_dict"])
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint: {path} does not fit model {self.cfg['model']!r} with "
                                   f"{len(self.data.classes)} classes: {str(e).splitlines()[1].strip()[:300]}") from None
@@ -282,7 +282,7 @@ class Experiment:
             raise CheckpointError(f"model: cached {path}: tensor {bad} holds NaN or inf values; training diverged "
                                   f"(lower training.lr) or the file was damaged: delete it and its .json to retrain")
         model = self.build_model(weights=None)
-        model.load_state_dict(obj["state_dict"])
+        load_state(model, obj["state_dict"])
         return model.to(self.device).eval(), obj["history"]
 
     @property

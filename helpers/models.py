@@ -907,6 +907,19 @@ def _user_model(spec: str, num_classes: int, in_channels: int, weights, search_d
     return _finish(model, spec, num_classes, in_channels, image_size, layers, state_file)
 
 
+def load_state(model: nn.Module, state: dict) -> None:
+    """``model.load_state_dict(state)`` (strict) with the module versions of ``model`` itself where ``state``
+    carries none: a state dict kept as a plain dict (a cached stage, a checkpoint) loses them, and some
+    modules (torchvision's MNASNet) refuse a state without its version."""
+    if getattr(state, "_metadata", None) is None:
+        from collections import OrderedDict
+
+        versioned = OrderedDict(state)
+        versioned._metadata = getattr(model.state_dict(), "_metadata", None)
+        state = versioned
+    model.load_state_dict(state)
+
+
 def last_conv_layer(model: nn.Module) -> nn.Module:
     """The module named by ``model.last_conv_layer``."""
     return model.get_submodule(model.last_conv_layer)

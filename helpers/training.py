@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.datasets import ArrayImages, DataBundle
+from helpers.models import load_state
 from helpers.progress import bar as progress_bar
 from helpers.utils import atomic_path, seed_everything
 
@@ -221,7 +222,7 @@ def _training_state(model, opt, sched, scaler, gen, history) -> dict:
 
 
 def _restore(state: dict, model, opt, sched, scaler, gen) -> list[dict]:
-    model.load_state_dict(state["model"])
+    load_state(model, state["model"])
     opt.load_state_dict(state["optimizer"])
     if sched is not None:
         sched.load_state_dict(state["scheduler"])

@@ -330,3 +330,15 @@ def test_experiments_build_check_and_train_them(tmp_path, monkeypatch):
     x = torch.stack([exp.data["test"].dataset[i][0] for i in range(4)])
     c = layer_conductance(copy.deepcopy(exp.model), "block", x)
     assert c.shape == (4, 16)
+
+
+def test_a_state_kept_as_a_plain_dict_loads_into_a_versioned_torchvision_model():
+    """MNASNet refuses a state dict without its module version; states cached or checkpointed as plain
+    dicts carry none, so helpers.models.load_state supplies the model's own."""
+    from helpers.models import build_model, load_state
+
+    model = build_model("torchvision.mnasnet0_5", 3, 3, None, image_size=64)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = build_model("torchvision.mnasnet0_5", 3, 3, None, image_size=64)
+    load_state(fresh, plain)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))

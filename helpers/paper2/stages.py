@@ -21,7 +21,7 @@ from helpers.cache import NPZ, TENSORS, TENSORS_AND_ARRAYS
 from helpers.datasets import denormalize
 from helpers.evaluation import SPLIT_ORDER, baseline_table, evaluate_scores, split_inputs, with_predictions, wrong
 from helpers.experiment import Experiment
-from helpers.models import layer_output, pooled_features, pooled_head
+from helpers.models import layer_output, load_state, pooled_features, pooled_head
 from helpers.paper1.joint import fit_unified, unified_score
 from helpers.paper1.stages import conductance_for_joint, lcr_table
 from helpers.paper2 import cfe
@@ -523,7 +523,7 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
         res = fine_tune(exp.model, x_tr, y_tr, x_va, y_va, torch.from_numpy(masks), cfg, l1, l2, seed,
                         cache_prefix=d.cacheable, prefix_inputs=prefix, progress=exp.progress, device=exp.device)
         model = copy.deepcopy(exp.model).eval()
-        model.load_state_dict(res.state_dict)
+        load_state(model, res.state_dict)
         fwd = Forward(model)
         logits = {}
         with torch.no_grad():
@@ -581,7 +581,7 @@ def debugging_seeds(exp: Experiment, chosen: tuple[float, float]) -> tuple[pd.Da
 def debugged_model(exp: Experiment, l1: float, l2: float, seed: int) -> torch.nn.Module:
     """The fine-tuned model of one run (eval mode, on the experiment's device)."""
     model = copy.deepcopy(exp.model)
-    model.load_state_dict(debug_run(exp, l1, l2, seed)["state_dict"])
+    load_state(model, debug_run(exp, l1, l2, seed)["state_dict"])
     return model.eval()
 
 
