@@ -19,6 +19,9 @@ PY      := $(VENV)/bin/python
 PROFILE ?= digits
 STAMP   := $(VENV)/.installed
 LAB_ARGS ?=
+# the tests run on two worker processes (pytest-xdist; the notebooks stay on one, in order);
+# PYTEST_WORKERS= runs them in this process
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 # Our venv's kernelspec first, whatever "python3" kernels the user has elsewhere.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
@@ -40,11 +43,11 @@ figures: $(STAMP)
 
 test: lint
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax \
-		--nbval-kernel-name python3 -p no:cacheprovider
+		--nbval-kernel-name python3 -p no:cacheprovider $(PYTEST_WORKERS)
 
 test-fast: lint
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -m "not slow and not gpu" \
-		-p no:cacheprovider
+		-p no:cacheprovider $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check helpers tests benchmarks notebooks docs/tools
