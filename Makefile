@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
-#   make test      set up, then lint (ruff) and run every test: the unit tests and the nbval regression of the notebooks
+#   make test      set up, then lint (ruff) and run every test: the unit tests (two processes), then the nbval
+#                  regression of the notebooks
 #   make lab       set up, then open JupyterLab on the repository (notebooks/ first, so links to docs/ open) with the
 #                  project's kernel and autosave off (LAB_ARGS="--no-browser --port 8890")
 #   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
@@ -19,9 +20,9 @@ PY      := $(VENV)/bin/python
 PROFILE ?= digits
 STAMP   := $(VENV)/.installed
 LAB_ARGS ?=
-# the tests run on two worker processes (pytest-xdist; the notebooks stay on one, in order);
-# PYTEST_WORKERS= runs them in this process
-PYTEST_WORKERS ?= -n 2 --dist loadgroup
+# the unit tests run on two worker processes (pytest-xdist); the notebooks then run in order, in one
+# (notebook 00 starts the metrics.json that the later ones add to and check).  PYTEST_WORKERS= : one process
+PYTEST_WORKERS ?= -n 2
 
 # Our venv's kernelspec first, whatever "python3" kernels the user has elsewhere.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
@@ -42,8 +43,9 @@ figures: $(STAMP)
 	$(PY) -m helpers.tools.run_notebooks --profile $(PROFILE)
 
 test: lint
-	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax \
-		--nbval-kernel-name python3 -p no:cacheprovider $(PYTEST_WORKERS)
+	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -p no:cacheprovider $(PYTEST_WORKERS)
+	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q notebooks --nbval-lax \
+		--nbval-kernel-name python3 -p no:cacheprovider
 
 test-fast: lint
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -m "not slow and not gpu" \

@@ -47,10 +47,7 @@ def write_images(root: Path, n: int, size=(12, 10), mode="RGB", seed=0):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The notebooks (nbval items) run in a kernel process each: they are part of the slow tier, and they
-    run on one worker, in order (with ``-n 2 --dist loadgroup``): notebook 00 starts the metrics.json that
-    the later ones add to and check."""
+    """The notebooks (nbval items) run in a kernel process each: they are part of the slow tier."""
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("notebooks"))

@@ -165,7 +165,9 @@ def test_the_terminal_shows_each_stage_the_kernel_reports(tmp_path, monkeypatch)
     bar.close()
     for _ in progress.bar(range(2), desc="train (epochs)"):
         pass
-    watcher.stop()
+    watcher.stopping.set()
+    watcher.join(120)  # a loaded machine (two test workers) may take its time
+    assert not watcher.is_alive()
     lines = [ln for ln in out.getvalue().replace("\r", "\n").splitlines() if " in " in ln and " min" in ln]
     assert lines[0].startswith("[digits] 02 screen gf@0.01 (accepted mutants): 3/3 in ") and "(tried=5)" in lines[0]
     assert lines[1].startswith("[digits] 02 train (epochs): 2/2 in ")
