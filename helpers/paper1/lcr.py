@@ -248,7 +248,6 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
     run = forward_fn(model, compile and mode == "loop")
     with _eval_mode(model), torch.inference_mode():
         groups = None
-        done = 0
         for x, _ in _batches(inputs, None, batch_size):
             x = x.to(dev, non_blocking=True)
             if mode == "vmap" and m and groups is None:
@@ -281,7 +280,6 @@ def mutant_predictions(model: nn.Module, specs_or_patches, inputs, *, batch_size
                         out[s:s + k] = vmap(f, in_dims=(0, None))(st, x)
                     s += k
             chunks.append(out.cpu())
-            done += x.shape[0]
             prog.update(x.shape[0])
     prog.close()
     preds = (torch.cat(chunks, 1) if chunks else torch.zeros((m, 0), dtype=torch.int64)).numpy()
