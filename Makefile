@@ -12,8 +12,10 @@
 #                        (tests/reference/$(PROFILE)/), when a change is meant to move the numbers
 #   make kernel-matrix   $(PROFILE) from an empty cache under every CPU instruction set and 1 / 2 threads,
 #                        each compared with the reference (not part of make test; about 6 min for digits)
-#   make gpu-check       on a machine with a CUDA GPU: the gpu tests, PROFILE=cifar10 end to end with stage
-#                        timings, and the benchmarks, results in gpu-check/ (helpers/tools/gpu_check.py)
+#   make gpu-check       on a machine with a CUDA GPU, in one 8-minute window: the environment, the gpu tests,
+#                        digits end to end on the GPU against its CPU reference, the benchmarks' GPU variants;
+#                        each step within its own budget, results in gpu-check/ (helpers/tools/gpu_check.py).
+#                        Without a GPU: prints the plan and records why the GPU steps did not run
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -72,7 +74,7 @@ reference: $(STAMP)
 kernel-matrix: $(STAMP)
 	$(PY) -m helpers.tools.kernel_matrix --profile $(PROFILE)
 
-GPU_PROFILE ?= cifar10
+GPU_PROFILE ?= digits
 gpu-check: $(STAMP)
 	$(PY) -m helpers.tools.gpu_check --profile $(GPU_PROFILE)
 

@@ -1,11 +1,12 @@
 """``helpers.tools.precompute`` on 1 vs 2 processes (torch.distributed, gloo), on a real stage: the LCR label
 matrix of the ``cifar10`` profile (the committed ResNet20 on the 50,000 + 5,000 train and test images of
 the offline CIFAR-10 copy), sliced to ``N_MUTANTS`` mutants of its chosen setting (``filter_gf`` at 0.1 %, as the
-committed run chose) on ``N_IMAGES`` images of each split: 4 chunks of 10 mutants, so 2 processes get equal shares.
+committed run chose) on ``N_IMAGES`` images of each split: 2 chunks of 10 mutants x 2 image ranges of 1,000 per
+split, 8 label-matrix parts that the 2 processes take from the queue.
 
 One cache folder holds the upstream stages (data, predictions, the final screening), computed once
-first; then the label-matrix chunks are removed before each timed run, so every run computes exactly
-the same units.  Timed: 1 process x 1 thread, 2 processes x 1 thread (torchrun), and 1 process x 2
+first; then the label-matrix chunks and parts are removed before each timed run, so every run computes
+exactly the same units.  Timed: 1 process x 1 thread, 2 processes x 1 thread (torchrun), and 1 process x 2
 threads (torch's default here).  Reported: the stage's seconds (rank 0's, from the precompute summary),
 the speedup of 2 processes over 1 and the parallel efficiency (speedup / 2), and whether the three label
 matrices are identical.  On a machine with N GPUs, N processes vs 1 is the same command with
@@ -56,7 +57,7 @@ def _matrix(art: Path) -> np.ndarray:
 
 
 def _clear_chunks(art: Path) -> None:
-    for f in (art / "cifar10").glob("lcr_preds-*"):
+    for f in (art / "cifar10").glob("lcr_preds*"):  # the chunks and their parts
         f.unlink()
 
 
@@ -80,7 +81,7 @@ def run(quick: bool = False) -> dict:
     return {"precompute_lcr_matrix": {
         "device": "cpu",
         "what": f"cifar10 label matrix: {N_MUTANTS} filter_gf mutants x {N_IMAGES} train + {N_IMAGES} test images "
-                f"({2 * ((N_MUTANTS + 9) // 10)} chunks of 10 mutants)",
+                f"({2 * ((N_MUTANTS + 9) // 10) * ((N_IMAGES + 999) // 1000)} parts: 10 mutants x 1,000 images)",
         "runs": runs, "speedup_2_processes": round(one / two, 2), "parallel_efficiency": round(one / two / 2, 2),
         "speedup_2_processes_vs_2_threads": round(runs["1 process x 2 threads"]["stage_s"] / two, 2),
         "identical_labels": all(np.array_equal(ref, m) for m in matrices.values())}}

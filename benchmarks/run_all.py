@@ -25,15 +25,23 @@ import torch
 from helpers.tools.regression import cpu_name
 from helpers.utils import atomic_write_json
 
-from . import bench_cfe, bench_conductance, bench_debugging, bench_lcr, bench_lcr_matrix, bench_precompute
+from . import (
+    bench_cfe,
+    bench_conductance,
+    bench_debugging,
+    bench_lcr,
+    bench_lcr_matrix,
+    bench_precompute,
+    bench_stage_costs,
+)
 from .common import accelerator_name, bench_device
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 MODULES = {"conductance": bench_conductance, "lcr": bench_lcr, "lcr_matrix": bench_lcr_matrix, "cfe": bench_cfe,
-           "debugging": bench_debugging, "precompute": bench_precompute}
+           "debugging": bench_debugging, "precompute": bench_precompute, "stage_costs": bench_stage_costs}
 #: the result key of each benchmark
 KEYS = {"conductance": "conductance", "lcr": "lcr", "lcr_matrix": "lcr_matrix", "cfe": "cfe",
-        "debugging": "debugging", "precompute": "precompute_lcr_matrix"}
+        "debugging": "debugging", "precompute": "precompute_lcr_matrix", "stage_costs": "stage_costs"}
 
 
 def _devices(results: dict) -> dict:

@@ -8,7 +8,7 @@ The root: what both papers share
     paths         where things live: the repository's folders, the cache and output roots
     names         the models, datasets and mutation operators a profile may name; display names of scores
     experiment    one profile's run: settings, device, data, model, predictions, outputs (figures, tables, metrics)
-    cache         the stage cache: cached stages with sidecars and sha256, set-aside, stage log, formats, memo
+    cache         the stage cache: stages with sidecars and sha256, cost records, set-aside, stage log, formats, memo
     checkpoints   reading a checkpoint with its integrity checks, writing one with its provenance
     devices       the small GPU helpers: device choice (cuda, cpu, sim), kernel settings, driver check, threads
     simdevice     the simulated accelerator that runs the notebooks as a GPU would, to catch host syncs
@@ -20,7 +20,7 @@ The root: what both papers share
     metrics       AUROC with bootstrap intervals, operating points, detection reports
     plots         every figure of the notebooks
     progress      progress of the long stages: tqdm bars by hand, the batch runner's terminal in a batch run
-    notebook      the notebooks' parameter check and kernel configuration
+    notebook      the notebooks' parameter check, stepping aside where a method cannot apply, kernel configuration
     utils         seeds, atomic writes, JSON and progress-bar conventions
 
 paper1/: Leveraging Model Interpretability and Stability to increase Model Robustness (arXiv 1910.00387)
@@ -38,12 +38,13 @@ paper2/: Leveraging counterfactual concepts for debugging and improving CNN mode
 
 tools/: command-line tools around the science
     run_notebooks   papermill batch runner (``make figures``)
-    precompute      fills the stage cache on many processes (torchrun)
+    precompute      fills the stage cache on many processes (torchrun) from a queue; the LCR units' simulated schedule
     regression      headline numbers against the committed references, each with its tolerance
     report          report.md, the README's and docs' generated tables, the docs' number checks
     html_site       the static site of every profile's executed notebooks (``make html``)
     kernel_matrix   a profile from an empty cache under every CPU instruction set and thread count
-    gpu_check       the GPU checks of ``make gpu-check``
+    seed_spread     the training seed's share of every AUROC: paper 1's detectors over several training seeds
+    gpu_check       ``make gpu-check``: environment, gpu tests, a profile, benchmarks, each in its budget
     testhooks       the environment switches that tests use to inject faults, in one place
 """
 __version__ = "0.1.0"

@@ -1,14 +1,19 @@
 """The stage cache: each stage is a cached function of its parameters.
 
 ``<cache root>/<profile>/<stage>-<hash of params>.<ext>`` holds a stage's result, written atomically,
-with a JSON sidecar (params, versions, device, cost and the file's sha256, checked when it is read).
+with a JSON sidecar (params, versions, device and the file's sha256, checked when it is read).
 A damaged entry is set aside (``<file>.corrupt``) and recomputed; a rerun with the same parameters
-reuses what was finished; ``stages.json`` in the profile's output folder logs what each stage cost.
-Results are stored in named :class:`Format` s (npz, csv.gz, json, pt), never in ad-hoc pickles.
+reuses what was finished.  What computing a stage cost (seconds, peak memory, threads, when) is a fact
+about the run, not about the result: it goes to a cost record beside the cache,
+``<cache root>/.stage-costs/<profile>/<file>.json``, and ``stages.json`` in the profile's output folder
+logs it.  Results are stored in named :class:`Format` s (npz, csv.gz, json, pt), never in ad-hoc
+pickles, and every format writes the same bytes for the same result, whoever writes it and under
+whatever temporary name: a cache folder filled by one process or by many is identical file for file.
 """
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import platform
@@ -24,7 +29,7 @@ import pandas as pd
 import torch
 
 from helpers import __version__
-from helpers.utils import atomic_path, atomic_write_json, file_sha256, safe_torch_load, set_aside
+from helpers.utils import atomic_path, atomic_write_json, file_sha256, json_default, safe_torch_load, set_aside
 
 T = TypeVar("T")
 
@@ -48,7 +53,7 @@ class Format:
 
 def _save_npz(obj: dict, path) -> None:
     with open(path, "wb") as f:
-        np.savez(f, **obj)
+        np.savez(f, **obj)  # zip members dated 1980-01-01 (zipfile's default): no time in the bytes
 
 
 def _load_npz(path) -> dict:
@@ -57,7 +62,10 @@ def _load_npz(path) -> dict:
 
 
 def _save_frame(df: pd.DataFrame, path) -> None:
-    df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})  # the same bytes from every writer
+    """gzip CSV whose header holds neither a file name (the writer's temporary name would be stored) nor a
+    time: the same bytes from every writer."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        df.to_csv(gz, index=False, mode="wb")
 
 
 def _load_frame(path) -> pd.DataFrame:
@@ -73,7 +81,8 @@ def _load_json(path):
 
 
 def _save_torch(obj, path) -> None:
-    torch.save(obj, path)
+    with open(path, "wb") as f:  # a file object: torch names the archive "archive", not after the temporary file
+        torch.save(obj, f)
 
 
 def _load_torch(path):
@@ -86,7 +95,7 @@ def _load_torch_arrays(path):
 
 #: a dict of NumPy arrays (``np.savez``, no pickles)
 NPZ = Format("npz", _save_npz, _load_npz)
-#: a per-sample table keyed by ``id`` (gzip CSV with a fixed header time: the same bytes from every writer)
+#: a per-sample table keyed by ``id`` (gzip CSV, no name or time in its header: the same bytes from every writer)
 FRAME = Format("csv.gz", _save_frame, _load_frame)
 #: a JSON document
 JSON = Format("json", _save_json, _load_json)
@@ -146,22 +155,52 @@ def versions() -> dict:
             "sklearn": sklearn.__version__, "python": platform.python_version()}
 
 
+#: the cost records' folder beside the cache folders: ``<cache root>/.stage-costs/<profile>/``
+COSTS_FOLDER = ".stage-costs"
+#: what a cost record holds besides what a computation noted (:meth:`StageCache.note`)
+COST_KEYS = ("seconds", "peak_rss_mb", "threads", "device", "finished")
+
+
 class StageCache:
-    """The cached stages of one profile: files in ``folder``, their costs logged in ``log_path``.
+    """The cached stages of one profile: files in ``folder``, what computing them cost in cost records
+    (``cost_folder``, default ``<folder's parent>/.stage-costs/<folder's name>/``), logged in ``log_path``.
 
     ``device`` is recorded in each sidecar (where the stage was computed)."""
 
-    def __init__(self, folder: Path, log_path: Path, device: str):
+    def __init__(self, folder: Path, log_path: Path | None, device: str, cost_folder: Path | None = None):
         self.folder = Path(folder)
-        self.log_path = Path(log_path)
+        #: the stage log (None: none is kept, as in helpers.tools.precompute, whose costs are in the cost records)
+        self.log_path = Path(log_path) if log_path else None
         self.device = str(device)
+        self.cost_folder = Path(cost_folder) if cost_folder else self.folder.parent / COSTS_FOLDER / self.folder.name
         #: seconds each stage computed in this process took
         self.timings: dict[str, float] = {}
+        #: how many stages this process computed (rather than found cached)
+        self.computed = 0
         self._cache_only = False
+        self._notes: list[dict] = []  # one dict per stage being computed now (stages nest: upstream inside)
 
     def path(self, stage: str, params: Any, fmt: Format) -> Path:
         """Where ``stage`` for ``params`` is (or would be) cached."""
         return self.folder / f"{stage}-{params_hash(params)}.{fmt.ext}"
+
+    def cost_path(self, path: Path) -> Path:
+        """The cost record of the cached file ``path``."""
+        return self.cost_folder / f"{Path(path).name}.json"
+
+    def cost(self, stage: str, params: Any, fmt: Format) -> dict:
+        """What computing ``stage`` for ``params`` cost where it was computed: seconds, peak_rss_mb,
+        threads, device, finished, and what the computation noted (:meth:`note`); {} when unknown (computed
+        on another machine that shares no cache root).  A sidecar from before cost records had its own."""
+        path = self.path(stage, params, fmt)
+        return self._cost_of(path, sidecar_of(path))
+
+    def note(self, **facts) -> None:
+        """Inside a stage's ``compute``: add ``facts`` (e.g. seconds per epoch) to that stage's cost record,
+        so that timings never enter the cached file itself."""
+        if not self._notes:
+            raise RuntimeError("note: only inside a stage's compute")
+        self._notes[-1].update(facts)
 
     @contextlib.contextmanager
     def cached_only(self):
@@ -202,16 +241,25 @@ class StageCache:
 
     def _compute_and_save(self, stage: str, params: Any, compute: Callable[[], Any],
                           save: Callable[[Any, Path], None], path: Path, sidecar: Path) -> None:
+        """Compute, write the file and its sidecar (what the result is: the same bytes from any writer),
+        then its cost record (what computing it cost here)."""
         t0 = time.perf_counter()
-        result = compute()
+        self._notes.append({})
+        try:
+            result = compute()
+        finally:
+            notes = self._notes.pop()
         self.timings[stage] = time.perf_counter() - t0
+        self.computed += 1
         with atomic_path(path) as tmp:
             save(result, tmp)
             sha = file_sha256(tmp)
-        atomic_write_json(sidecar, {
-            "stage": stage, "params": params, "versions": versions(), "device": self.device,
-            "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
-            "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "sha256": sha})
+        atomic_write_json(sidecar, {"stage": stage, "params": params, "versions": versions(), "device": self.device,
+                                    "sha256": sha})
+        atomic_write_json(self.cost_path(path), {
+            **notes, "stage": stage, "seconds": self.timings[stage], "peak_rss_mb": round(peak_rss_mb(), 1),
+            "threads": torch.get_num_threads(), "device": self.device,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def _load_cached(self, stage: str, path: Path, sidecar: Path, load: Callable[[Path], Any]) -> Any:
         try:
@@ -233,15 +281,30 @@ class StageCache:
               file=sys.stderr, flush=True)
         return _MISSING
 
+    def _cost_of(self, path: Path, sidecar: Path) -> dict:
+        record = self.cost_path(path)
+        for source in (record, sidecar):  # a sidecar written before cost records carried the cost itself
+            try:
+                info = json.loads(source.read_text()) if source.is_file() else {}
+            except (OSError, ValueError):
+                info = {}
+            if isinstance(info, dict) and info.get("seconds") is not None:
+                return {k: v for k, v in info.items() if k not in ("params", "versions", "sha256")}
+        return {}
+
     def _log_stage(self, stage: str, key: str, sidecar: Path) -> None:
-        """Record in the stage log what the stage cost when it was computed (from its sidecar)."""
-        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        self.log_entry(f"{stage}-{key}", {
-            "stage": stage, **{k: info.get(k) for k in ("seconds", "peak_rss_mb", "threads", "device", "finished")}})
+        """Record in the stage log what the stage cost when it was computed (from its cost record)."""
+        info = self._cost_of(sidecar.with_suffix(""), sidecar)
+        self.log_entry(f"{stage}-{key}", {"stage": stage, **{k: info.get(k) for k in COST_KEYS}})
 
     def log_entry(self, key: str, entry: dict) -> None:
-        """Add ``entry`` under ``stages[key]`` of the stage log (``{"stages": {...}, "notebooks": {...}}``)."""
+        """Add ``entry`` under ``stages[key]`` of the stage log (``{"stages": {...}, "notebooks": {...}}``);
+        the file is rewritten only when that changes it (a stage read many times is logged once)."""
+        if self.log_path is None:
+            return
         log = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
+        if log.get("stages", {}).get(key) == json.loads(json.dumps(entry, default=json_default)):
+            return
         log.setdefault("stages", {})[key] = entry
         atomic_write_json(self.log_path, log)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from helpers.cache import FRAME, JSON, TENSORS, Memo, StageCache, params_hash, sidecar_of, versions
+from helpers.cache import FRAME, JSON, TENSORS, Memo, StageCache, params_hash, versions
 from helpers.checkpoints import CheckpointError, fit_problems, read_checkpoint, verified_record, write_checkpoint
 from helpers.datasets import DataBundle, data_search_dirs, load_data
 from helpers.devices import configure_device, get_device
@@ -156,9 +156,13 @@ class Experiment:
         """What the model (and so every later stage) depends on: the cache key's core.  Computed once
         per experiment: it hashes the weight / checkpoint files, and every stage's key includes it."""
         c = self.cfg
+        checkpoint = self._path_of(c.get("checkpoint"))
+        trained_here = checkpoint is None or not checkpoint.is_file()  # a checkpoint file is loaded, not trained
+        # amp changes the model only where it is trained, on CUDA: a loaded checkpoint is the same model on
+        # any device, so its keys are the same on a GPU machine and on a CPU machine (docs/scaling-out.md)
         params = {"data": self.data_key, "model": c["model"], "weights": c["weights"],
                   "training": stable_section(c, "training"),
-                  "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda"}
+                  "seed": c["seed"], "amp": c["training"]["amp"] and self.device.type == "cuda" and trained_here}
         for key in ("model_kwargs", "layers"):  # only where a profile sets them: the others' keys stay as they were
             if c.get(key):
                 params[key] = c[key]
@@ -246,9 +250,8 @@ class Experiment:
                 "data_source": self.data.source, "data_fingerprint": self.data.fingerprint,
                 "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
                 "train_seconds": None, "train_threads": None, "train_device": None, "versions": versions()}
-        sidecar = sidecar_of(self.cache.path("model", self.model_params, TENSORS))
-        if sidecar.is_file():
-            trained = json.loads(sidecar.read_text())
+        trained = self.cache.cost("model", self.model_params, TENSORS)  # what training cost, where it ran
+        if trained:
             info.update(train_seconds=trained.get("seconds"), train_threads=trained.get("threads"),
                         train_device=trained.get("device"))
         return write_checkpoint(path, self.model.state_dict(), self._model_and_history[1], info)
@@ -264,13 +267,13 @@ class Experiment:
             if self._missing_checkpoint is not None:
                 print(f"checkpoint: no file at {self._missing_checkpoint}; training a new model instead "
                       "(if_no_checkpoint: train)", file=sys.stderr, flush=True)
-            seed_everything(self.seed)  # the same initial weights as head_features' model, even random ones
+            seed_everything(self.train_seed)  # the same initial weights as head_features' model, even random ones
             model = self.build_model()
             history = []
             if self.cfg["training"]["head_epochs"]:
                 g, y = self.head_features()
-                history += train_head(model, g, y, self.cfg["training"], self.seed)
-            history += train_model(model, self.data.model_bundle(), self.cfg["training"], self.seed, self.device,
+                history += train_head(model, g, y, self.cfg["training"], self.train_seed)
+            history += train_model(model, self.data.model_bundle(), self.cfg["training"], self.train_seed, self.device,
                                    self.progress, self.loader_options, state_path=self.train_state_path)
             return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
 
@@ -291,6 +294,12 @@ class Experiment:
         model it will become: a stopped run resumes from it, and it is removed once the model is cached."""
         return self.cache.path("model", self.model_params, TENSORS).with_suffix(".train.pt")
 
+    @property
+    def train_seed(self) -> int:
+        """The seed of the model's initial weights and training order: ``training.seed``, else ``seed``."""
+        t = self.cfg["training"].get("seed")
+        return self.seed if t is None else t
+
     def head_features(self) -> tuple[dict, dict]:
         """Pooled features ``g`` of the train and val images under the initial (pretrained, frozen)
         weights, and their labels: the input of :func:`training.train_head` (cached)."""
@@ -298,11 +307,11 @@ class Experiment:
         from helpers.training import iterate_batches
 
         c = self.cfg
-        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "seed": self.seed,
+        params = {"data": self.data_key, "model": c["model"], "weights": c["weights"], "seed": self.train_seed,
                   **{k: v for k, v in self.model_params.items() if k in ("weights_file", "model_kwargs")}}
 
         def compute():
-            seed_everything(self.seed)  # the model that is then trained draws the same initial weights
+            seed_everything(self.train_seed)  # the model that is then trained draws the same initial weights
             model = self.build_model().to(self.device).eval()
             out = {}
             for split in ("train", "val"):

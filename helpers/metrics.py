@@ -1,4 +1,6 @@
-"""Error-detection metrics: AUROC (with bootstrap CI), AUPR, FPR@95TPR, AURC, recalls, thresholds.
+"""Error-detection metrics: AUROC (with bootstrap CI), AUPR, FPR@95TPR, AURC, recalls, thresholds; and the
+comparisons the write-ups state as verdicts (a paired AUROC difference, a sign test, random flags, the
+interval of a minimum detectable effect).
 
 Conventions (used by every function here; docs/methods.md sections 2, 4, 5):
 
@@ -21,6 +23,7 @@ is computed here from the risk-coverage curve.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -340,14 +343,19 @@ def detection_report(y_wrong, score, threshold: float, n_bootstrap: int = 1000, 
     return {k: float(rep[k]) for k in REPORT_KEYS}
 
 
+#: the formatted validation AUROC of :func:`results_table`: the interval resamples the validation images of
+#: one trained model, not the training seed
+VAL_AUROC_COLUMN = "val AUROC [95 % CI over val images]"
+
+
 def results_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
     """Paper 1 Table 4-6 layout: one row per setting (conductance, LCR, joint NN, baselines...).
 
     ``rows`` maps a setting name to ``{"val": report, "test": report}`` (reports from
     :func:`detection_report`).  Columns: numeric ``auroc``, ``ci_low``, ``ci_high``
-    (validation AUROC and its CI), ``val AUROC`` (formatted ``"0.927 [0.915,
-    0.938]"``), ``val correct recall``, ``val wrong recall``, ``test correct
-    recall``, ``test wrong recall``.
+    (validation AUROC and its CI), :data:`VAL_AUROC_COLUMN` (formatted ``"0.927 [0.915,
+    0.938]"``, its header naming what the interval resamples), ``val correct recall``,
+    ``val wrong recall``, ``test correct recall``, ``test wrong recall``.
     """
     if not isinstance(rows, Mapping):
         raise ValueError(f"rows: {type(rows).__name__} is not valid; "
@@ -362,14 +370,89 @@ def results_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.D
             "auroc": float(v["auroc"]),
             "ci_low": float(v["auroc_ci_low"]),
             "ci_high": float(v["auroc_ci_high"]),
-            "val AUROC": f"{v['auroc']:.3f} [{v['auroc_ci_low']:.3f}, {v['auroc_ci_high']:.3f}]",
+            VAL_AUROC_COLUMN: f"{v['auroc']:.3f} [{v['auroc_ci_low']:.3f}, {v['auroc_ci_high']:.3f}]",
             "val correct recall": float(v["correct_recall"]),
             "val wrong recall": float(v["wrong_recall"]),
             "test correct recall": float(t["correct_recall"]),
             "test wrong recall": float(t["wrong_recall"]),
         }
-    cols = ["auroc", "ci_low", "ci_high", "val AUROC", "val correct recall", "val wrong recall",
+    cols = ["auroc", "ci_low", "ci_high", VAL_AUROC_COLUMN, "val correct recall", "val wrong recall",
             "test correct recall", "test wrong recall"]
     df = pd.DataFrame.from_dict(records, orient="index", columns=cols)
     df.index.name = "setting"
     return df
+
+
+# --------------------------------------------------------------------------- comparisons (beyond the papers)
+def paired_auroc_difference(y_wrong, score_a, score_b, n_bootstrap: int = 1000, alpha: float = 0.05,
+                            seed: int = 0) -> dict:
+    """AUROC(a) - AUROC(b) of two scores of the SAME predictions, with a paired bootstrap.
+
+    Each resample draws the predictions once (stratified, as :func:`auroc_ci`) and scores both
+    detectors on it, so the interval is that of the difference, narrower than two overlapping
+    intervals suggest when the scores are correlated.  Keys: ``difference``, ``ci_low``,
+    ``ci_high`` (percentile, ``1 - alpha``) and ``p_value``: the two-sided bootstrap p-value of "no
+    difference", twice the smaller share of resampled differences on either side of 0, counted as
+    (k + 1) / (B + 1) so that it is never 0 (Davison & Hinkley 1997, sec. 4.4).  DeLong's test would do
+    the same job; neither SciPy nor scikit-learn has it, and this reuses the bootstrap of the intervals."""
+    y, a = _check(y_wrong, score_a)
+    _, b = _check(y_wrong, score_b)
+    n_bootstrap = int(n_bootstrap)
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap: {n_bootstrap} is not valid; it must be a positive integer")
+    rng = np.random.default_rng(seed)
+    neg, pos = y == 0, y == 1
+    order_a, order_b = np.argsort(a[neg], kind="stable"), np.argsort(b[neg], kind="stable")
+    chunk = max(1, int(2e7 // max(1, y.size)))
+    diffs, done = [], 0
+    while done < n_bootstrap:
+        k = min(chunk, n_bootstrap - done)
+        c_neg, c_pos = _bootstrap_counts(rng, int(neg.sum()), k), _bootstrap_counts(rng, int(pos.sum()), k)
+        diffs.append(_auroc_weighted(a[neg][order_a], a[pos], c_neg[:, order_a], c_pos)
+                     - _auroc_weighted(b[neg][order_b], b[pos], c_neg[:, order_b], c_pos))
+        done += k
+    d = np.concatenate(diffs)
+    low, high = np.quantile(d, [alpha / 2.0, 1.0 - alpha / 2.0])
+    tail = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    return {"difference": auroc(y, a) - auroc(y, b), "ci_low": float(low), "ci_high": float(high),
+            "p_value": float(min(1.0, 2.0 * (tail + 1) / (n_bootstrap + 1)))}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test of wins against losses, ties left out (``scipy.stats.binomtest`` at 1/2);
+    1.0 when there is neither."""
+    from scipy.stats import binomtest
+
+    wins, losses = int(wins), int(losses)
+    return 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def random_flags_p(caught: int, n: int, errors: int, flagged: int) -> tuple[float, float]:
+    """One-sided p-values of a rule that catches ``caught`` errors with ``flagged`` flags among ``n``
+    predictions holding ``errors`` errors, against flags drawn at random from the same ``n``
+    (hypergeometric, ``scipy.stats.hypergeom``): (P(random catches >= caught), P(random catches <=
+    caught)).  A small first value: the rule catches more than chance; a small second: fewer."""
+    from scipy.stats import hypergeom
+
+    n, errors, flagged, caught = int(n), int(errors), int(flagged), int(caught)
+    if not (n and errors and flagged):
+        return 1.0, 1.0
+    dist = hypergeom(n, errors, flagged)
+    return float(dist.sf(caught - 1)), float(dist.cdf(caught))
+
+
+def mde_interval(mde: float, n_seeds: int, level: float = 0.95) -> tuple[float, float]:
+    """Interval of a minimum detectable effect computed from the SD of ``n_seeds`` paired differences.
+
+    The MDE is a fixed multiple of that SD, and an SD from n values is itself uncertain:
+    (n - 1) s^2 / sigma^2 follows a chi-square law with n - 1 degrees of freedom
+    (``scipy.stats.chi2``), so the MDE's ``level`` interval is MDE x sqrt((n - 1) / chi2 quantiles).
+    NaN with fewer than two seeds."""
+    from scipy.stats import chi2
+
+    n = int(n_seeds)
+    if n < 2 or not math.isfinite(float(mde)):
+        return float("nan"), float("nan")
+    q = (1.0 - level) / 2.0
+    df = n - 1
+    return (float(mde) * math.sqrt(df / chi2.ppf(1.0 - q, df)), float(mde) * math.sqrt(df / chi2.ppf(q, df)))

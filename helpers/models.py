@@ -925,6 +925,16 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
     return model.get_submodule(model.last_conv_layer)
 
 
+def pooled_head_missing(model: nn.Module) -> str | None:
+    """Why paper 2 cannot run on ``model`` (it has no global-average-pool + linear head, see
+    :func:`pooled_head`), or None when it can."""
+    try:
+        pooled_head(model)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def pooled_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """Paper 2's pooled features ``g`` and final linear layer (docs/methods.md section 6): the name of the
     module whose output, globally average-pooled, is ``g``, and the linear layer that maps ``g`` to

@@ -48,6 +48,41 @@ def check_parameters(namespace: dict) -> None:
                            "(e.g. papermill in.ipynb out.ipynb -p profile cifar10)")
 
 
+def _no_op_cell(lines: list[str]) -> list[str]:
+    """An IPython input transformer that turns a cell into nothing (:func:`step_aside`)."""
+    return []
+
+
+def step_aside(reason: str | None, exp=None, notebook: str = "") -> bool:
+    """Stop a notebook cleanly when its method cannot apply to the experiment's model: with a ``reason``,
+    show it (Markdown), record it in ``metrics.json`` (``skipped.<notebook>``, read by the batch runner
+    and the report) and turn every later cell of this kernel into an empty one, so the notebook finishes
+    without error and without output below the reason.  Call it as the last statement of a cell (the
+    cell that calls it has already been parsed).  Returns True when the notebook steps aside."""
+    if reason is None:
+        if exp is not None and notebook in exp.metrics().get("skipped", {}):  # an earlier run's reason is stale
+            m = exp.metrics()
+            m["skipped"].pop(notebook)
+            exp.update_metrics(m, fresh=True)
+        return False
+    message = f"**This notebook steps aside; the cells below do not run.** {reason}"
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython is a dependency of the notebooks extra
+        get_ipython = None
+    shell = get_ipython() if get_ipython is not None else None
+    if shell is not None:
+        display(Markdown(message))
+        if _no_op_cell not in shell.input_transformers_post:
+            shell.input_transformers_post.append(_no_op_cell)
+    else:
+        print(message)
+    if exp is not None:
+        exp.update_metrics({"skipped": {notebook or "notebook": reason}})
+    return True
+
+
 class PlainTcpWarningFilter:
     """A logging filter for the kernel (``.venv/etc/ipython/ipython_kernel_config.py``, written by
     ``make setup``): drops ipykernel's "Kernel is running over TCP without encryption" warning and

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from helpers.names import DATASET_NAMES, MODEL_FORMS, MODEL_NAMES, MUTATION_OPERATORS, model_kind
+from helpers.names import DATASET_NAMES, MODEL_FORMS, MODEL_NAMES, MUTATION_OPERATORS, TORCHVISION_PREFIX, model_kind
 from helpers.paths import PARAMS_DIR, REPO_ROOT
 
 DEFAULT_PROFILE = "digits"
@@ -97,6 +97,10 @@ SCHEMA: dict[str, Any] = {
     },
     "training": {
         "epochs": (int, True, {"min": 0, "max": 1000}),
+        # the seed of the model's initial weights and of the training batches' order and augmentation; null:
+        # the profile's `seed`.  Another value trains another model on the same splits, with the same mutants
+        # and classifiers (helpers.tools.seed_spread: the training seed's share of every AUROC)
+        "seed": ((int, _OPT), False, {"min": 0, "max": 2**32 - 1}),
         "batch_size": (int, True, {"min": 1}),
         "optimizer": (str, True, ("sgd", "adam")),
         "lr": (_NUM, True, {"min": 0.0, "max": 10.0}),
@@ -214,7 +218,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "training": {"momentum": 0.9, "weight_decay": 0.0, "schedule": "none", "augmentation": "none",
                  "amp": True, "eval_batch_size": 512, "head_epochs": 0, "head_lr": 0.01, "trainable": "all",
-                 "kernel_l2": 0.0},
+                 "kernel_l2": 0.0, "seed": None},
     "conductance": {"layer": None, "n_steps": 10, "method": "auto", "reduction": "sum",
                     "classes": [0, 1, 2], "top_k": 5,
                     "detector": {"epochs": 20, "batch_size": 50, "lr": 1e-3, "patience": 5},
@@ -240,7 +244,8 @@ DEFAULTS: dict[str, Any] = {
 
 #: keys added after caches and checkpoints existed, with their defaults: cache keys leave a key out
 #: while it keeps its default (:func:`stable_section`), so those caches and records stay valid
-LATE_DEFAULTS = {"training": {k: DEFAULTS["training"][k] for k in ("head_epochs", "head_lr", "trainable", "kernel_l2")},
+LATE_DEFAULTS = {"training": {k: DEFAULTS["training"][k] for k in ("head_epochs", "head_lr", "trainable", "kernel_l2",
+                                                                   "seed")},
                  "split": {"analysis_from_test": None}}
 
 
@@ -384,7 +389,9 @@ def _validate(cfg: dict, schema: dict, where: str, source: str) -> None:
         types, required, check = spec
         if key not in cfg:
             if required:
-                raise ProfileError(f"{source}: missing required key {full!r} ({_type_name(types)})")
+                hint = (" or, for a torchvision.<builder> model, torchvision weights in `weights:` (their own "
+                        "transforms give it)" if full.split(".")[0] in WEIGHTS_DEFAULTS else "")
+                raise ProfileError(f"{source}: missing required key {full!r} ({_type_name(types)}){hint}")
             continue
         val = cfg[key]
         ts = types if isinstance(types, tuple) else (types,)
@@ -464,6 +471,7 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
         ov = _expand_dotted(overrides)
         _validate_partial(ov, SCHEMA, "", "overrides")
         raw = _merge(raw, ov)
+    raw = _defaults_from_weights(raw)
     _validate(raw, SCHEMA, "", source)
     cfg = _merge(DEFAULTS, raw)
     _check_lists(cfg, source)
@@ -538,6 +546,51 @@ def _check_lists(cfg: dict, source: str) -> None:
             hint = f" (one module: [{val}])" if isinstance(val, str) and val else ""
             raise bad(key, val, f"{' or '.join(repr(x) for x in special)}, or a non-empty list of module names, "
                       f"e.g. [features, linear]{hint}")
+
+
+#: the keys that torchvision weights' own transforms give when a profile leaves them out
+WEIGHTS_DEFAULTS = ("image_size", "normalize")
+
+
+def weights_transforms(model, weights) -> dict | None:
+    """``image_size`` and ``normalize`` as the torchvision weights named by ``weights`` preprocess their
+    images (``<Weights>.transforms()``: the crop size, the mean and std), for a ``torchvision.<builder>``
+    model and a weights name of that builder (``DEFAULT``, ``IMAGENET1K_V1``, the full enum name, or
+    ``pretrained``); None for any other model or weights (a file, null).  Needs no network: the transforms
+    are metadata of the weights enum.  The companion resizes each image to the crop size instead of
+    torchvision's resize-then-centre-crop (docs/your-model.md)."""
+    if model_kind(model) != "torchvision" or weights in (None, "none") or not isinstance(weights, str):
+        return None
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(model[len(TORCHVISION_PREFIX):])
+    except (KeyError, ValueError):
+        return None
+    short = "DEFAULT" if weights in ("pretrained", "imagenet") else weights.removeprefix(enum.__name__ + ".")
+    if short not in enum.__members__:
+        return None
+    t = enum[short].transforms()
+    crop, mean, std = getattr(t, "crop_size", None), getattr(t, "mean", None), getattr(t, "std", None)
+    if not crop or mean is None or std is None:
+        return None
+    return {"image_size": int(crop[0]), "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}}
+
+
+def _defaults_from_weights(raw: dict) -> dict:
+    """Fill ``image_size`` / ``normalize`` (mean, std) that a profile leaves out from its torchvision
+    weights' transforms (:func:`weights_transforms`); keys the profile sets are kept as they are."""
+    if all(k in raw for k in WEIGHTS_DEFAULTS) and all(k in (raw.get("normalize") or {}) for k in ("mean", "std")):
+        return raw
+    found = weights_transforms(raw.get("model"), raw.get("weights"))
+    if found is None:
+        return raw
+    out = dict(raw)
+    out.setdefault("image_size", found["image_size"])
+    norm = out.get("normalize")
+    if norm is None or isinstance(norm, dict):
+        out["normalize"] = {**found["normalize"], **(norm or {})}
+    return out
 
 
 def _check_model_keys(cfg: dict, source: str) -> None:

@@ -7,13 +7,25 @@ A ``sim`` tensor is a wrapper subclass that holds CPU data and checks every aten
 - an op that mixes ``sim`` tensors with CPU tensors raises, except where CUDA allows it: 0-dim CPU
   tensors (scalars), CPU index tensors in indexing ops, and copies between devices;
 - ``.numpy()`` of a ``sim`` tensor raises (as for a CUDA tensor: call ``.cpu()`` first);
-- every host-device synchronisation (``.item()``, a copy to the CPU, a data-dependent shape such as
-  ``nonzero``) is counted by the source line in this repository that caused it.
+- every host-device synchronisation (``.item()``, ``float()`` / ``int()`` / ``bool()`` of a tensor, a copy
+  to the CPU, a data-dependent shape such as ``nonzero``) is counted against the source line that asked
+  for it: the innermost frame of this repository's code (not torch's, not this module's).  A sync written
+  in a loop body is charged to that line; one made inside torch (``GradScaler.step``) to the repository
+  line that called into torch;
+- ``torch.autocast("sim", dtype=torch.float16)`` casts as CUDA's autocast does for the ops listed in
+  :data:`AUTOCAST_LOWER` (to float16) and :data:`AUTOCAST_FP32` (to float32; the ``_UNLESS_DTYPE`` ones
+  only without an explicit ``dtype``), CUDA's policy in ``aten/src/ATen/autocast_mode.cpp``; every other
+  op runs in the dtype it is given (CUDA's "promote" rule is left to the CPU kernels' own type promotion).
+  ``GradScaler("sim")`` and the fused optimizers run their CPU kernels.
 
-``COMPANION_SIMULATED_REPORT=path`` writes, at exit, ``{"mismatches": n, "syncs": {"file:line function": n}}``:
-a mismatch caught and swallowed by the code under test still counts.  Nothing is faster on ``sim``: it
-proves device placement, not speed.  CUDA-only branches (AMP, cuDNN, pinned memory, CUDA streams) do
-not run on it; the ``gpu``-marked tests run those on a real GPU (docs/gpu.md).
+``COMPANION_SIMULATED_REPORT=folder`` makes every process that registers the device write, at exit, its
+own report ``<folder>/<label>.<pid>.json``: ``{"pid", "notebook", "argv", "mismatches": n, "syncs":
+{"file:line function": n}}``, where ``notebook`` (and ``label``) is the notebook a batch run's kernel
+executes (``COMPANION_NOTEBOOK``, set by :mod:`helpers.tools.run_notebooks`), else None (``process``).
+A mismatch caught and swallowed by the code under test still counts.  Nothing is faster on ``sim``: it
+proves device placement and counts syncs, not speed.  CUDA-only branches (cuDNN settings, pinned memory,
+channels_last, CUDA streams, TF32) do not run on it, and float16 arithmetic here is the CPU's; the
+``gpu``-marked tests run those on a real GPU (docs/gpu.md).
 """
 from __future__ import annotations
 
@@ -21,7 +33,8 @@ import atexit
 import collections
 import json
 import os
-import traceback
+import sys
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -30,7 +43,12 @@ from torch.utils._pytree import tree_map
 NAME = "sim"
 ENV = "COMPANION_SIMULATED_ACCELERATOR"
 REPORT_ENV = "COMPANION_SIMULATED_REPORT"
-_REPO = str(Path(__file__).resolve().parents[1])
+#: the notebook a kernel executes, set for its kernels by helpers.tools.run_notebooks (a report's name)
+NOTEBOOK_ENV = "COMPANION_NOTEBOOK"
+_REPO = str(Path(__file__).resolve().parents[1]) + os.sep
+_HERE = str(Path(__file__).resolve())
+#: code that is never the line that asked: the standard library's and installed packages' (torch among them)
+_LIBRARIES = tuple({sysconfig.get_paths()["stdlib"] + os.sep, sysconfig.get_paths()["platstdlib"] + os.sep})
 
 #: ops that may take CPU tensors beside device tensors on CUDA as well
 _CROSS_DEVICE_OK = {"copy_", "_copy_from", "_copy_from_and_resize", "_has_compatible_shallow_copy_type", "_to_copy",
@@ -47,16 +65,23 @@ def enabled() -> bool:
 
 
 def _caller() -> str:
-    """The innermost frame of this repository outside this module (else the innermost frame)."""
-    frames = traceback.extract_stack()[:-3]
-    for f in reversed(frames):
-        if (f.filename.startswith(_REPO) and "site-packages" not in f.filename
-                and not f.filename.endswith("simdevice.py")):
-            return f"{os.path.relpath(f.filename, _REPO)}:{f.lineno} {f.name}"
-    for f in reversed(frames):
-        if "site-packages" not in f.filename and not f.filename.endswith("simdevice.py"):
-            return f"{f.filename}:{f.lineno} {f.name}"
-    return "?"
+    """The source line that asked for the op being checked: the innermost frame of this repository's code
+    outside this module (not torch's, not the virtual environment's), else the innermost frame outside torch,
+    the standard library and this module (a script, ``python -c``), as ``"file:line function"``.
+
+    Every frame is looked at, the one that called into torch included: ``x.item()`` in a loop body is charged
+    to that line of the loop, not to the line that called the function holding the loop."""
+    outside = None
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if name != _HERE and "site-packages" not in name and not name.startswith(("<frozen", *_LIBRARIES)):
+            if name.startswith(_REPO):
+                return f"{os.path.relpath(name, _REPO)}:{f.f_lineno} {f.f_code.co_name}"
+            if outside is None:
+                outside = f"{name}:{f.f_lineno} {f.f_code.co_name}"
+        f = f.f_back
+    return outside or "?"
 
 
 class SimTensor(torch.Tensor):
@@ -185,9 +210,78 @@ class _Backend:
         return 2 << 30, 4 << 30
 
 
-def _write_report(path: str) -> None:
-    data = {"mismatches": stats["mismatches"], "syncs": dict(stats["syncs"].most_common())}
-    Path(path).write_text(json.dumps(data, indent=1))
+#: ops that CUDA's autocast runs in float16 (its ``lower_precision_fp`` list), as far as this companion uses them
+AUTOCAST_LOWER = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
+                  "conv_transpose2d.input", "linear", "matmul", "mm", "addmm", "bmm", "baddbmm", "addbmm", "mv",
+                  "addmv", "einsum", "prelu")
+#: ops that it runs in float32 (its ``fp32`` list: losses, norms, exp / log)
+AUTOCAST_FP32 = ("cross_entropy_loss", "nll_loss", "nll_loss2d", "binary_cross_entropy_with_logits", "mse_loss",
+                 "l1_loss", "smooth_l1_loss", "kl_div", "layer_norm", "group_norm", "softplus", "exp", "log",
+                 "log1p", "rsqrt", "reciprocal", "pow.Tensor_Scalar", "logsumexp", "cdist")
+#: ops that it runs in float32 unless the call names an output dtype (its ``fp32_set_opt_dtype`` list)
+AUTOCAST_FP32_UNLESS_DTYPE = ("softmax.int", "log_softmax.int", "sum", "sum.dim_IntList", "cumsum", "prod")
+
+
+def _autocast_kernel(op, dtype_of):
+    """The ``AutocastPrivateUse1`` kernel of ``op``: floating ``sim`` tensors other than float64 cast to
+    ``dtype_of(args, kwargs)`` (None: unchanged), then the op below autocast (as CUDA's ``cached_cast``)."""
+    from torch._C import DispatchKey, DispatchKeySet
+
+    below = DispatchKeySet(DispatchKey.AutocastPrivateUse1)
+
+    def kernel(*args, **kwargs):
+        dtype = dtype_of(args, kwargs)
+        if dtype is not None:
+            def cast(t):
+                return (t.to(dtype) if isinstance(t, SimTensor) and t.is_floating_point()
+                        and t.dtype not in (torch.float64, dtype) else t)
+            args, kwargs = tree_map(cast, args), tree_map(cast, kwargs)
+        with torch._C._ExcludeDispatchKeyGuard(below):
+            return op(*args, **kwargs)
+
+    return kernel
+
+
+def _register_autocast() -> list:
+    """Autocast on ``sim``: CUDA's casting policy for the listed ops, a fallthrough for every other op (no
+    cast).  Returns the libraries, which must live as long as the registrations."""
+    fall = torch.library.Library("_", "IMPL")
+    fall.fallback(torch.library.fallthrough_kernel, "AutocastPrivateUse1")
+    lib = torch.library.Library("aten", "IMPL")
+
+    def unless_dtype(args, kwargs):
+        given = kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args)
+        return None if given else torch.float32
+
+    policies = ([(n, lambda a, k: torch.get_autocast_dtype(NAME)) for n in AUTOCAST_LOWER]
+                + [(n, lambda a, k: torch.float32) for n in AUTOCAST_FP32]
+                + [(n, unless_dtype) for n in AUTOCAST_FP32_UNLESS_DTYPE])
+    for qualified, dtype_of in policies:
+        name, _, overload = qualified.partition(".")
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is None or (overload or "default") not in packet.overloads():
+            continue  # not an op of this torch version
+        lib.impl(qualified, _autocast_kernel(getattr(packet, overload or "default"), dtype_of), "AutocastPrivateUse1")
+    return [fall, lib]
+
+
+def report_label() -> str:
+    """The name a process's report carries: its notebook's stem in a batch run's kernel, else ``process``."""
+    nb = os.environ.get(NOTEBOOK_ENV)
+    return Path(nb).stem if nb else "process"
+
+
+def _write_report(folder: str) -> None:
+    data = {"pid": os.getpid(), "notebook": os.environ.get(NOTEBOOK_ENV), "argv": sys.argv,
+            "mismatches": stats["mismatches"], "syncs": dict(stats["syncs"].most_common())}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{report_label()}.{os.getpid()}.json").write_text(json.dumps(data, indent=1))
+
+
+def read_reports(folder) -> list[dict]:
+    """Every process's report in ``folder`` (:func:`_write_report`), by file name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
 
 
 def register() -> torch.device:
@@ -203,7 +297,7 @@ def register() -> torch.device:
     lib.impl("empty.memory_format", _empty, "PrivateUse1")
     lib.impl("empty_strided", _empty_strided, "PrivateUse1")
     lib.impl("_copy_from", _copy_from, "PrivateUse1")
-    globals()["_lib"] = lib  # the registrations live as long as the library object
+    globals()["_libs"] = [lib, *_register_autocast()]  # the registrations live as long as the library objects
     if os.environ.get(REPORT_ENV):
         atexit.register(_write_report, os.environ[REPORT_ENV])
     return _device

@@ -101,13 +101,17 @@ def param_groups(model: nn.Module, tcfg: dict) -> list[dict]:
             {"params": [p for p in params if id(p) not in kernels]}]
 
 
-def _optimizer(model: nn.Module, tcfg, lr=None):
+def _optimizer(model: nn.Module, tcfg, lr=None, fused: bool = False):
+    """The profile's optimizer.  ``fused`` (with AMP): torch's fused kernel, which takes the loss scaler's
+    inf check as a device tensor, so that ``GradScaler.step`` does not read it on the host every step (the
+    unfused step does: ``_maybe_opt_step``'s ``found_inf.item()``)."""
     groups = param_groups(model, tcfg)
     lr = tcfg["lr"] if lr is None else lr
+    extra = {"fused": True} if fused else {}
     if tcfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=tcfg["momentum"],
-                               weight_decay=tcfg["weight_decay"], nesterov=tcfg["momentum"] > 0)
-    return torch.optim.Adam(groups, lr=lr, weight_decay=tcfg["weight_decay"])
+                               weight_decay=tcfg["weight_decay"], nesterov=tcfg["momentum"] > 0, **extra)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=tcfg["weight_decay"], **extra)
 
 
 def module_names(model: nn.Module, spec, key: str, special: str = "'all'") -> list[str]:
@@ -236,10 +240,15 @@ def _restore(state: dict, model, opt, sched, scaler, gen) -> list[dict]:
 
 def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, device: torch.device,
                 progress: bool = True, loader: dict | None = None, state_path: Path | None = None,
-                on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
+                on_epoch_end: Callable[[int], None] | None = None, amp: bool | None = None) -> list[dict]:
     """Train on the train split; returns the per-epoch history (loss, train and val accuracy).
     The running loss and accuracy are summed on the device and read once per epoch (no host sync
     per step).  ``loader``: keyword arguments of :func:`iterate_batches`.
+
+    ``amp``: mixed precision (float16 autocast, a loss scaler and a fused optimizer, whose step takes the
+    scaler's inf check on the device: no host sync per step either).  None: ``training.amp`` on CUDA only,
+    as ``Experiment.model_params`` records it.  True runs it on any device; on the simulated accelerator
+    (:mod:`helpers.simdevice`) that is the test of this path without a GPU.
 
     ``state_path``: after every epoch the whole training state (:func:`_training_state`) is written there
     atomically, and a run that finds it resumes after its last epoch: on one machine, a run stopped and
@@ -248,15 +257,15 @@ def train_model(model: nn.Module, data: DataBundle, tcfg: dict, seed: int, devic
     loader = loader or {}
     gen = seed_everything(seed)
     model.to(device)
-    use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
+    use_amp = bool(tcfg.get("amp")) and device.type == "cuda" if amp is None else bool(amp)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     train_ds = data["train"].dataset
     steps = math.ceil(len(train_ds) / tcfg["batch_size"])
     freeze_all_but(model, tcfg.get("trainable", "all"))
-    opt = _optimizer(model, tcfg)
+    opt = _optimizer(model, tcfg, fused=use_amp)
     sched = _scheduler(opt, tcfg, steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     history = []
     if state_path is not None and Path(state_path).is_file():
         history = _restore(torch.load(state_path, map_location=device, weights_only=True), model, opt, sched,

@@ -27,15 +27,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def _writer_tag() -> str:
+    """``<host>-<pid>``: which process writes a temporary file (:func:`remove_orphan_temporaries`)."""
+    import socket
+
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A crash or interrupt leaves no file at ``path`` that a rerun could mistake for finished work.
+    A crash or interrupt leaves no file at ``path`` that a rerun could mistake for finished work.  The
+    temporary file's name, ``.<name>.<host>-<pid>.<random>.tmp``, says which process writes it, so that one
+    left by a killed process can be told from one being written (:func:`remove_orphan_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -45,6 +54,30 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_orphan_temporaries(folder) -> list[str]:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` that a process of this machine left
+    when it was killed mid-write (its pid is gone); files of live processes and of other machines stay.
+    Returns the names removed."""
+    folder, host = Path(folder), _writer_tag().rsplit("-", 1)[0]
+    removed = []
+    for f in folder.glob(".*.tmp") if folder.is_dir() else []:
+        tag = f.name[:-len(".tmp")].rsplit(".", 2)
+        writer = tag[1].rsplit("-", 1) if len(tag) == 3 else []
+        if len(writer) != 2 or writer[0] != host or not writer[1].isdigit():
+            continue
+        try:
+            os.kill(int(writer[1]), 0)
+            continue  # alive (or not ours to signal): being written
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+            removed.append(f.name)
+    return removed
 
 
 def file_sha256(path, length: int = 64) -> str:

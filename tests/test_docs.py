@@ -1,8 +1,10 @@
 """The README and docs/ agree with the committed metrics (docs/README.md, "Numbers in these pages").
 
 Generated blocks must be what ``helpers.tools.report`` makes from ``tests/reference/<profile>/metrics.json``;
-every number in prose annotated ``<!-- m:PROFILE:EXPR -->`` must be EXPR at its printed precision.
-The negative tests show that a wrong, stale or orphan number is caught, on the real pages too."""
+every number in prose annotated ``<!-- m:PROFILE:EXPR -->`` must be EXPR at its printed precision, and every
+verdict annotated ``<!-- v:PROFILES:KIND(...) -->`` must hold and be what its words say.
+The negative tests show that a wrong, stale or orphan number, and a flipped or stale verdict, are caught,
+on the real pages too."""
 import json
 import re
 import shutil
@@ -15,6 +17,8 @@ from helpers.paths import REFERENCE_DIR, REPO_ROOT
 from helpers.tools.report import (
     ANNOTATION,
     GENERATED,
+    VERDICT,
+    VERDICTS,
     doc_files,
     docs_problems,
     evaluate,
@@ -23,6 +27,8 @@ from helpers.tools.report import (
     number_problems,
     printed_matches,
     refresh_readme,
+    verdict_problems,
+    verdict_words,
 )
 
 DOCS = REPO_ROOT / "docs"
@@ -56,13 +62,19 @@ def test_the_pages_carry_annotations_and_blocks():
         assert counts[page] >= 3, (page, counts[page])
     assert sum(counts.values()) >= 100, counts
     assert "generated:begin paper-comparison" in _text(DOCS / "results.md")
+    verdicts = {str(f.relative_to(REPO_ROOT)): len(VERDICT.findall(_text(f))) for f in doc_files(REPO_ROOT)}
+    for page, n in (("README.md", 5), ("docs/paper2.md", 15), ("docs/birds-cub100.md", 10),
+                    ("docs/paper1-cifar10.md", 3)):
+        assert verdicts[page] >= n, (page, verdicts[page])
 
 
 # ----------------------------------------------------------------------------- the check can fail
-M = {"detectors": {"msp": {"val": {"auroc": 0.844036}}}, "model": {"accuracy": {"test": 0.8082}, "n": {"test": 450},
-                                                                   "errors": {"test": 51}},
+M = {"detectors": {"msp": {"val": {"auroc": 0.844036}},
+                   "cfe_recall": {"val": {"auroc": 0.476, "auroc_ci_low": 0.425, "auroc_ci_high": 0.526}}},
+     "model": {"accuracy": {"test": 0.8082}, "n": {"test": 450}, "errors": {"test": 51}},
      "cfe": {"table1": {"recall_lt_0.3": {"new_errors": 17}}},
-     "debugging": {"difference": {"mean": -0.0004}, "grid": [{"val_accuracy": 0.839}, {"val_accuracy": 0.8388}]}}
+     "debugging": {"difference": {"mean": -0.0004, "p_value": 0.28, "hier_ci_low": -0.0016, "hier_ci_high": 0.0058},
+                   "grid": [{"val_accuracy": 0.839}, {"val_accuracy": 0.8388}]}}
 
 
 @pytest.fixture
@@ -81,6 +93,18 @@ def test_metric_keys_with_dots_and_list_items():
         with pytest.raises(KeyError):
             evaluate(bad, M)
     for bad in ("__import__('os')", "model.n.test ** 2", "max(model.n.test)"):
+        with pytest.raises((KeyError, ValueError)):
+            evaluate(bad, M)
+
+
+def test_statistics_in_annotations():
+    """The functions an annotation may call: the comparisons a committed run did not record."""
+    assert evaluate("random_p_more(45, 178, 100, 25 + 45)", M) == pytest.approx(0.0544, abs=1e-4)
+    assert evaluate("random_p_fewer(97, 992, 539, 97 + 104)", M) == pytest.approx(0.0318, abs=1e-4)
+    assert evaluate("sign_test_p(28, 17)", M) == pytest.approx(0.1352, abs=1e-4)
+    assert evaluate("mde_low(0.002015, 6)*100", M) == pytest.approx(0.1258, abs=1e-4)
+    assert evaluate("max(model.n.test, 3) - min(1, 2)", M) == 449
+    for bad in ("open(1)", "max(x=1)", "model.n.test(2)"):
         with pytest.raises((KeyError, ValueError)):
             evaluate(bad, M)
 
@@ -114,6 +138,86 @@ def test_correct_annotations_pass(root):
 def test_wrong_numbers_are_caught(root, text, why):
     problems = number_problems(text, root, "page.md")
     assert len(problems) == 1 and why in problems[0] and problems[0].startswith("page.md:1:"), problems
+
+
+# ----------------------------------------------------------------------------- verdicts
+CHANCE = "inside(0.5, detectors.cfe_recall.val.auroc_ci_low, detectors.cfe_recall.val.auroc_ci_high)"
+HIER = "debugging.difference.hier_ci_low, debugging.difference.hier_ci_high"
+
+
+def test_correct_verdicts_pass(root):
+    text = ("1 - recall ranks errors at chance (0.476<!-- m:p:detectors.cfe_recall.val.auroc -->)"
+            f"<!-- v:p:{CHANCE} -->; the difference is not\n  significant"
+            "<!-- v:p:not_significant(debugging.difference.p_value) -->, its "
+            f"interval including 0<!-- v:p:inside(0, {HIER}) --><!-- v:p,p:inside(0.001, {HIER}) --> and excluding"
+            f"<!-- v:p:outside(0.01, {HIER}) --> a gain of 1 pt; MSP beats it<!-- v:p:greater(detectors.msp.val.auroc, "
+            "detectors.cfe_recall.val.auroc_ci_high) -->, and 28 wins against 17 losses are more, not significantly"
+            "<!-- v:p:not_significant(sign_test_p(28, 17)) -->")
+    assert verdict_problems(text, root) == []
+    assert number_problems(text, root) == []
+
+
+@pytest.mark.parametrize("text, why", [
+    (f"ranks errors below chance<!-- v:p:{CHANCE} -->", "the prose says 'below chance' (less), the annotation checks "
+                                                      "inside"),                              # flipped words
+    ("not significant<!-- v:p:significant(debugging.difference.p_value) -->", "the prose says 'not significant'"),
+    ("significant<!-- v:p:significant(debugging.difference.p_value) -->", "does not hold"),   # a false claim
+    (f"it excludes the paper's +0.44 pt<!-- v:p:outside(0.0044, {HIER}) -->", "0.0044 outside [-0.0016, 0.0058]"),
+    (f"the result<!-- v:p:{CHANCE} -->", "no verdict words right before"),                   # an orphan verdict
+    (f"at chance<!-- v:q:{CHANCE} -->", "no committed metrics for profile 'q'"),             # unknown profile
+    (f"at chance<!-- v:p,q:{CHANCE} -->", "no committed metrics for profile 'q'"),           # ... in a list
+    ("at chance<!-- v:p:chance(0.5) -->", "a verdict is one of"),                            # unknown kind
+    ("at chance<!-- v:p:inside(0.5, 0.4) -->", "inside takes 3 values, got 2"),              # wrong arity
+    ("at chance<!-- v:p:inside(0.5, detectors.cfe_recall.test.auroc, 1) -->", "KeyError"),   # unknown key
+])
+def test_wrong_verdicts_are_caught(root, text, why):
+    problems = verdict_problems(text, root, "page.md")
+    assert len(problems) == 1 and why in problems[0] and problems[0].startswith("page.md:1:"), problems
+
+
+#: for each verdict KIND, words that state another one: what a flipped verdict reads like
+FLIPPED = {"inside": "outside", "outside": "inside", "greater": "below", "less": "above", "at_most": "beats",
+           "overlap": "outside", "significant": "not significant", "not_significant": "significant"}
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/paper2.md", "docs/birds-cub100.md", "docs/paper1-cifar10.md"])
+def test_a_flipped_verdict_on_a_real_page_is_caught(page):
+    """Replace the words of each verdict of a real page by words of another verdict: each is caught (with
+    the annotations that share its words), and nothing else is."""
+    text = _text(REPO_ROOT / page)
+    assert verdict_problems(text, REFERENCE_DIR, page) == []
+    assert set(FLIPPED) == set(VERDICTS)
+    prev_end, flipped = 0, 0
+    for mo in VERDICT.finditer(text):
+        before = text[prev_end:mo.start()]
+        words = verdict_words(before)
+        prev_end = mo.end()
+        if words is None:  # an annotation that shares the words of the one before it
+            continue
+        hit = list(re.finditer(r"\s+".join(map(re.escape, words[0].split())), before, re.I))[-1]
+        start = mo.start() - len(before) + hit.start()
+        bad = text[:start] + FLIPPED[words[1]] + text[start + len(hit.group(0)):]
+        problems = verdict_problems(bad, REFERENCE_DIR, page)
+        assert problems and all("the prose says" in p for p in problems), (words, problems)
+        assert any(mo.group(0) in p for p in problems), (words, problems)
+        flipped += 1
+    assert flipped >= 3
+
+
+def test_a_moved_reference_names_the_stale_verdicts(tmp_path):
+    """New numbers that turn a verdict: cub100's 1 - recall below chance, its debugging p-value at 0.01."""
+    shutil.copytree(REFERENCE_DIR, tmp_path / "reference")
+    f = tmp_path / "reference" / "cub100" / "metrics.json"
+    m = json.loads(f.read_text())
+    m["detectors"]["cfe_recall"]["val"]["auroc_ci_high"] = 0.49
+    m["debugging"]["difference"]["p_value"] = 0.01
+    f.write_text(json.dumps(m))
+    problems = [p for p in docs_problems(REPO_ROOT, tmp_path / "reference") if "<!-- v:" in p]
+    birds = [p for p in problems if p.startswith("docs/birds-cub100.md:")]
+    assert any("'at chance' does not hold" in p and "0.5 inside [0.4254, 0.49] is false" in p for p in birds)
+    assert any("'not significant' does not hold" in p and "p = 0.01 >= 0.05 is false" in p for p in birds)
+    # and nowhere else but in the examples of docs/README.md, which are checked too
+    assert all(p.startswith(("docs/birds-cub100.md:", "docs/README.md:")) for p in problems), problems
 
 
 def test_a_wrong_number_on_a_real_page_is_caught():

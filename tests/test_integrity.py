@@ -170,7 +170,8 @@ def test_damaged_stage_is_set_aside_and_recomputed(tmp_path, artifacts, capfd, e
     lines = [ln for ln in (out.out + out.err).splitlines() if ln.strip()]
     assert len(lines) == 1 and str(path) in lines[0] and "corrupt" in lines[0] and "recomputing" in lines[0]
     sidecar = json.loads(sidecar_of(path).read_text())  # the sha256 beside every key it had before
-    assert sidecar["sha256"] == file_sha256(path) and {"stage", "params", "versions", "seconds"} <= sidecar.keys()
+    assert sidecar["sha256"] == file_sha256(path) and {"stage", "params", "versions", "device"} <= sidecar.keys()
+    assert exp.cache.cost("tiny", {"ext": ext}, FORMATS[ext][1])["seconds"] >= 0  # the cost: in its cost record
     assert_same(first, run_stage(experiment(tmp_path), ext, calls)) and len(calls) == 2  # cached again
 
 

@@ -151,3 +151,31 @@ def test_cross_fitted_detector_shows_memorisation():
     res = J.cross_fitted_detector(X, y, k=3, seed=0, epochs=15, patience=15)
     assert res.train_auroc.mean() > auroc(y, res.scores) + 0.05
     assert 0.5 < auroc(y, res.scores) < 0.9
+
+
+def test_msp_comparison_metrics_pair_each_score_with_msp_on_the_same_predictions():
+    """detectors.<name>.<split>.msp_difference*: AUROC(score) - AUROC(MSP) on each split, joined on id (the
+    scores' rows shuffled), with a paired bootstrap interval and p-value; MSP itself is not compared."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from helpers.paper1 import stages as paper1
+
+    rng = np.random.default_rng(0)
+    n = 400
+    split = np.array(["val", "test"])[np.arange(n) % 2]
+    correct = rng.random(n) < 0.7
+    pred = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "split": split, "label": 0,
+                         "prediction": np.where(correct, 0, 1), "correct": correct})
+    good = (~correct) + rng.normal(0, 0.5, n)
+    msp = (~correct) + rng.normal(0, 1.5, n)
+    scores = pd.DataFrame({"id": pred.id, "split": split, "good": good, "msp": msp}).sample(frac=1, random_state=1)
+    exp = SimpleNamespace(predictions=pred, cfg={"metrics": {"n_bootstrap": 200}}, seed=0)
+    out = paper1.msp_comparison_metrics(exp, scores, ["good", "msp"])["detectors"]
+    assert set(out) == {"good"} and set(out["good"]) == {"val", "test"}
+    val = out["good"]["val"]
+    assert set(val) == {"msp_difference", "msp_difference_ci_low", "msp_difference_ci_high", "msp_difference_p_value"}
+    v = split == "val"
+    assert val["msp_difference"] == pytest.approx(auroc(~correct[v], good[v]) - auroc(~correct[v], msp[v]), abs=1e-6)
+    assert val["msp_difference_ci_low"] > 0 and val["msp_difference_p_value"] < 0.05

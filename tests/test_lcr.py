@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.models import SmallCNN
 from helpers.paper1.lcr import (
+    ScreenExhausted,
     ScreenResult,
+    assemble_screen,
     candidate_seeds,
     choose_setting,
     label_change_rate,
@@ -19,6 +21,9 @@ from helpers.paper1.lcr import (
     lcr_summary,
     mutant_predictions,
     predict,
+    prepare_screening,
+    screen_candidates,
+    screen_decided,
     screen_mutants,
     sprt_detect,
     sprt_score,
@@ -93,6 +98,40 @@ def test_early_abort_same_decisions_fewer_samples(setup):
     assert given.accepted == fast.accepted and given.accuracies == fast.accuracies
     assert np.array_equal(given.predictions, fast.predictions)
     assert given.samples_evaluated < full.samples_evaluated
+
+
+def _same_screen(a: ScreenResult, b: ScreenResult) -> None:
+    for k in ("accepted", "accuracies", "tried", "rejected", "original_accuracy", "samples_evaluated",
+              "samples_evaluated_without_abort", "n_val", "threshold", "original_forwards"):
+        assert getattr(a, k) == getattr(b, k), k
+    assert a.predictions.dtype == b.predictions.dtype and np.array_equal(a.predictions, b.predictions)
+    assert np.array_equal(a.original_predictions, b.original_predictions)
+
+
+@pytest.mark.parametrize("block", [3, 5])
+def test_screening_in_blocks_assembles_to_the_serial_screening(setup, block):
+    """Blocks of the candidate stream, screened in any order (as ranks of helpers.tools.precompute do, one
+    of them reusing a prepared screening), join into exactly what one serial screening returns: seeds,
+    accuracies, tries, forwards counted with early abort, predictions; and the same exhaustion error."""
+    model, x, y = setup
+    serial = screen_mutants(model, x, y, OP, RATE, 8, batch_size=32, progress=False)
+    prepared = prepare_screening(model, x, y, batch_size=32)
+    starts = list(range(0, serial.tried + 2 * block, block))
+    blocks = {s: screen_candidates(model, x, y, OP, RATE, candidate_seeds(0, s + block)[s:], batch_size=32,
+                                   progress=False, screening=prepared if s % 2 else None) for s in starts[::-1]}
+    ordered = [blocks[s] for s in starts]
+    assert not screen_decided(ordered[:1], 8, 160) and screen_decided(ordered, 8, 160)
+    _same_screen(assemble_screen(ordered, OP, RATE, 8, max_tries=160), serial)
+    with pytest.raises(ValueError, match="decide neither"):
+        assemble_screen(ordered[:1], OP, RATE, 8, max_tries=160)
+    with pytest.raises(ValueError, match="not the stream's first"):
+        assemble_screen(ordered[1:], OP, RATE, 8, max_tries=160)
+    # a budget the stream cannot meet: the serial run's own error, word for word
+    with pytest.raises(ScreenExhausted) as serial_error:
+        screen_mutants(model, x, y, OP, RATE, 8, max_tries=9, batch_size=32, progress=False)
+    with pytest.raises(ScreenExhausted) as joined_error:
+        assemble_screen(ordered, OP, RATE, 8, max_tries=9)
+    assert str(joined_error.value) == str(serial_error.value)
 
 
 def test_screen_with_dataloader_matches_tensor(setup):

@@ -162,9 +162,68 @@ def test_detection_report_and_table():
     assert rep["auroc_ci_low"] <= rep["auroc"] <= rep["auroc_ci_high"]
     df = M.results_table({"conductance": {"val": rep, "test": rep}, "msp": {"val": rep, "test": rep}})
     assert isinstance(df, pd.DataFrame) and list(df.index) == ["conductance", "msp"]
-    for c in ["auroc", "ci_low", "ci_high", "val AUROC", "val correct recall", "val wrong recall",
+    for c in ["auroc", "ci_low", "ci_high", M.VAL_AUROC_COLUMN, "val correct recall", "val wrong recall",
               "test correct recall", "test wrong recall"]:
         assert c in df.columns
-    assert df.loc["msp", "val AUROC"] == f"{rep['auroc']:.3f} [{rep['auroc_ci_low']:.3f}, {rep['auroc_ci_high']:.3f}]"
+    assert "over val images" in M.VAL_AUROC_COLUMN
+    formatted = f"{rep['auroc']:.3f} [{rep['auroc_ci_low']:.3f}, {rep['auroc_ci_high']:.3f}]"
+    assert df.loc["msp", M.VAL_AUROC_COLUMN] == formatted
     with pytest.raises(ValueError, match="test"):
         M.results_table({"x": {"val": rep}})
+
+
+# --------------------------------------------------------------------------- comparisons
+def test_paired_auroc_difference_is_the_bootstrap_of_both_scores_on_the_same_resamples():
+    """Each resample scores both detectors on the same predictions: by hand with roc_auc_score on the
+    resampled arrays (negatives drawn first, then positives, as the function draws them); the p-value is
+    twice the smaller tail, (k + 1) / (B + 1)."""
+    y, a = _noisy(300, seed=3)
+    b = a + np.random.default_rng(4).normal(size=a.size)
+    B = 60
+    r = M.paired_auroc_difference(y, a, b, n_bootstrap=B, seed=7)
+    assert r["difference"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    rng = np.random.default_rng(7)
+    neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    i_neg, i_pos = rng.integers(0, neg.size, (B, neg.size)), rng.integers(0, pos.size, (B, pos.size))
+    d = []
+    for k in range(B):
+        idx = np.r_[neg[i_neg[k]], pos[i_pos[k]]]
+        d.append(roc_auc_score(y[idx], a[idx]) - roc_auc_score(y[idx], b[idx]))
+    d = np.array(d)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    assert r["p_value"] == pytest.approx(min(1.0, 2 * (tail + 1) / (B + 1)))
+
+
+def test_paired_auroc_difference_separates_a_better_score_and_not_a_copy():
+    y, a = _noisy(2000, seed=5)
+    noisy = a + 2.0 * np.random.default_rng(6).normal(size=a.size)
+    r = M.paired_auroc_difference(y, a, noisy, n_bootstrap=300)
+    assert r["difference"] > 0 and r["ci_low"] > 0 and r["p_value"] < 0.01
+    s = M.paired_auroc_difference(y, noisy, a, n_bootstrap=300)
+    assert s["difference"] == pytest.approx(-r["difference"]) and s["ci_high"] < 0
+    same = M.paired_auroc_difference(y, a, a.copy(), n_bootstrap=100)
+    assert same == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+
+
+def test_sign_test_random_flags_and_mde_interval_by_hand():
+    import math
+
+    from scipy import stats
+
+    # sign test: twice the binomial tail at 1/2, ties left out (28 wins, 17 losses: p = 0.135)
+    assert M.sign_test(28, 17) == pytest.approx(2 * stats.binom.cdf(17, 45, 0.5))
+    assert M.sign_test(28, 17) == pytest.approx(0.1352, abs=1e-4) and M.sign_test(0, 0) == 1.0
+    # random flags: 6 predictions with 3 errors, 2 flags: P(caught = 0, 1, 2) = 0.2, 0.6, 0.2
+    assert M.random_flags_p(2, 6, 3, 2) == pytest.approx((0.2, 1.0))
+    assert M.random_flags_p(1, 6, 3, 2) == pytest.approx((0.8, 0.8))
+    pmf = [math.comb(100, x) * math.comb(78, 70 - x) / math.comb(178, 70) for x in range(71)]
+    assert M.random_flags_p(45, 178, 100, 70)[0] == pytest.approx(sum(pmf[45:]))  # cub100: 0.054
+    assert M.random_flags_p(3, 10, 0, 4) == (1.0, 1.0)                              # no error: no test
+    # the MDE's interval: MDE x sqrt((n - 1) / chi2 quantiles); it holds the MDE and narrows with seeds
+    lo, hi = M.mde_interval(0.002015, 6)
+    assert lo == pytest.approx(0.002015 * math.sqrt(5 / stats.chi2.ppf(0.975, 5)))
+    assert (round(100 * lo, 2), round(100 * hi, 2)) == (0.13, 0.49)                # cifar10-pretrained
+    lo30, hi30 = M.mde_interval(0.002015, 30)
+    assert lo < lo30 < 0.002015 < hi30 < hi
+    assert all(math.isnan(x) for x in M.mde_interval(0.002, 1))

@@ -481,3 +481,56 @@ def test_disable_filters_head_weight_control_by_hand():
     assert df["head_weight_other_accuracy_drop"].tolist() == [0.0, 0.0, 0.0]
     assert df["beats_head_weight"].tolist() == [False, False, True]
     assert list(df.reset_index().columns) == cfe.DISABLE_COLUMNS
+
+
+def test_disable_metrics_count_wins_losses_ties_and_sign_test():
+    """The hand-made check above: class 2 wins, class 0 loses, class 1 ties; the sign test of 1 win against
+    1 loss is p = 1.  28 wins against 17 losses (cub100's table): p = 0.135, twice the binomial tail."""
+    head, g, y = _hand_head()
+    filters = np.zeros((3, 6), bool)
+    filters[0, [4, 5]] = True
+    filters[1, [2, 3]] = True
+    filters[2, 5] = True
+    df = disable_filters_check(head, g, y, filters, n_random=3, seed=0)
+    out = paper2.disable_metrics(df)["cfe"]
+    assert out["disable_vs_head_weight"] == {"wins": 1, "losses": 1, "ties": 1, "sign_test_p": 1.0}
+    assert out["disable"]["beats_head_weight_fraction"] == pytest.approx(1 / 3, abs=1e-4)
+    many = pd.DataFrame({"own_recall_drop": [1.0] * 28 + [0.0] * 17 + [0.5] * 55,
+                         "head_weight_own_recall_drop": [0.0] * 28 + [1.0] * 17 + [0.5] * 55})
+    many = many.assign(other_accuracy_drop=0.0, random_own_recall_drop=0.0,
+                       beats_head_weight=many.own_recall_drop > many.head_weight_own_recall_drop)
+    s = paper2.disable_metrics(many)["cfe"]["disable_vs_head_weight"]
+    assert (s["wins"], s["losses"], s["ties"]) == (28, 17, 55)
+    assert s["sign_test_p"] == pytest.approx(2 * stats.binom.cdf(17, 45, 0.5), abs=1e-6)
+
+
+def test_gate_control_one_sided_p_values_by_hand():
+    """The 8-prediction gate of test_gate_control_by_hand: 1 error caught with 2 flags, pmf 0.2 / 0.6 / 0.2
+    over 0 / 1 / 2 caught: P(>= 1) = 0.8, P(<= 1) = 0.8; table1's headline keeps both as gate_ columns."""
+    correct = np.array([True, False, True, False, False, True, False, False])
+    considered = np.array([True] * 6 + [False] * 2)
+    flagged = np.array([False, True, True, False, False, False, False, False])
+    out = gate_control(flagged, correct, considered, np.linspace(0, 1, 8))
+    assert (out["random_p_more"], out["random_p_fewer"]) == pytest.approx((0.8, 0.8))
+    both = np.array([False, True, False, True, False, False, False, False])  # 2 of 2 flags are errors
+    out2 = gate_control(both, correct, considered, np.linspace(0, 1, 8))
+    assert (out2["random_p_more"], out2["random_p_fewer"]) == pytest.approx((0.2, 1.0))
+    assert {"gate_random_p_more", "gate_random_p_fewer"} <= set(paper2.GATE_KEYS)
+
+
+def test_seed_metrics_record_best_epochs_ties_and_the_mde_interval():
+    """The paired statistics carry the MDE's chi-square interval and the seeds where both arms tie; the
+    seed table's best epochs per arm go to debugging.<arm>.best_epoch_min / _max."""
+    a, b, gains = _disagreeing_seeds()
+    b2 = b.copy()
+    b2[0] = a[0]                                       # seed 0: the two arms right on the same images
+    s = paired_statistics(a, b2, n_bootstrap=100, seed=0)
+    assert s["n_seeds_tied"] == 1
+    assert s["mde_ci_low"] == pytest.approx(s["mde"] * math.sqrt(3 / stats.chi2.ppf(0.975, 3)))
+    assert s["mde_ci_low"] < s["mde"] < s["mde_ci_high"]
+    seeds = pd.DataFrame({"arm": ["debugged"] * 2 + ["control"] * 2, "best_epoch": [2, 9, 3, 5],
+                          "test_accuracy": [0.8, 0.81, 0.8, 0.8]})
+    m = paper2.seed_metrics(seeds, s)["debugging"]
+    assert (m["debugged"]["best_epoch_min"], m["debugged"]["best_epoch_max"]) == (2, 9)
+    assert (m["control"]["best_epoch_min"], m["control"]["best_epoch_max"]) == (3, 5)
+    assert m["difference"]["n_seeds_tied"] == 1 and "mde_ci_high" in m["difference"]

@@ -1,10 +1,14 @@
 """helpers.tools.precompute on torch.distributed (gloo, 2 CPU processes): the heavy stages' work units give
-exactly the results of one process, with a shared cache or with one cache per rank, and a rank killed
-mid-run resumes from the finished units."""
+exactly the results of one process, with a shared cache or with one cache per rank; the cache folders of 1
+and 2 ranks are identical file for file; a rank killed mid-run under ``torchrun --max-restarts 1`` is
+restarted and the run ends with the uninterrupted run's files; nothing is left in the temporary folder."""
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +22,33 @@ from helpers.paths import REPO_ROOT
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_1 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
 
 
-def _precompute(launcher: list[str], env_extra: dict, check: bool = True) -> subprocess.CompletedProcess:
+def _precompute(launcher: list[str], env_extra: dict, check: bool = True, args=()) -> subprocess.CompletedProcess:
+    """Run the precompute on digits with a temporary folder of its own (TMPDIR), and check that it left no
+    ``precompute-*`` entry there."""
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", **env_extra}
     env.pop("COMPANION_OUTPUT_DIR", None)
-    proc = subprocess.run([*launcher, "-m", "helpers.tools.precompute", "--profile", "digits"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="test-precompute-tmp-") as tmp:
+        env["TMPDIR"] = tmp
+        proc = subprocess.run([*launcher, "-m", "helpers.tools.precompute", "--profile", "digits", *args],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        left = sorted(p.name for p in Path(tmp).glob("precompute-*"))
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not left, f"left in the temporary folder: {left}"
     return proc
+
+
+def _summary(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _hashes(folder) -> dict:
+    """sha256 of every file under ``folder`` (hidden ones included), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def _results(artifacts, monkeypatch, tmp_path) -> dict:
@@ -59,41 +80,61 @@ def _assert_same(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
+    """One rank (torchrun): the artifacts folder and the summary."""
     art = tmp_path_factory.mktemp("single")
-    proc = _precompute([sys.executable], {"COMPANION_ARTIFACTS": str(art)})
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["world"] == 1
-    return art
+    summary = _summary(_precompute(TORCHRUN_1, {"COMPANION_ARTIFACTS": str(art)}))
+    assert summary["world"] == 1
+    return art, summary
 
 
-def test_two_processes_on_a_shared_cache_give_the_single_process_results(single, tmp_path, monkeypatch):
-    art = tmp_path / "two"
-    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """Two ranks on a shared cache: the artifacts folder and rank 0's summary."""
+    art = tmp_path_factory.mktemp("two")
+    return art, _summary(_precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)}))
+
+
+def test_two_processes_on_a_shared_cache_give_the_single_process_results(single, two, tmp_path, monkeypatch):
+    art, summary = two
     assert summary["world"] == 2 and summary["shared_cache"] is True
-    assert all(0 < s["mine"] < s["units"] for name, s in summary["stages"].items() if s["units"] > 1), summary
-    _assert_same(_results(single, monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+    for name, s in summary["stages"].items():  # the queue: every unit run once, by one rank or the other
+        assert sum(s["by_rank"]) == s["units"], (name, s)
+    for name in ("lcr", "debugging"):  # many units: both ranks took some
+        assert min(summary["stages"][name]["by_rank"]) > 0, summary
+    _assert_same(_results(single[0], monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+
+
+def test_one_and_two_ranks_fill_byte_identical_cache_folders(single, two):
+    """Every file of the cache folder (data files, sidecars) has the same sha256 after 1 and 2 ranks; the
+    timings are beside it, in the cost records."""
+    a, b = _hashes(single[0] / "digits"), _hashes(two[0] / "digits")
+    assert len(a) > 100 and a == b, sorted(set(a.items()) ^ set(b.items()))[:6]
+    assert len(_hashes(two[0] / ".stage-costs" / "digits")) > 100
 
 
 def test_two_processes_without_a_shared_cache_exchange_their_files(single, tmp_path, monkeypatch):
     private = tmp_path / "private"
     proc = _precompute(TORCHRUN, {"COMPANION_PRECOMPUTE_PRIVATE_CACHE": str(private)})
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["shared_cache"] is False
-    ref = _results(single, monkeypatch, tmp_path)
+    assert _summary(proc)["shared_cache"] is False
+    ref = _results(single[0], monkeypatch, tmp_path)
     for rank in ("rank0", "rank1"):  # every machine's cache ends complete
         _assert_same(ref, _results(private / rank, monkeypatch, tmp_path))
 
 
-def test_a_rank_killed_mid_run_resumes_from_the_finished_units(single, tmp_path, monkeypatch):
+def test_a_rank_killed_mid_run_is_restarted_and_ends_with_the_uninterrupted_files(single, tmp_path):
+    """``torchrun --max-restarts 1``: rank 1 sends itself SIGKILL after 3 units of the first LCR wave; torchrun
+    restarts both ranks, which go on from the finished units (fewer stages computed than without the kill),
+    and the cache holds exactly the uninterrupted run's files of those stages, byte for byte."""
     art = tmp_path / "killed"
-    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art), "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3"},
-                       check=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr
-    done = {p.name for p in (art / "digits").glob("*.json")}
-    assert any(n.startswith("lcr_screen") for n in done)  # some units finished before the crash
-    assert not list((art / "digits").glob("*.tmp"))  # nothing half-written
-    _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
-    assert done <= {p.name for p in (art / "digits").glob("*.json")}
-    _assert_same(_results(single, monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+    proc = _precompute([*TORCHRUN, "--max-restarts", "1"],
+                       {"COMPANION_ARTIFACTS": str(art), "COMPANION_PRECOMPUTE_CRASH_RANK": "1:3",
+                        "COMPANION_PRECOMPUTE_CRASH_HOW": "kill"}, args=("--only", "conductance,lcr"))
+    assert "simulated kill after 3 units" in proc.stderr and "exitcode: -9" in proc.stderr
+    summary = _summary(proc)
+    assert summary["attempt"] == 1 and summary["stages"]["lcr"]["computed"] < single[1]["stages"]["lcr"]["computed"]
+    ours = _hashes(art / "digits")
+    stages = ("splits-", "predictions-", "conductance", "lcr_")
+    assert ours == {k: v for k, v in _hashes(single[0] / "digits").items() if k.startswith(stages)}
 
 
 def test_conductance_parts_and_generator_groups_assemble_to_the_unsplit_results(tmp_path, monkeypatch):

@@ -121,3 +121,34 @@ def test_names_come_from_one_place():
     assert SCHEMA["dataset"][2] is names.DATASET_NAMES and set(datasets.LOADERS) == set(names.DATASET_NAMES)
     assert mutation.OPERATORS is names.MUTATION_OPERATORS
     assert tuple(mutation.OPERATOR_FUNCTIONS) == names.MUTATION_OPERATORS  # every name has its operator
+
+
+def _own_model_profile(**changes) -> dict:
+    import yaml
+
+    raw = yaml.safe_load((PARAMS_DIR / "example-own-model.yaml").read_text())
+    raw.update(name="own-model-defaults")
+    for key in ("image_size", "normalize"):
+        raw.pop(key)
+    raw.update(changes)
+    return raw
+
+
+def test_image_size_and_normalisation_default_to_the_torchvision_weights_transforms():
+    import torchvision
+
+    cfg = load_profile(_own_model_profile(weights="IMAGENET1K_V1"))
+    t = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert cfg["image_size"] == t.crop_size[0] == 224
+    assert cfg["normalize"]["mean"] == list(t.mean) and cfg["normalize"]["std"] == list(t.std)
+    # another builder's weights give their own crop size; a key the profile sets is kept
+    cfg = load_profile(_own_model_profile(model="torchvision.efficientnet_b3", weights="DEFAULT", image_size=96,
+                                          normalize={"mean": [0.5, 0.5, 0.5]}))
+    assert cfg["image_size"] == 96 and cfg["normalize"]["mean"] == [0.5, 0.5, 0.5]
+    assert cfg["normalize"]["std"] == list(torchvision.models.EfficientNet_B3_Weights.DEFAULT.transforms().std)
+
+
+def test_without_torchvision_weights_image_size_stays_required_and_the_error_says_how():
+    for changes in ({"weights": None}, {"model": "tests.zoo_model:build", "weights": "IMAGENET1K_V1"}):
+        with pytest.raises(ProfileError, match=r"missing required key 'image_size'.*torchvision weights"):
+            load_profile(_own_model_profile(**changes))

@@ -84,7 +84,10 @@ def test_recalls_of_a_chance_level_score_are_not_compared_but_its_auroc_is():
 
 @pytest.mark.parametrize("key", ["detectors.conductance.val.auroc", "model.accuracy.test",
                                  "detectors.lcr.test.wrong_recall", "cfe.table1.avg_recall.errors_detected_fraction",
-                                 "debugging.difference.mean", "cfe.generators.mean_active_filters"])
+                                 "debugging.difference.mean", "cfe.generators.mean_active_filters",
+                                 "cfe.table1.avg_recall.new_errors", "cfe.table1.avg_f1.gate_random_expected",
+                                 "cfe.table1.avg_recall.msp_errors_detected_at_same_new_errors",
+                                 "cfe.table1.avg_recall.gate_rule_auroc_in_gate"])
 def test_a_move_beyond_the_tolerance_fails_and_within_it_passes(key):
     tol = regression.tolerance_of(key, FLAT).value
     ref = FLAT[key]
@@ -187,3 +190,42 @@ def test_the_mde_tolerance_follows_the_seed_count_not_the_mean_interval():
     assert tol.value == pytest.approx(0.0056 / 10 ** 0.5) and "6 seeds" in tol.basis
     ref["debugging.debugged.n_seeds"] = 51.0
     assert regression.tolerance_of("debugging.difference.mde", ref).value == 0.001  # the floor
+
+
+def test_table1_counts_follow_the_predictions_they_are_drawn_from():
+    """new errors: binomial over the test's correct predictions; MSP's catches: over the test errors; the
+    random flags' mean and MSP's catches in the gate: the spread of the random catch (its 95 % interval
+    / 3.92); a count never tolerates fewer than two flipped predictions."""
+    ref = regression.flatten(regression.reference_metrics("cifar10-pretrained"))
+    row = "cfe.table1.avg_recall."
+    n_correct = ref["model.n.test"] - ref["model.errors.test"]
+    new = ref[row + "new_errors"]
+    assert regression.tolerance_of(row + "new_errors", ref).value == pytest.approx(
+        math.sqrt(new * (1 - new / n_correct)))
+    caught = ref[row + "msp_errors_detected_at_same_new_errors"]
+    assert regression.tolerance_of(row + "msp_errors_detected_at_same_new_errors", ref).value == pytest.approx(
+        math.sqrt(caught * (1 - caught / ref["model.errors.test"])))
+    spread = (ref[row + "gate_random_high"] - ref[row + "gate_random_low"]) / 3.919928
+    for key in ("gate_random_expected", "gate_random_low", "gate_random_high", "gate_msp_caught"):
+        assert regression.tolerance_of(row + key, ref).value == pytest.approx(spread)
+    assert regression.tolerance_of("cfe.table1.avg_recall.gate_errors", FLAT).value == 2.0  # digits: all 51 in it
+
+
+def test_the_p_value_is_compared_on_the_scale_of_its_t_statistic():
+    """One unit of |t| (a move of the tested mean by one of its standard errors): digits' p = 0.28 may become
+    0.5 but not 0.04, although 0.28 -> 0.04 is a smaller move of p; cifar10-pretrained's p = 1.00 may
+    become 0.7 (a move of 0.3) but not 0.2."""
+    from scipy import stats
+
+    key = "debugging.difference.p_value"
+    for p, ok in ((0.5, True), (0.04, False), (0.28, True)):
+        _, failures = regression.compare(REFERENCE, _set(REFERENCE, key, p), ["debugging.difference"])
+        assert (failures == []) is ok, (p, failures)
+    assert regression.p_value_scale(0.284819, 10) == pytest.approx(stats.t.isf(0.284819 / 2, 9))  # |t| = 1.14
+    pre = regression.reference_metrics("cifar10-pretrained")
+    for p, ok in ((0.7, True), (0.2, False)):
+        _, failures = regression.compare(pre, _set(pre, key, p), ["debugging.difference"])
+        assert (failures == []) is ok, (p, failures)
+    rows = regression.moves(pre, _set(pre, key, 0.7), [key])
+    assert rows[0]["reference"] == 1.0 and rows[0]["actual"] == 0.7 and rows[0]["tolerance"] == 1.0
+    assert "|t|" in rows[0]["basis"]

@@ -115,3 +115,52 @@ def test_the_report_shows_every_figure_and_table_its_notebooks_wrote(profile):
     missing += [p.name for p in sorted((FIG / profile).glob("*.md")) if p.name != "report.md"
                 and (FIG / profile / p.name).read_text().strip().splitlines()[0] not in text]
     assert not missing, missing
+
+
+def test_table1_labels_come_from_each_profiles_settings():
+    """digits runs Table 1 with skip = tau = 0.5: its gate is labelled so, in the README's glance table and
+    in docs/results.md's Table 1, never with the paper's 0.9; other settings give other labels."""
+    from helpers.tools.report import cfe_settings, glance_tables, table1_comparison
+
+    assert cfe_settings("digits") == {"skip": 0.5, "tau": 0.5, "frequency": 0.15, "recall_threshold": 0.3}
+    assert cfe_settings("cub100")["skip"] == 0.9
+    glance = glance_tables(REFERENCE_DIR)
+    assert "skip 0.9 (`digits`: 0.5)" in glance and "frequency 0.15," in glance
+    table = table1_comparison(REFERENCE_DIR)
+    settings_row = next(line for line in table.splitlines() if line.startswith("| settings: skip"))
+    cells = [c.strip() for c in settings_row.strip("|").split("|")]
+    assert cells[1:] == ["0.9 / 0.9 / 0.15 / 0.3"] * 4 + ["0.5 / 0.5 / 0.15 / 0.3"]  # paper, cub100, ..., digits
+    assert "skip 0.9" not in table
+    other = {p: cfe_settings(p) for p in ("cub100", "cifar10", "cifar10-pretrained", "digits")}
+    other["digits"] = {**other["digits"], "skip": 0.7}
+    assert "0.7 / 0.5 / 0.15 / 0.3" in table1_comparison(REFERENCE_DIR, settings=other)
+    assert "skip 0.9 (`digits`: 0.7)" in glance_tables(REFERENCE_DIR, settings=other)
+
+
+def test_every_number_carries_one_named_interval():
+    """The debugging difference shows its interval over seeds and test images everywhere (never the
+    image-only one), with the MDE's own interval; AUROC intervals say that they resample images."""
+    from helpers.tools.report import debugging_comparison, glance_tables, headline_table, paper_comparison
+
+    debug, glance = debugging_comparison(REFERENCE_DIR), glance_tables(REFERENCE_DIR)
+    for text in (debug, glance):
+        assert "[95 % CI over seeds and test images]" in text
+        assert "+0.16 pt [-0.16, +0.58]" in text and "[-0.02, +0.33]" not in text          # digits
+        assert "+0.05 pt [-0.87, +0.92]" in text and "[-0.69, +0.80]" not in text          # cub100
+        assert "0.20 pt [0.13, 0.49]" in text                                              # cifar10-pretrained MDE
+    assert "95% CI" not in paper_comparison(REFERENCE_DIR) + glance
+    assert "[95 % CI over val images]" in headline_table(json.loads((REFERENCE_DIR / "digits" / "metrics.json")
+                                                                    .read_text()))
+    assert "resamples the validation images only (one training seed per profile)" in glance
+
+
+def test_the_cfe_score_is_chosen_on_validation_and_reported_on_test():
+    """Of the five CFE scores (mask size included) the best on validation, shown with its TEST AUROC beside
+    MSP's: mask size on both CIFAR-10 profiles, 1 - precision on cub100."""
+    from helpers.tools.report import glance_tables
+
+    rows = {line.split("|")[1].strip(): line for line in glance_tables(REFERENCE_DIR).splitlines()
+            if line.startswith("| `")}
+    assert "| mask size 0.701 (0.863) |" in rows["`cifar10-pretrained`"]
+    assert "| mask size 0.694 (0.870) |" in rows["`cifar10`"]
+    assert "| 1 - precision 0.586 (0.883) |" in rows["`cub100`"]

@@ -47,3 +47,23 @@ def build(num_classes: int, in_channels: int = 3, aux: bool = False) -> ZooNet:
 def build_fixed() -> ZooNet:
     """A callable that does not take ``num_classes``: ten outputs, whose head build_model resizes."""
     return ZooNet(10)
+
+
+class MLPHeadNet(nn.Module):
+    """Conv features, then a head that is an MLP over the flattened map (VGG's and AlexNet's kind): no pooled
+    features ``g`` feed one linear layer, so paper 2 does not apply while paper 1 does."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 8, size: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(size))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(width * size * size, 16), nn.ReLU(),
+                                        nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def build_mlp_head(num_classes: int, in_channels: int = 3) -> MLPHeadNet:
+    """``model: tests.zoo_model:build_mlp_head``: a model without a pooled linear head."""
+    return MLPHeadNet(num_classes, in_channels)

@@ -336,6 +336,107 @@ def candidate_seeds(seed: int, n: int) -> list:
     return [int(seed) * SEED_STRIDE + i for i in range(n)]
 
 
+class Screening:
+    """What every candidate of a screening shares (paper 1, 4.2.1): the model to run, the validation batches
+    (in margin order, or as given), the original model's predictions and the number of correct
+    predictions a candidate needs.  :func:`screen_mutants` and :func:`screen_candidates` share it, so a
+    candidate's decision, accuracy, cost and predictions are the same whichever of them evaluates it;
+    :func:`prepare_screening` makes one that several blocks of candidates reuse (the original model's pass
+    over the validation split then runs once).  ``model`` is on ``dev``; build it inside eval mode and
+    ``torch.inference_mode()``."""
+
+    def __init__(self, model, dev, val_inputs, val_labels, threshold: float, batch_size: int, order: str,
+                 compile: bool):
+        self.model, self.dev = model, dev
+        self.params = dict(model.named_parameters())
+        self.run = forward_fn(model, compile)
+        self.perm = None
+        if _is_tensor_like(val_inputs):
+            if val_labels is None:
+                raise ValueError("val_labels: required with tensor inputs")
+            xs = _as_tensor(val_inputs)
+            yt = torch.as_tensor(np.asarray(val_labels) if not isinstance(val_labels, torch.Tensor) else val_labels)
+            if yt.shape[0] != xs.shape[0]:
+                raise ValueError(f"val_labels: {yt.shape[0]} labels for {xs.shape[0]} inputs")
+            logits = torch.cat([model(x.to(self.dev)).float() for x, _ in _batches(xs, None, batch_size)])
+            if order == "margin" and logits.shape[1] > 1:
+                top2 = logits.topk(2, dim=1).values
+                self.perm = torch.argsort((top2[:, 0] - top2[:, 1]).cpu(), stable=True)
+                xs, yt, logits = xs[self.perm], yt[self.perm], logits[self.perm.to(logits.device)]
+            cached = [(x.to(self.dev), y.to(self.dev)) for x, y in _batches(xs, yt, batch_size)]
+            self.batches = lambda: cached
+            self.orig_pred, s0 = [], 0
+            for _, y in cached:
+                self.orig_pred.append(logits[s0:s0 + y.numel()].argmax(1))
+                s0 += y.numel()
+        else:
+            def batches():
+                for x, y in _batches(val_inputs, val_labels, batch_size):
+                    if y is None:
+                        raise ValueError("val_inputs: the DataLoader must yield (x, y) batches")
+                    yield x.to(self.dev), torch.as_tensor(y).to(self.dev)
+            self.batches = batches
+            self.orig_pred = [model(x).argmax(1) for x, _ in batches()]
+        ys = [y for _, y in self.batches()]
+        self.n_val = sum(int(y.numel()) for y in ys)
+        if self.n_val == 0:
+            raise ValueError("val_inputs: empty validation set")
+        self.orig_correct = int(sum(int((p == y).sum()) for p, y in zip(self.orig_pred, ys)))
+        self.needed = math.ceil(threshold * self.orig_correct - 1e-9)
+
+    def candidate(self, spec: MutantSpec, early_abort: bool):
+        """``(accepted, correct, seen, predictions)`` of one candidate: with ``early_abort`` it is rejected
+        as soon as ``correct so far + samples left < needed``; ``predictions`` (in screening order) of an
+        accepted candidate, else None."""
+        patch = make_patch(self.model, spec)
+        correct = seen = 0
+        ok = True
+        cand = []
+        patch.apply(self.model, self.params)
+        try:
+            for x, y in self.batches():
+                p = self.run(x).argmax(1)
+                cand.append(p)
+                correct += int((p == y).sum())
+                seen += int(y.numel())
+                if early_abort and correct + (self.n_val - seen) < self.needed:
+                    ok = False
+                    break
+        finally:
+            patch.revert(self.model)
+        accepted = ok and correct >= self.needed
+        return accepted, correct, seen, (torch.cat(cand).cpu() if accepted else None)
+
+    def in_caller_order(self, mutant_preds: list):
+        """The original predictions (n_val,) and the stacked ``mutant_preds`` (k, n_val), back in the caller's
+        sample order, as label arrays."""
+        orig_pred = torch.cat(self.orig_pred).cpu()
+        mpreds = torch.stack(mutant_preds) if mutant_preds else torch.zeros((0, self.n_val), dtype=torch.int64)
+        if self.perm is not None:
+            inv = torch.argsort(self.perm)
+            orig_pred, mpreds = orig_pred[inv], mpreds[:, inv]
+        ncls = 1 + max(int(orig_pred.max()), int(mpreds.max()) if mpreds.numel() else 0)
+        return orig_pred.numpy().astype(np.int32), mpreds.numpy().astype(_label_dtype(ncls))
+
+
+def _check_screen_args(operator: str, rate: float, threshold: float, order: str) -> None:
+    check_operator(operator)
+    check_rate(rate)
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold: {threshold!r} is not valid; valid: a fraction in (0, 1]")
+    if order not in ("margin", "given"):
+        raise ValueError(f"order: {order!r} is not valid; valid: margin, given")
+
+
+def _exhausted(operator, rate, accepted, n_mutants, tried, max_tries, threshold, original_accuracy) -> ScreenExhausted:
+    return ScreenExhausted(
+        f"screen_mutants: operator {operator!r} at rate {rate}: only {accepted} of {n_mutants} "
+        f"mutants accepted after {tried} tries (max_tries={max_tries}); a mutant must keep "
+        f">= {threshold} x the original validation accuracy ({original_accuracy:.4f}). "
+        f"Lower the rate, or raise max_tries."
+    )
+
+
 def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate: float, n_mutants: int, *,
                    threshold: float = 0.9, max_tries: int | None = None, seed: int = 0, batch_size: int = 512,
                    device=None, progress: bool = True, early_abort: bool = True,
@@ -361,110 +462,153 @@ def screen_mutants(model: nn.Module, val_inputs, val_labels, operator: str, rate
     order).  ``max_tries`` (default ``20 * n_mutants``) bounds the candidates: when it
     is used up a RuntimeError says so (it never loops forever).  ``compile=True`` runs the
     candidates through :func:`forward_fn` (the original model always runs eagerly).
+
+    Each candidate is decided on its own, so the stream can also be screened in blocks on many
+    processes (:func:`screen_candidates`) and the blocks joined (:func:`assemble_screen`): the same result.
     """
-    check_operator(operator)
-    check_rate(rate)
+    _check_screen_args(operator, rate, threshold, order)
     if not (isinstance(n_mutants, (int, np.integer)) and n_mutants >= 1):
         raise ValueError(f"n_mutants: {n_mutants!r} is not valid; valid: an integer >= 1")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold: {threshold!r} is not valid; valid: a fraction in (0, 1]")
     max_tries = 20 * int(n_mutants) if max_tries is None else int(max_tries)
     if max_tries < n_mutants:
         raise ValueError(f"max_tries: {max_tries} is not valid; valid: an integer >= n_mutants ({n_mutants})")
-    if order not in ("margin", "given"):
-        raise ValueError(f"order: {order!r} is not valid; valid: margin, given")
     t0 = time.perf_counter()
     model, dev = _resolve(model, device)
-    params = dict(model.named_parameters())
-    run = forward_fn(model, compile)
     prog = progress_bar(total=n_mutants, desc=f"screen {operator}@{rate} (accepted mutants)", enabled=progress)
-    perm = None
     with _eval_mode(model), torch.inference_mode():
-        if _is_tensor_like(val_inputs):
-            if val_labels is None:
-                raise ValueError("val_labels: required with tensor inputs")
-            xs = _as_tensor(val_inputs)
-            yt = torch.as_tensor(np.asarray(val_labels) if not isinstance(val_labels, torch.Tensor) else val_labels)
-            if yt.shape[0] != xs.shape[0]:
-                raise ValueError(f"val_labels: {yt.shape[0]} labels for {xs.shape[0]} inputs")
-            logits = torch.cat([model(x.to(dev)).float() for x, _ in _batches(xs, None, batch_size)])
-            if order == "margin" and logits.shape[1] > 1:
-                top2 = logits.topk(2, dim=1).values
-                perm = torch.argsort((top2[:, 0] - top2[:, 1]).cpu(), stable=True)
-                xs, yt, logits = xs[perm], yt[perm], logits[perm.to(logits.device)]
-            cached = [(x.to(dev), y.to(dev)) for x, y in _batches(xs, yt, batch_size)]
-            batches = lambda: cached
-            orig_pred, s0 = [], 0
-            for _, y in cached:
-                orig_pred.append(logits[s0:s0 + y.numel()].argmax(1))
-                s0 += y.numel()
-        else:
-            def batches():
-                for x, y in _batches(val_inputs, val_labels, batch_size):
-                    if y is None:
-                        raise ValueError("val_inputs: the DataLoader must yield (x, y) batches")
-                    yield x.to(dev), torch.as_tensor(y).to(dev)
-            orig_pred = [model(x).argmax(1) for x, _ in batches()]
-        ys = [y for _, y in batches()]
-        n_val = sum(int(y.numel()) for y in ys)
-        if n_val == 0:
-            raise ValueError("val_inputs: empty validation set")
-        orig_correct = int(sum(int((p == y).sum()) for p, y in zip(orig_pred, ys)))
-        needed = math.ceil(threshold * orig_correct - 1e-9)
-
+        s = Screening(model, dev, val_inputs, val_labels, threshold, batch_size, order, compile)
         accepted, accs, preds = [], [], []
         evaluated = tried = 0
-        for s in candidate_seeds(seed, max_tries):
+        for cs in candidate_seeds(seed, max_tries):
             if len(accepted) >= n_mutants:
                 break
-            spec = MutantSpec(operator, rate, s)
-            patch = make_patch(model, spec)
+            spec = MutantSpec(operator, rate, cs)
             tried += 1
-            correct = seen = 0
-            ok = True
-            cand = []
-            patch.apply(model, params)
-            try:
-                for x, y in batches():
-                    p = run(x).argmax(1)
-                    cand.append(p)
-                    correct += int((p == y).sum())
-                    seen += int(y.numel())
-                    if early_abort and correct + (n_val - seen) < needed:
-                        ok = False
-                        break
-            finally:
-                patch.revert(model)
+            ok, correct, seen, p = s.candidate(spec, early_abort)
             evaluated += seen
-            if ok and correct >= needed:
+            if ok:
                 accepted.append(spec)
-                accs.append(correct / n_val)
-                preds.append(torch.cat(cand).cpu())
+                accs.append(correct / s.n_val)
+                preds.append(p)
                 prog.update(1)
             prog.set_postfix(tried=tried)
     prog.close()
     seconds = time.perf_counter() - t0
     if len(accepted) < n_mutants:
-        raise ScreenExhausted(
-            f"screen_mutants: operator {operator!r} at rate {rate}: only {len(accepted)} of {n_mutants} "
-            f"mutants accepted after {tried} tries (max_tries={max_tries}); a mutant must keep "
-            f">= {threshold} x the original validation accuracy ({orig_correct / n_val:.4f}). "
-            f"Lower the rate, or raise max_tries."
-        )
-    orig_pred = torch.cat(orig_pred).cpu()
-    mpreds = torch.stack(preds)
-    if perm is not None:  # back to the caller's sample order
-        inv = torch.argsort(perm)
-        orig_pred, mpreds = orig_pred[inv], mpreds[:, inv]
-    ncls = 1 + max(int(orig_pred.max()), int(mpreds.max()))
+        raise _exhausted(operator, rate, len(accepted), n_mutants, tried, max_tries, threshold,
+                         s.orig_correct / s.n_val)
+    orig, mpreds = s.in_caller_order(preds)
     return ScreenResult(
         accepted=accepted, accuracies=accs, tried=tried, rejected=tried - len(accepted),
-        original_accuracy=orig_correct / n_val, samples_evaluated=evaluated,
-        samples_evaluated_without_abort=tried * n_val, seconds=seconds, n_val=n_val,
-        threshold=threshold, original_forwards=n_val,
-        predictions=mpreds.numpy().astype(_label_dtype(ncls)),
-        original_predictions=orig_pred.numpy().astype(np.int32),
+        original_accuracy=s.orig_correct / s.n_val, samples_evaluated=evaluated,
+        samples_evaluated_without_abort=tried * s.n_val, seconds=seconds, n_val=s.n_val,
+        threshold=threshold, original_forwards=s.n_val, predictions=mpreds, original_predictions=orig,
     )
+
+
+@dataclass
+class ScreenBlock:
+    """Every candidate of a contiguous block of the seed stream, decided (:func:`screen_candidates`).
+
+    ``seeds``, ``accepted``, ``correct`` (validation samples right) and ``seen`` (samples evaluated: fewer
+    where early abort stopped a candidate) per candidate; ``predictions`` (n_accepted, n_val): the
+    accepted candidates' validation labels in the caller's order; ``original_predictions`` (n_val,),
+    ``original_correct`` and ``n_val`` as the screening saw them."""
+
+    seeds: np.ndarray
+    accepted: np.ndarray
+    correct: np.ndarray
+    seen: np.ndarray
+    predictions: np.ndarray
+    original_predictions: np.ndarray
+    original_correct: int
+    n_val: int
+
+
+def prepare_screening(model: nn.Module, val_inputs, val_labels, *, threshold: float = 0.9, batch_size: int = 512,
+                      device=None, order: str = "margin", compile: bool = False) -> Screening:
+    """The :class:`Screening` that :func:`screen_candidates` would make (the original model's predictions on
+    the validation split, their order, the batches), to be passed to it for block after block."""
+    if order not in ("margin", "given"):
+        raise ValueError(f"order: {order!r} is not valid; valid: margin, given")
+    model, dev = _resolve(model, device)
+    with _eval_mode(model), torch.inference_mode():
+        return Screening(model, dev, val_inputs, val_labels, threshold, batch_size, order, compile)
+
+
+def screen_candidates(model: nn.Module, val_inputs, val_labels, operator: str, rate: float, seeds, *,
+                      threshold: float = 0.9, batch_size: int = 512, device=None, progress: bool = True,
+                      early_abort: bool = True, order: str = "margin", compile: bool = False,
+                      screening: Screening | None = None) -> ScreenBlock:
+    """Decide each candidate ``MutantSpec(operator, rate, s)`` of ``seeds`` (a block of
+    :func:`candidate_seeds`) as :func:`screen_mutants` does, all of them, without stopping at an accepted
+    count: blocks of the stream can be screened on different processes in any order and joined with
+    :func:`assemble_screen` into exactly the serial result.  ``screening``: one made by
+    :func:`prepare_screening` with the same arguments, reused instead of made again."""
+    _check_screen_args(operator, rate, threshold, order)
+    seeds = [int(s) for s in seeds]
+    rows, preds = [], []
+    s = screening or prepare_screening(model, val_inputs, val_labels, threshold=threshold, batch_size=batch_size,
+                                       device=device, order=order, compile=compile)
+    with _eval_mode(s.model), torch.inference_mode():
+        for cs in progress_bar(seeds, desc=f"screen {operator}@{rate} (candidates)", enabled=progress):
+            ok, correct, seen, p = s.candidate(MutantSpec(operator, rate, cs), early_abort)
+            rows.append((ok, correct, seen))
+            if ok:
+                preds.append(p)
+    orig, mpreds = s.in_caller_order(preds)
+    return ScreenBlock(seeds=np.asarray(seeds, np.int64), accepted=np.array([r[0] for r in rows], bool),
+                       correct=np.array([r[1] for r in rows], np.int64), seen=np.array([r[2] for r in rows], np.int64),
+                       predictions=mpreds, original_predictions=orig, original_correct=s.orig_correct, n_val=s.n_val)
+
+
+def screen_decided(blocks, n_mutants: int, max_tries: int) -> bool:
+    """Whether ``blocks`` (consecutive, from the stream's start) decide a screening for ``n_mutants`` within
+    ``max_tries``: they hold ``n_mutants`` accepted candidates, or every one of the ``max_tries``."""
+    acc = np.concatenate([b.accepted for b in blocks]) if blocks else np.zeros(0, bool)
+    acc = acc[:max_tries]
+    return int(acc.sum()) >= n_mutants or len(acc) >= max_tries
+
+
+def assemble_screen(blocks, operator: str, rate: float, n_mutants: int, *, max_tries: int | None = None,
+                    seed: int = 0, threshold: float = 0.9) -> ScreenResult:
+    """The :class:`ScreenResult` of :func:`screen_mutants` from consecutive blocks of its candidates
+    (:func:`screen_candidates`): candidates are taken in seed order up to the ``n_mutants``-th accepted
+    one, so accepted seeds, accuracies, tried, samples evaluated and predictions are the serial run's.
+    Raises :class:`ScreenExhausted` as the serial run does when ``max_tries`` candidates were not enough,
+    and ValueError when the blocks do not reach that far (:func:`screen_decided`).  ``seconds`` is 0: the
+    blocks' costs are their own."""
+    max_tries = 20 * int(n_mutants) if max_tries is None else int(max_tries)
+    blocks = list(blocks)
+    seeds = np.concatenate([b.seeds for b in blocks]) if blocks else np.zeros(0, np.int64)
+    if not np.array_equal(seeds, candidate_seeds(seed, len(seeds))):
+        raise ValueError(f"blocks: their seeds are not the stream's first {len(seeds)} candidates of seed {seed}")
+    if not screen_decided(blocks, n_mutants, max_tries):
+        raise ValueError(f"blocks: {len(seeds)} candidates decide neither {n_mutants} accepted mutants nor the "
+                         f"{max_tries} tries; screen more blocks")
+    first = blocks[0]
+    for b in blocks[1:]:
+        if b.original_correct != first.original_correct or not np.array_equal(b.original_predictions,
+                                                                               first.original_predictions):
+            raise ValueError("blocks: screened with different original predictions (another model or split?)")
+    n_val = first.n_val
+    accepted_flags = np.concatenate([b.accepted for b in blocks])[:max_tries]
+    correct = np.concatenate([b.correct for b in blocks])
+    seen = np.concatenate([b.seen for b in blocks])
+    kept = np.flatnonzero(accepted_flags)[:n_mutants]
+    tried = int(kept[-1]) + 1 if len(kept) == n_mutants else max_tries
+    if len(kept) < n_mutants:
+        raise _exhausted(operator, rate, len(kept), n_mutants, tried, max_tries, threshold,
+                         first.original_correct / n_val)
+    preds = np.concatenate([b.predictions for b in blocks], 0)[:n_mutants]
+    ncls = 1 + max(int(first.original_predictions.max()), int(preds.max()))
+    return ScreenResult(
+        accepted=[MutantSpec(operator, rate, int(seeds[i])) for i in kept],
+        accuracies=[int(correct[i]) / n_val for i in kept], tried=tried, rejected=tried - n_mutants,
+        original_accuracy=first.original_correct / n_val, samples_evaluated=int(seen[:tried].sum()),
+        samples_evaluated_without_abort=tried * n_val, seconds=0.0, n_val=n_val, threshold=threshold,
+        original_forwards=n_val, predictions=preds.astype(_label_dtype(ncls)),
+        original_predictions=first.original_predictions.astype(np.int32))
 
 
 # ----------------------------------------------------------------------------- LCR
@@ -624,7 +768,8 @@ def sprt_score(mutant_preds, original_preds, *, alpha: float = 0.05, beta: float
 
 
 __all__ = [
-    "SPRT_THRESHOLD", "SPRT_INDIFFERENCE", "ScreenExhausted", "ScreenResult", "candidate_seeds", "choose_setting",
-    "label_change_rate", "lcr_auroc_by_n_mutants", "lcr_summary", "mutant_predictions", "predict",
+    "SPRT_THRESHOLD", "SPRT_INDIFFERENCE", "ScreenBlock", "ScreenExhausted", "ScreenResult", "Screening",
+    "assemble_screen", "candidate_seeds", "choose_setting", "label_change_rate", "lcr_auroc_by_n_mutants",
+    "lcr_summary", "mutant_predictions", "predict", "prepare_screening", "screen_candidates", "screen_decided",
     "screen_mutants", "sprt_detect", "sprt_score",
 ]

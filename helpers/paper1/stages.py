@@ -8,6 +8,7 @@ arrays are always joined on ``id`` (:func:`helpers.evaluation.with_predictions`)
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -28,11 +29,18 @@ from helpers.paper1.joint import (
     unified_score,
 )
 from helpers.paper1.lcr import (
+    ScreenBlock,
     ScreenExhausted,
+    Screening,
+    assemble_screen,
+    candidate_seeds,
     choose_setting,
     label_change_rate,
     lcr_summary,
     mutant_predictions,
+    prepare_screening,
+    screen_candidates,
+    screen_decided,
     screen_mutants,
     sprt_detect,
     sprt_score,
@@ -58,8 +66,10 @@ CONDUCTANCE_PART = 2048
 
 def conductance_parts(exp: Experiment) -> list[tuple[str, int, int]]:
     """The work units of the conductance pass: (split, start, stop) ranges of whole eval batches, so
-    that each unit computes exactly the batches of the single-process pass."""
-    bs = exp.eval_batch_size
+    that each unit computes exactly the batches of the single-process pass.  Laid out by the profile's
+    ``training.eval_batch_size``, not the accelerator-scaled batch, so the units and their cache keys are
+    the same on every device (a GPU run's parts finish on a CPU machine)."""
+    bs = exp.cfg["training"]["eval_batch_size"]
     per = bs * max(1, CONDUCTANCE_PART // bs)
     return [(s, a, min(a + per, len(exp.data[s]))) for s in SPLIT_ORDER for a in range(0, len(exp.data[s]), per)]
 
@@ -79,7 +89,8 @@ def conductance_part(exp: Experiment, split: str, start: int, stop: int, cache: 
 
     if not cache:
         return compute()["conductance"]
-    params = {**conductance_params(exp), "split": split, "start": start, "stop": stop, "batch": exp.eval_batch_size}
+    params = {**conductance_params(exp), "split": split, "start": start, "stop": stop,
+              "batch": exp.cfg["training"]["eval_batch_size"]}
     return exp.cache.stage("conductance_part", params, compute, NPZ)["conductance"]
 
 
@@ -211,11 +222,13 @@ def detector_learning_curve(exp: Experiment) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- LCR (paper 1, sec. 4.2)
 def _screen_to_dict(res) -> dict:
+    """A screening's cached arrays.  What it cost is no part of the result: it is in the stage's cost record
+    (:mod:`helpers.cache`), so the file has the same bytes whoever computed it."""
     return {"seeds": np.array([s.seed for s in res.accepted], np.int64), "accuracies": np.array(res.accuracies),
             "tried": np.array(res.tried), "rejected": np.array(res.rejected),
             "original_accuracy": np.array(res.original_accuracy), "samples_evaluated": np.array(res.samples_evaluated),
             "samples_evaluated_without_abort": np.array(res.samples_evaluated_without_abort),
-            "seconds": np.array(res.seconds), "val_predictions": res.predictions.astype(np.int16),
+            "val_predictions": res.predictions.astype(np.int16),
             "val_original": res.original_predictions.astype(np.int16)}
 
 
@@ -224,30 +237,156 @@ SCREEN_BATCH = 128
 #: label-matrix batch: on a CPU small batches keep activations in cache (docs/benchmarks.md,
 #: lcr_matrix); 125 divides the CIFAR-10 splits, so a compiled model sees one shape.  Not in the cache key.
 LCR_BATCH = 125
+#: candidates per screening block, a work unit of helpers.tools.precompute (:func:`screen_block`); the blocks
+#: of one (operator, rate) serve its grid cell and its final screening alike (the block's key has no ``n``)
+SCREEN_BLOCK = 4
+#: a screening wave (:func:`next_screen_blocks`) screens this many times the candidates it expects to need
+SCREEN_MARGIN = 1.25
+
+
+def screen_params(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
+    """The cache key's parameters of :func:`screen`."""
+    lc = exp.cfg["lcr"]
+    return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
+            "n": n_mutants, "threshold": lc["accept_threshold"], "tries": lc["max_tries_factor"], "seed": exp.seed}
+
+
+def _val_inputs(exp: Experiment):
+    inputs = split_inputs(exp, "val")
+    labels = exp.data["val"].labels if isinstance(inputs, torch.Tensor) else None  # a loader yields its own
+    return inputs, labels
 
 
 def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
     """Screened mutants of one (operator, rate): accepted iff val accuracy >= threshold x original (cached).
 
-    Returns the accepted seeds, their validation predictions and the screening cost; a
-    setting that rejects everything within the try budget returns ``{"error": message}``."""
+    Returns the accepted seeds, their validation predictions and the screening's forward counts; a setting
+    that rejects everything within the try budget returns ``{"error": message}``.  Where
+    ``helpers.tools.precompute`` screened the candidate stream in blocks (:func:`screen_block`), the blocks
+    are joined (:func:`lcr.assemble_screen`; missing ones are screened here), with exactly the serial
+    result; otherwise the stream is screened here, serially (:func:`lcr.screen_mutants`)."""
     lc = exp.cfg["lcr"]
-    params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
-              "n": n_mutants, "threshold": lc["accept_threshold"], "tries": lc["max_tries_factor"], "seed": exp.seed}
+    max_tries = lc["max_tries_factor"] * n_mutants
 
     def compute():
-        inputs = split_inputs(exp, "val")
-        labels = exp.data["val"].labels if isinstance(inputs, torch.Tensor) else None  # a loader yields its own
         try:
-            res = screen_mutants(exp.model, inputs, labels, operator, rate, n_mutants,
-                                 threshold=lc["accept_threshold"], max_tries=lc["max_tries_factor"] * n_mutants,
-                                 seed=exp.seed, batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress,
-                                 compile=lc["compile"])
+            if exp.cache.if_cached(lambda: screen_block(exp, operator, rate, 0)) is not None:
+                blocks = []
+                while not screen_decided(blocks, n_mutants, max_tries):
+                    blocks.append(_as_block(screen_block(exp, operator, rate, len(blocks) * SCREEN_BLOCK)))
+                exp.cache.note(blocks=len(blocks), blocks_seconds=sum(
+                    exp.cache.cost("lcr_screen_block", screen_block_params(exp, operator, rate, k * SCREEN_BLOCK),
+                                   NPZ).get("seconds") or 0.0 for k in range(len(blocks))))
+                res = assemble_screen(blocks, operator, rate, n_mutants, max_tries=max_tries, seed=exp.seed,
+                                      threshold=lc["accept_threshold"])
+            else:
+                inputs, labels = _val_inputs(exp)
+                res = screen_mutants(exp.model, inputs, labels, operator, rate, n_mutants,
+                                     threshold=lc["accept_threshold"], max_tries=max_tries, seed=exp.seed,
+                                     batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress,
+                                     compile=lc["compile"])
         except ScreenExhausted as exc:  # a real result of this setting; any other error propagates
             return {"error": np.array(str(exc))}
         return _screen_to_dict(res)
 
-    return exp.cache.stage("lcr_screen", params, compute, NPZ)
+    return exp.cache.stage("lcr_screen", screen_params(exp, operator, rate, n_mutants), compute, NPZ)
+
+
+def screen_seconds(exp: Experiment, operator: str, rate: float, n_mutants: int) -> float:
+    """What screening (operator, rate) for ``n_mutants`` cost where it was computed (its cost record, with its
+    blocks'), NaN when unknown (computed on a machine that shares no cache root with this one)."""
+    cost = exp.cache.cost("lcr_screen", screen_params(exp, operator, rate, n_mutants), NPZ)
+    seconds = cost.get("blocks_seconds", cost.get("seconds"))
+    return float("nan") if seconds is None else float(seconds)
+
+
+def screen_block_params(exp: Experiment, operator: str, rate: float, start: int) -> dict:
+    """The cache key's parameters of :func:`screen_block`."""
+    lc = exp.cfg["lcr"]
+    return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "operator": operator, "rate": rate,
+            "threshold": lc["accept_threshold"], "seed": exp.seed, "start": start, "stop": start + SCREEN_BLOCK}
+
+
+def screen_block(exp: Experiment, operator: str, rate: float, start: int) -> dict:
+    """Candidates ``start .. start + SCREEN_BLOCK`` of the seed stream of (operator, rate), each decided as
+    :func:`screen` decides it (:func:`lcr.screen_candidates`; cached): a work unit of
+    ``helpers.tools.precompute``.  Arrays: seeds, accepted, correct, seen, val_predictions (the accepted
+    candidates'), val_original, original_correct, n_val."""
+    lc = exp.cfg["lcr"]
+
+    def compute():
+        inputs, labels = _val_inputs(exp)
+        b = screen_candidates(exp.model, inputs, labels, operator, rate,
+                              candidate_seeds(exp.seed, start + SCREEN_BLOCK)[start:], threshold=lc["accept_threshold"],
+                              batch_size=SCREEN_BATCH, device=exp.device, progress=exp.progress, compile=lc["compile"],
+                              screening=_screening(exp))
+        return {"seeds": b.seeds, "accepted": b.accepted, "correct": b.correct, "seen": b.seen,
+                "val_predictions": b.predictions.astype(np.int16),
+                "val_original": b.original_predictions.astype(np.int16),
+                "original_correct": np.array(b.original_correct), "n_val": np.array(b.n_val)}
+
+    return exp.cache.stage("lcr_screen_block", screen_block_params(exp, operator, rate, start), compute, NPZ)
+
+
+def _screening(exp: Experiment) -> Screening:
+    """The validation split prepared for screening (:func:`lcr.prepare_screening`), once per experiment: the
+    original model's pass over it runs once for all the blocks a process screens."""
+    lc = exp.cfg["lcr"]
+
+    def make():
+        inputs, labels = _val_inputs(exp)
+        return prepare_screening(exp.model, inputs, labels, threshold=lc["accept_threshold"], batch_size=SCREEN_BATCH,
+                                 device=exp.device, compile=lc["compile"])
+
+    return exp.memo.get("lcr_screening", make)
+
+
+def _as_block(z: dict) -> ScreenBlock:
+    return ScreenBlock(seeds=z["seeds"], accepted=z["accepted"].astype(bool), correct=z["correct"], seen=z["seen"],
+                       predictions=z["val_predictions"], original_predictions=z["val_original"],
+                       original_correct=int(z["original_correct"]), n_val=int(z["n_val"]))
+
+
+def next_screen_blocks(done: dict[int, int], n_mutants: int, max_tries: int, start: tuple[int, int] = (0, 0),
+                       block: int | None = None, margin: float | None = None) -> tuple[list[int], int, int]:
+    """The waves of a screening cut in blocks, replayed from the blocks screened so far (``done``: start ->
+    accepted count): ``(todo, covered, accepted)``, where ``todo`` are the starts of the blocks the first
+    unfinished wave still lacks, and ``covered`` / ``accepted`` what the finished waves hold; ``todo`` is []
+    once they decide the screening (``n_mutants`` accepted, or ``max_tries`` candidates covered).
+
+    A wave starts where the previous one ended and covers ``margin`` x the candidates still missing at the
+    acceptance rate of the waves before it (100 % before any; half a success where none was accepted yet),
+    in whole blocks, up to ``max_tries``.  So the waves, and the blocks screened, depend on the blocks'
+    results only, never on when a run was interrupted: a resumed run screens the blocks an uninterrupted
+    one screens.  ``start``: (covered, accepted) to go on from, e.g. where the grid cell of the same setting
+    ended.  A pure function of its arguments: the plan (:func:`helpers.tools.precompute.lcr_plan`) and the
+    run make the same waves."""
+    block, margin = block or SCREEN_BLOCK, margin or SCREEN_MARGIN
+    covered, accepted = start
+    while accepted < n_mutants and covered < max_tries:
+        rate = max(accepted, 0.5) / covered if covered else 1.0
+        end = min(max_tries, covered + math.ceil((n_mutants - accepted) / rate * margin))
+        wave = list(range(covered, end, block))
+        todo = [s for s in wave if s not in done]
+        if todo:
+            return todo, covered, accepted
+        accepted += sum(done[s] for s in wave)
+        covered = wave[-1] + block
+    return [], covered, accepted
+
+
+def screen_wave(exp: Experiment, operator: str, rate: float, n_mutants: int,
+                start: tuple[int, int] = (0, 0)) -> tuple[list[int], int, int]:
+    """:func:`next_screen_blocks` of (operator, rate) for ``n_mutants`` over the blocks cached so far."""
+    max_tries = exp.cfg["lcr"]["max_tries_factor"] * n_mutants
+    known = exp.memo.get("lcr_screen_block_accepted", dict)  # a cached block never changes: read it once
+    for s in range(0, max_tries, SCREEN_BLOCK):
+        if (operator, rate, s) not in known:
+            z = exp.cache.if_cached(lambda s=s: screen_block(exp, operator, rate, s))
+            if z is not None:
+                known[operator, rate, s] = int(z["accepted"].sum())
+    done = {s: known[operator, rate, s] for s in range(0, max_tries, SCREEN_BLOCK) if (operator, rate, s) in known}
+    return next_screen_blocks(done, n_mutants, max_tries, start)
 
 
 def lcr_grid_cells(exp: Experiment) -> list[tuple[str, float]]:
@@ -262,7 +401,8 @@ def lcr_grid_cells(exp: Experiment) -> list[tuple[str, float]]:
 def lcr_grid(exp: Experiment) -> pd.DataFrame:
     """Table 3 analogue: per operator x rate, accepted / tried mutants and LCR of correct vs wrong
     validation predictions (mean +- std) and their difference; ``val_auroc`` (LCR from the cell's
-    mutants) is context, not part of the paper's selection rule.  Each cell is cached on its own."""
+    mutants) is context, not part of the paper's selection rule.  Each cell is cached on its own;
+    ``screen_seconds`` is what its screening cost (:func:`screen_seconds`)."""
     lc = exp.cfg["lcr"]
     val = exp.split_table("val")
     y_wrong = (~val.correct).to_numpy()
@@ -277,9 +417,10 @@ def lcr_grid(exp: Experiment) -> pd.DataFrame:
                 raise RuntimeError("lcr: the screening's original predictions disagree with the prediction "
                                    "table; clear artifacts/<profile>/ (stale cache?)")
             lcr = label_change_rate(z["val_predictions"], val.prediction.to_numpy())
+            seconds = float(z["seconds"]) if "seconds" in z else screen_seconds(exp, op, rate, lc["grid_mutants"])
             row.update(accepted=len(z["seeds"]), tried=int(z["tried"]), **lcr_summary(lcr, y_wrong),
                        val_auroc=metrics.auroc(y_wrong, lcr) if 0 < y_wrong.sum() < len(y_wrong) else np.nan,
-                       screen_seconds=float(z["seconds"]), note="")
+                       screen_seconds=seconds, note="")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -297,8 +438,10 @@ def lcr_setting(exp: Experiment, grid: pd.DataFrame | None = None) -> tuple[str,
     return str(best["operator"]), float(best["rate"])
 
 
-#: accepted mutants per cached label-matrix chunk (and per work unit of helpers.tools.precompute)
+#: accepted mutants per cached label-matrix chunk
 LCR_CHUNK = 10
+#: about this many images per label-matrix part (a work unit of helpers.tools.precompute), in whole batches
+LCR_PART = 1000
 
 
 def lcr_final_screen(exp: Experiment) -> tuple[str, float, dict]:
@@ -315,23 +458,90 @@ def lcr_final_screen(exp: Experiment) -> tuple[str, float, dict]:
 
 
 def lcr_chunks(exp: Experiment, chunk: int = LCR_CHUNK) -> list[tuple[str, int]]:
-    """The label matrix's cached chunks (split, first mutant): the work units of helpers.tools.precompute."""
+    """The label matrix's cached chunks (split, first mutant)."""
     n = len(lcr_final_screen(exp)[2]["seeds"])
     return [(split, i) for split in ("train", "test") for i in range(0, n, chunk)]
 
 
-def lcr_chunk(exp: Experiment, split: str, i: int, chunk: int = LCR_CHUNK) -> np.ndarray:
-    """Predicted labels (chunk, n_samples) of accepted mutants i..i+chunk on a split (cached); each
-    mutant is seeded by its own spec, so any process computes the same chunk."""
+def lcr_part_ranges(n_images: int, batch: int) -> list[tuple[int, int]]:
+    """The image ranges of the label matrix's parts of a split of ``n_images``: about :data:`LCR_PART`
+    images each, in whole batches of ``batch``, so that every part runs exactly the batches of a pass over
+    the whole split."""
+    per = batch * max(1, LCR_PART // batch)
+    return [(a, min(a + per, n_images)) for a in range(0, n_images, per)]
+
+
+def _lcr_inputs(exp: Experiment, split: str, start: int | None = None, stop: int | None = None):
+    """A split's inputs for the label matrix (images [start, stop)) and the batch their pass runs in:
+    :data:`LCR_BATCH` for a split held in memory, the loader's (the evaluation batch) for one streamed."""
+    inputs = split_inputs(exp, split)
+    if isinstance(inputs, torch.Tensor):
+        return (inputs if start is None else inputs[start:stop]), LCR_BATCH
+    if start is None:
+        return inputs, exp.eval_batch_size
+    return iterate_batches(exp.data[split].dataset, exp.eval_batch_size, start=start, stop=stop,
+                           **exp.loader_options), exp.eval_batch_size
+
+
+def _chunk_specs(exp: Experiment, i: int, chunk: int) -> list[MutantSpec]:
     operator, rate, z = lcr_final_screen(exp)
-    specs = [MutantSpec(operator, rate, int(s)) for s in z["seeds"]][i:i + chunk]
-    params = {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
-              "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs]}
-    return exp.cache.stage(
-        "lcr_preds", params,
-        lambda: {"preds": mutant_predictions(exp.model, specs, split_inputs(exp, split), batch_size=LCR_BATCH,
-                                             device=exp.device, progress=exp.progress,
-                                             compile=exp.cfg["lcr"]["compile"]).astype(np.int16)}, NPZ)["preds"]
+    return [MutantSpec(operator, rate, int(s)) for s in z["seeds"]][i:i + chunk]
+
+
+def _chunk_params(exp: Experiment, split: str, specs: list[MutantSpec]) -> dict:
+    return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "split": split,
+            "data": exp.data_key, "specs": [(s.operator, s.rate, s.seed) for s in specs]}
+
+
+def lcr_parts(exp: Experiment, chunk: int = LCR_CHUNK, todo: bool = False) -> list[tuple[str, int, int, int]]:
+    """The label matrix's parts (split, first mutant, start, stop): each chunk of ``chunk`` mutants x the
+    split's image ranges (:func:`lcr_part_ranges`); the work units of helpers.tools.precompute.  ``todo``:
+    only the parts of chunks not cached yet."""
+    out = []
+    for split, i in lcr_chunks(exp, chunk):
+        if todo and exp.cache.if_cached(lambda s=split, i=i: lcr_chunk(exp, s, i, chunk) is not None, lambda: False):
+            continue
+        batch = _lcr_inputs(exp, split)[1]
+        out += [(split, i, a, b) for a, b in lcr_part_ranges(len(exp.data[split]), batch)]
+    return out
+
+
+def lcr_part(exp: Experiment, split: str, i: int, start: int, stop: int, chunk: int = LCR_CHUNK,
+             cache: bool = True) -> np.ndarray:
+    """Predicted labels (chunk, stop - start) of accepted mutants i..i+chunk on images [start, stop) of a
+    split; each mutant is seeded by its own spec, so any process computes the same part.  ``cache=True``
+    (the precompute units): a cached stage of its own; inside :func:`lcr_chunk` only read when cached."""
+    specs = _chunk_specs(exp, i, chunk)
+
+    def compute():
+        inputs, batch = _lcr_inputs(exp, split, start, stop)
+        return {"preds": mutant_predictions(exp.model, specs, inputs, batch_size=batch, device=exp.device,
+                                            progress=exp.progress,
+                                            compile=exp.cfg["lcr"]["compile"]).astype(np.int16)}
+
+    if not cache:
+        return compute()["preds"]
+    params = {**_chunk_params(exp, split, specs), "start": start, "stop": stop}
+    return exp.cache.stage("lcr_preds_part", params, compute, NPZ)["preds"]
+
+
+def lcr_chunk(exp: Experiment, split: str, i: int, chunk: int = LCR_CHUNK) -> np.ndarray:
+    """Predicted labels (chunk, n_samples) of accepted mutants i..i+chunk on a split (cached), computed
+    part by part (:func:`lcr_parts`); parts that ``helpers.tools.precompute`` cached (on other processes or
+    machines) are read instead, with identical results: every part runs the batches of the whole pass."""
+    specs = _chunk_specs(exp, i, chunk)
+
+    def part(a, b):
+        return exp.cache.if_cached(lambda: lcr_part(exp, split, i, a, b, chunk),
+                                   lambda: lcr_part(exp, split, i, a, b, chunk, cache=False))
+
+    def compute():
+        ranges = lcr_part_ranges(len(exp.data[split]), _lcr_inputs(exp, split)[1])
+        if not ranges:
+            return {"preds": np.zeros((len(specs), 0), np.int16)}
+        return {"preds": np.concatenate([part(a, b) for a, b in ranges], 1)}
+
+    return exp.cache.stage("lcr_preds", _chunk_params(exp, split, specs), compute, NPZ)["preds"]
 
 
 def lcr_matrix(exp: Experiment, chunk: int = LCR_CHUNK) -> dict:
@@ -339,7 +549,7 @@ def lcr_matrix(exp: Experiment, chunk: int = LCR_CHUNK) -> dict:
     (n_mutants, n_samples)}, in prediction-table order.  Validation predictions come free from the
     screening; train and test are evaluated in cached chunks of ``chunk`` mutants (:func:`lcr_chunk`),
     so an interrupted run resumes from the last finished chunk, and ``helpers.tools.precompute`` can
-    compute the chunks on many processes first."""
+    compute their parts on many processes first."""
     operator, rate, z = lcr_final_screen(exp)
     parts = {"val": z["val_predictions"]}
     jobs = lcr_chunks(exp, chunk)
@@ -509,3 +719,21 @@ def relay_metrics(ops: pd.DataFrame, score: str = "joint_nn") -> dict:
     rows = ops[ops.score == score].set_index("operating_point")
     return {"relay": {op: {"accuracy": round(r["test accuracy with expert"], 4),
                            "discarded_fraction": round(r["test discarded fraction"], 4)} for op, r in rows.iterrows()}}
+
+
+def msp_comparison_metrics(exp: Experiment, scores: pd.DataFrame, names, baseline: str = "msp") -> dict:
+    """``detectors.<name>.<split>.msp_difference`` with ``_ci_low``, ``_ci_high`` and ``_p_value``: each
+    score's AUROC minus the one-pass baseline's (``baseline``, MSP) on the same predictions, with a paired
+    bootstrap (:func:`helpers.metrics.paired_auroc_difference`).  Two AUROC intervals that overlap do not
+    say whether one detector beats the other; the paired difference does."""
+    df = with_predictions(exp, scores)
+    nb = exp.cfg["metrics"]["n_bootstrap"]
+    out: dict = {}
+    for name in (n for n in names if n != baseline):
+        for split in ("val", "test"):
+            d = df[df.split == split]
+            r = metrics.paired_auroc_difference(wrong(d), d[name].to_numpy(), d[baseline].to_numpy(),
+                                                n_bootstrap=nb, seed=exp.seed)
+            out.setdefault(name, {})[split] = {f"{baseline}_difference" + ("" if k == "difference" else f"_{k}"):
+                                               round(v, 6) for k, v in r.items()}
+    return {"detectors": out}

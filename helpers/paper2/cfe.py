@@ -358,11 +358,15 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
       hypergeometric law (N, E errors, k draws): its mean and central 95 % interval;
     - MSP: flag the k least confident considered predictions (ties broken by order).
 
+    ``random_p_more`` / ``random_p_fewer``: the one-sided p-values of the rule's catches under that
+    hypergeometric law (:func:`helpers.metrics.random_flags_p`): does the rule catch more, or fewer,
+    errors than random flags in the gate?
+
     Also the AUROC, inside the gate, of the rule's own continuous score (``rule_error_score``,
     higher = more likely wrong, e.g. 1 - recall) and of MSP: 0.5 means no ranking beyond the gate."""
     from scipy.stats import hypergeom
 
-    from helpers.metrics import auroc
+    from helpers.metrics import auroc, random_flags_p
 
     flagged, wrong, considered = (np.asarray(a, bool) for a in (flagged, ~np.asarray(correct, bool), considered))
     if (flagged & ~considered).any():
@@ -371,10 +375,13 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
     dist = hypergeom(n, e, k) if n and e and k else None  # no error or no flag: random flags catch 0
     order = np.argsort(-np.asarray(msp_error_score, np.float64)[considered], kind="stable")[:k]
     msp_caught = int(wrong[considered][order].sum())
-    out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": int((flagged & wrong).sum()),
+    caught = int((flagged & wrong).sum())
+    p_more, p_fewer = random_flags_p(caught, n, e, k)
+    out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": caught,
            "random_expected": float(dist.mean()) if dist else 0.0,
            "random_low": float(dist.ppf(0.025)) if dist else 0.0,
            "random_high": float(dist.ppf(0.975)) if dist else 0.0,
+           "random_p_more": p_more, "random_p_fewer": p_fewer,
            "msp_caught": msp_caught}
     both = 0 < e < n
     for name, score in (("rule", rule_error_score), ("msp", msp_error_score)):

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.devices import model_device, torch_threads
+from helpers.metrics import mde_interval
 from helpers.models import pooled_forward, pooled_head
 from helpers.paper2.cfe import thresholded_relu
 from helpers.progress import bar as progress_bar
@@ -268,7 +269,11 @@ def paired_statistics(correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap:
     - ``p_value``: a paired t-test over seeds (NaN with one seed);
     - ``mde``: the minimum detectable effect of that t-test (two-sided ``alpha``, ``power``), from
       the per-seed spread: (t_{1-alpha/2, n-1} + t_{power, n-1}) x sd / sqrt(n), NaN with one seed;
-      an effect smaller than it would usually go unnoticed with this many seeds."""
+      an effect smaller than it would usually go unnoticed with this many seeds;
+    - ``mde_ci_low`` / ``mde_ci_high``: the 95 % interval of that MDE, which is itself estimated from the
+      seeds' SD (:func:`helpers.metrics.mde_interval`, chi-square); NaN with one seed;
+    - ``n_seeds_tied``: the seeds whose two arms have the same test accuracy (a treatment that barely
+      acted leaves many)."""
     from scipy import stats
 
     a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
@@ -294,10 +299,12 @@ def paired_statistics(correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap:
         mde = float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd / np.sqrt(n_seeds))
     else:
         mde = float("nan")
+    mde_low, mde_high = mde_interval(mde, n_seeds)
     return {"mean": float(per_seed.mean()), "ci_low": float(np.quantile(boots, 0.025)),
             "ci_high": float(np.quantile(boots, 0.975)), "hier_ci_low": float(np.quantile(hier, 0.025)),
             "hier_ci_high": float(np.quantile(hier, 0.975)), "p_value": p, "per_seed": per_seed.tolist(),
-            "sd_per_seed": sd, "mde": mde, "n_seeds": int(n_seeds)}
+            "sd_per_seed": sd, "mde": mde, "mde_ci_low": mde_low, "mde_ci_high": mde_high,
+            "n_seeds_tied": int((per_seed == 0).sum()), "n_seeds": int(n_seeds)}
 
 
 def loss_terms(history: pd.DataFrame, first_epoch: int = 1) -> dict:

@@ -21,7 +21,7 @@ from helpers.cache import NPZ, TENSORS, TENSORS_AND_ARRAYS
 from helpers.datasets import denormalize
 from helpers.evaluation import SPLIT_ORDER, baseline_table, evaluate_scores, split_inputs, with_predictions, wrong
 from helpers.experiment import Experiment
-from helpers.models import layer_output, load_state, pooled_features, pooled_head
+from helpers.models import layer_output, load_state, pooled_features, pooled_head, pooled_head_missing
 from helpers.paper1.joint import fit_unified, unified_score
 from helpers.paper1.stages import conductance_for_joint, lcr_table
 from helpers.paper2 import cfe
@@ -44,6 +44,14 @@ TABLE1 = {
 
 
 # --------------------------------------------------------------------------- pooled features g
+def unavailable(exp: Experiment) -> str | None:
+    """Why paper 2 cannot run on the experiment's model, or None: its method needs pooled features ``g``
+    and the final linear layer they feed (sec. 3), which a model whose head is an MLP over flattened
+    features, or a 1x1 convolution, does not have.  Notebooks 04-05 then step aside
+    (:func:`helpers.notebook.step_aside`) while paper 1's notebooks run as usual."""
+    return pooled_head_missing(exp.model)
+
+
 def pooled_params(exp: Experiment) -> dict:
     return {"model": exp.model_params, "checkpoint": exp.cfg["checkpoint"], "layer": pooled_head(exp.model)[0]}
 
@@ -473,7 +481,8 @@ def debug_grid(exp: Experiment) -> list[tuple[float, float]]:
 
 def debug_masks(exp: Experiment) -> np.ndarray:
     """M (C, K): the global MC filters of each class at the debugging frequency threshold (0 by
-    default: any filter counted at least once), from the training split (notebook 04's stage)."""
+    default: any filter counted at least once), from where notebook 04 builds G_c (:func:`gc_source`:
+    the model's own training photos where the analysis splits are held out, else the training split)."""
     a = analysis(exp)
     return a.filters.filters(exp.cfg["debugging"]["frequency"])
 
@@ -509,7 +518,8 @@ def _debug_data(exp: Experiment) -> _DebugData:
 
 def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
     """One fine-tune (cached): the debugging loss with (l1, l2), or the control with (0, 0); the
-    best-validation epoch's logits on every split, its history, and what an epoch cost."""
+    best-validation epoch's logits on every split, its history, and what an epoch cost (``seconds_per_epoch``,
+    from the stage's cost record: timings stay out of the cached file)."""
     cfg = debug_config(exp)
     masks = debug_masks(exp)
     _ = exp.predictions  # upstream outside compute(): each stage's logged cost is its own
@@ -532,11 +542,15 @@ def debug_run(exp: Experiment, l1: float, l2: float, seed: int) -> dict:
                 step = fwd.suffix if d.cacheable else fwd.full
                 logits[s] = torch.cat([step(inp[i:i + 1000].to(exp.device))[0]
                                        for i in range(0, len(inp), 1000)]).cpu().numpy()
+        exp.cache.note(seconds_per_epoch=res.seconds_per_epoch)  # a cost: in the cost record, not in the file
         return {"state_dict": res.state_dict, "history": res.history.to_dict("records"), "best_epoch": res.best_epoch,
-                "cached_prefix": res.cached_prefix, "seconds_per_epoch": res.seconds_per_epoch, "logits": logits,
-                "device": res.device}
+                "cached_prefix": res.cached_prefix, "logits": logits, "device": res.device}
 
-    return exp.cache.stage("debug_run", params, compute, TENSORS_AND_ARRAYS)
+    run = exp.cache.stage("debug_run", params, compute, TENSORS_AND_ARRAYS)
+    if "seconds_per_epoch" not in run:  # NaN where it ran on a machine that shares no cache root with this one
+        cost = exp.cache.cost("debug_run", params, TENSORS_AND_ARRAYS)
+        run["seconds_per_epoch"] = float(cost.get("seconds_per_epoch", float("nan")))
+    return run
 
 
 def run_accuracies(exp: Experiment, run: dict) -> dict:
@@ -708,18 +722,25 @@ def disable_summary(disable: pd.DataFrame) -> pd.Series:
 
 
 def disable_metrics(disable: pd.DataFrame) -> dict:
-    """``cfe.disable``: zeroing G_c's filters, beside random filters and the head's largest weights."""
+    """``cfe.disable``: zeroing G_c's filters, beside random filters and the head's largest weights; and
+    ``cfe.disable_vs_head_weight``: the classes where G_c lowers the class's recall more than the head's
+    filters (wins), less (losses) or as much (ties), with the sign test of wins against losses
+    (:func:`helpers.metrics.sign_test`)."""
     means = disable_summary(disable)
+    g_c, head = disable.own_recall_drop.to_numpy(), disable.head_weight_own_recall_drop.to_numpy()
+    wins, losses = int((g_c > head).sum()), int((g_c < head).sum())
     return {"cfe": {"disable": {"own_class_recall_drop": round(means.own_recall_drop, 4),
                                 "other_accuracy_drop": round(means.other_accuracy_drop, 4),
                                 "random_own_class_recall_drop": round(means.random_own_recall_drop, 4),
                                 "head_weight_own_class_recall_drop": round(means.head_weight_own_recall_drop, 4),
-                                "beats_head_weight_fraction": round(float(disable.beats_head_weight.mean()), 4)}}}
+                                "beats_head_weight_fraction": round(float(disable.beats_head_weight.mean()), 4)},
+                    "disable_vs_head_weight": {"wins": wins, "losses": losses, "ties": len(disable) - wins - losses,
+                                               "sign_test_p": round(metrics.sign_test(wins, losses), 6)}}}
 
 
 #: Table 1's gate-control columns recorded beside each headline row
 GATE_KEYS = ("gate_n", "gate_errors", "gate_random_expected", "gate_random_low", "gate_random_high", "gate_msp_caught",
-             "gate_rule_auroc_in_gate", "gate_msp_auroc_in_gate")
+             "gate_rule_auroc_in_gate", "gate_msp_auroc_in_gate", "gate_random_p_more", "gate_random_p_fewer")
 
 
 def table1_headline(t1: pd.DataFrame) -> pd.DataFrame:
@@ -778,15 +799,19 @@ def seed_summary(seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 #: the paired statistics of :func:`debugging_seeds` recorded in ``debugging.difference``
-DIFFERENCE_KEYS = ("mean", "ci_low", "ci_high", "hier_ci_low", "hier_ci_high", "p_value", "sd_per_seed", "mde")
+DIFFERENCE_KEYS = ("mean", "ci_low", "ci_high", "hier_ci_low", "hier_ci_high", "p_value", "sd_per_seed", "mde",
+                   "mde_ci_low", "mde_ci_high", "n_seeds_tied")
 
 
 def seed_metrics(seeds: pd.DataFrame, stats: dict) -> dict:
-    """``debugging.<arm>`` (test accuracy over seeds) and ``debugging.difference`` (debugged - control)."""
+    """``debugging.<arm>`` (test accuracy over seeds; the earliest and latest best epoch of its runs: did the
+    treatment run long enough to act?) and ``debugging.difference`` (debugged - control)."""
+    epochs = seeds.groupby("arm", sort=False).best_epoch.agg(["min", "max"])
     return {"debugging": {
         **{arm: {"test_accuracy_mean": round(float(r["mean"]), 6), "test_accuracy_std": round(float(r["std"]), 6),
-                 "n_seeds": int(r["count"])} for arm, r in seed_summary(seeds).iterrows()},
-        "difference": {k: round(stats[k], 6) for k in DIFFERENCE_KEYS}}}
+                 "n_seeds": int(r["count"]), "best_epoch_min": int(epochs.loc[arm, "min"]),
+                 "best_epoch_max": int(epochs.loc[arm, "max"])} for arm, r in seed_summary(seeds).iterrows()},
+        "difference": {k: round(stats[k], 6) for k in DIFFERENCE_KEYS if k in stats}}}
 
 
 def beyond_metrics(agree: dict, msp: dict) -> dict:

@@ -4,41 +4,59 @@ notebooks then run as usual and find every heavy stage cached.
     torchrun --standalone --nproc_per_node=2 -m helpers.tools.precompute --profile digits
     torchrun --nproc_per_node=8 -m helpers.tools.precompute --profile cub100 --only lcr,debugging
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
-        -m helpers.tools.precompute --profile cub100          # on every machine (or the Slurm example, README)
+        -m helpers.tools.precompute --profile cub100          # on every machine (or the Slurm example, docs)
     python -m helpers.tools.precompute --profile digits       # one process: the same stages, in order
+    python -m helpers.tools.precompute --profile cifar10 --plan   # the LCR units and a simulated schedule
 
 The heavy stages are embarrassingly parallel, so they are cut into **work units**, each a cached stage
 of its own and seeded by what it is (a mutant's seed, an image range, a class group, a grid cell and
-seed), never by rank: any number of processes computes exactly the numbers one process computes.
+seed), never by rank: any number of processes computes exactly the numbers one process computes, and
+fills a cache folder identical file for file (:mod:`helpers.cache` writes the same bytes from any writer).
 
 - ``conductance``: ranges of whole eval batches of each split (:func:`paper1.conductance_parts`);
-- ``lcr``: the grid cells' screening, then the label-matrix chunks (:func:`paper1.lcr_chunks`); the
-  final screening of the chosen setting is one serial unit (it stops at the n-th accepted mutant);
+- ``lcr``: the screening of the grid cells and then of the chosen setting, in blocks of the candidate
+  stream (:func:`paper1.screen_block`), wave after wave until the blocks decide it
+  (:func:`paper1.screen_wave`); then the label matrix in parts, mutant chunks x image ranges
+  (:func:`paper1.lcr_parts`).  Joined in seed order and batch order, they give exactly the serial
+  screening and matrix;
 - ``cfe``: the generators' batched class groups (:func:`paper2.generator_groups`);
 - ``debugging``: the grid cells at the profile's seed, then both arms x the paired seeds, then the
   filter agreement of the two models it reports.
 
-Units are dealt round-robin over the ranks; what is upstream of a stage (model, predictions, pooled
-features, the chosen setting) is computed once by rank 0 while the others wait at a barrier, and each
-stage ends with rank 0 assembling the units into the stage the notebooks read.  Every unit is written
-atomically (temporary file + rename) with its sha256, so a killed rank or job resumes from the finished
-units.  With a shared artifacts folder (``COMPANION_ARTIFACTS`` on a shared file system, the usual case
-on a cluster) every rank writes there directly; without one, the ranks exchange the cache files they
-wrote over the process group (gloo or NCCL) after each step, so every machine's cache ends complete.
+**A queue, not a deal.**  The units of a step are taken from a shared counter on the process group's
+own store (``store.add``: each rank takes the next unit the moment it is free), so a fast rank takes more
+units and no rank idles while work is left; the LCR units are queued by their estimated cost, largest first.
+What is upstream of a step (model, predictions, pooled features, the chosen setting) is computed once by
+rank 0 while the others wait at a barrier, and each stage ends with rank 0 joining the units into the
+stage the notebooks read.  :func:`lcr_plan` and :func:`simulate` give the LCR units of a profile and
+their schedule on N ranks without running a model.
 
-Backend: gloo on CPUs, NCCL when CUDA is present (each rank on GPU ``LOCAL_RANK``).  Nothing here is
-needed for a plain single-process run, which stays exactly as it was.
+Every unit is written atomically (temporary file + rename) with its sha256, so a killed rank or job
+resumes from the finished units: ``torchrun --max-restarts N`` starts the ranks again and they go on
+from the cache (the store's keys are kept apart per attempt; see docs/scaling-out.md for
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``).  With a shared artifacts folder (``COMPANION_ARTIFACTS`` on a
+shared file system, the usual case on a cluster) every rank writes there directly; without one, the
+ranks exchange the cache files they wrote over the process group (gloo or NCCL) after each step, so
+every machine's cache ends complete.  What each unit cost is in its cost record
+(``<cache root>/.stage-costs/<profile>/``, :mod:`helpers.cache`); nothing goes to the system's temporary
+folder, and a temporary file that a killed rank of this machine left in the cache is removed at the start.
+
+Backend: gloo when the profile runs on CPUs, NCCL when it runs on CUDA (each rank on GPU ``LOCAL_RANK``),
+whatever the machine shows (:func:`profile_uses_cuda`).  Nothing here is needed for a plain
+single-process run, which stays exactly as it was.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import heapq
 import json
+import math
 import os
 import sys
-import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,10 +66,10 @@ import torch.distributed as dist
 from helpers.experiment import Experiment
 from helpers.paper1 import stages as paper1
 from helpers.paper2 import stages as paper2
-from helpers.paths import absolute_folder_variables
-from helpers.profiles import parse_set
+from helpers.paths import FIGURES_DIR, absolute_folder_variables
+from helpers.profiles import load_profile, parse_set
 from helpers.tools import testhooks
-from helpers.utils import cli_main
+from helpers.utils import cli_main, remove_orphan_temporaries
 
 #: the stages, in the order their inputs require
 STAGES = ("conductance", "lcr", "cfe", "debugging")
@@ -62,14 +80,23 @@ def profile_uses_cuda(profile: str, overrides: dict | None = None) -> bool:
     """Whether the profile's device resolves to a CUDA GPU here (``device: cpu`` never does, even where
     CUDA is visible): the process group's backend and device follow it."""
     from helpers.devices import get_device
-    from helpers.profiles import load_profile
 
     return get_device(load_profile(profile, overrides)["device"]).type == "cuda"
 
 
+def restart_attempt() -> int:
+    """Which attempt of ``torchrun --max-restarts`` this process belongs to (0: the first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 class Group:
-    """This process's place in the job: rank, world size, and the helpers the stages need.  ``cuda``: the
-    profile runs on CUDA GPUs (NCCL, one GPU per local rank), else on CPUs (gloo), whatever is visible."""
+    """This process's place in the job: rank, world size, the store and the helpers the stages need.
+    ``cuda``: the profile runs on CUDA GPUs (NCCL, one GPU per local rank), else on CPUs (gloo), whatever
+    is visible.
+
+    The process group is made on the store of torch's ``env://`` rendezvous, under a prefix of its own per
+    restart attempt: a restarted attempt never meets the keys (gloo's addresses, the queue's counters) of
+    the attempt it replaces, also where torchrun keeps one store across attempts."""
 
     def __init__(self, cuda: bool = False):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -77,13 +104,19 @@ class Group:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.distributed = self.world > 1
         self.cuda = cuda
+        self.store = None
+        self._queues = 0
         if self.distributed and not dist.is_initialized():
             if self.cuda:
                 torch.cuda.set_device(self.local_rank)  # "cuda" below means this rank's GPU
-            # ranks wait while rank 0 computes upstream stages (the final LCR screening, a model to
-            # train): far longer than the collectives' default timeouts (10 min for NCCL)
+            # ranks wait while rank 0 computes upstream stages (a model to train, the grid's choice):
+            # far longer than the collectives' default timeouts (10 min for NCCL)
             minutes = float(os.environ.get("COMPANION_PRECOMPUTE_TIMEOUT_MIN", "720"))
-            dist.init_process_group(self.backend, timeout=datetime.timedelta(minutes=minutes))
+            timeout = datetime.timedelta(minutes=minutes)
+            store, self.rank, self.world = next(dist.rendezvous("env://", timeout=timeout))
+            self.store = dist.PrefixStore(f"helpers.precompute/attempt{restart_attempt()}/", store)
+            dist.init_process_group(self.backend, store=dist.PrefixStore("group/", self.store), rank=self.rank,
+                                    world_size=self.world, timeout=timeout)
 
     @property
     def backend(self) -> str:
@@ -102,9 +135,48 @@ class Group:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def mine(self, units: list) -> list:
-        """This rank's share of the units: round-robin, so the split depends on nothing but the list."""
-        return units[self.rank::self.world]
+    def take(self, n: int):
+        """The indices of ``n`` units that this rank runs: each rank takes the next index the moment it
+        is free, from a counter on the store (``store.add`` returns every index to exactly one rank), until
+        none is left; one process takes them all, in order.  Every rank calls it once per step, so the
+        ranks' counters agree."""
+        self._queues += 1
+        if not self.distributed:
+            yield from range(n)
+            return
+        key = f"queue/{self._queues}"
+        while True:
+            i = self.store.add(key, 1) - 1
+            if i >= n:
+                return
+            yield i
+
+    def from_rank0(self, fn: Callable[[], object]):
+        """``fn()`` computed by rank 0 and handed to every rank (a list of units, a setting), so that every
+        rank works on the same list; an error on rank 0 is raised on every rank."""
+        if not self.distributed:
+            return fn()
+        box = [None]
+        if self.rank == 0:
+            try:
+                box = [("ok", fn())]
+            except Exception as e:  # re-raised below, on every rank
+                box = [("error", e)]
+        dist.broadcast_object_list(box, src=0)
+        status, value = box[0]
+        if status == "error":
+            if self.rank == 0:
+                raise value
+            raise RuntimeError(f"precompute: rank 0 failed ({value}); rank {self.rank} stops too")
+        return value
+
+    def gather(self, value) -> list:
+        """``value`` of every rank, in rank order."""
+        if not self.distributed:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
@@ -119,12 +191,10 @@ def shared_cache(exp: Experiment, group: Group) -> bool:
     exp.artifacts_dir.mkdir(parents=True, exist_ok=True)
     token = f".precompute-{uuid.uuid4().hex}"
     (exp.artifacts_dir / token).write_text(str(group.rank))
-    tokens = [None] * group.world
-    dist.all_gather_object(tokens, token)
+    tokens = group.gather(token)
     group.barrier()
     seen = all((exp.artifacts_dir / t).is_file() for t in tokens)
-    flags = [None] * group.world
-    dist.all_gather_object(flags, seen)
+    flags = group.gather(seen)
     group.barrier()
     (exp.artifacts_dir / token).unlink(missing_ok=True)
     return all(flags)
@@ -148,9 +218,7 @@ def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
     if shared or not group.distributed:
         group.barrier()
         return
-    lists = [None] * group.world
-    dist.all_gather_object(lists, _cache_files(exp))
-    have = [set(x) for x in lists]
+    have = [set(x) for x in group.gather(_cache_files(exp))]
     for name in sorted(set().union(*have), key=lambda n: (n.endswith(".json"), n)):
         holders = [r for r in range(group.world) if name in have[r]]
         if len(holders) == group.world:
@@ -180,18 +248,20 @@ def _step(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object])
 
 def run_units(exp: Experiment, group: Group, units: list[Callable[[], object]], shared: bool,
               crash_after: int | None = None) -> int:
-    """Run this rank's share of ``units`` (each computes or loads one cached stage), then share the
-    cache (:func:`sync_cache`).  Returns how many units this rank ran."""
-    mine = group.mine(units)
+    """Run ``units`` (each computes or loads one cached stage) on the ranks through the queue
+    (:meth:`Group.take`), then share the cache (:func:`sync_cache`).  Returns how many this rank ran."""
+    ran = 0
 
     def work():
-        for i, unit in enumerate(mine):
-            if crash_after is not None and i >= crash_after:  # a test hook: a rank killed, or failing, mid-run
-                testhooks.crash(group.rank, i)
-            unit()
+        nonlocal ran
+        for i in group.take(len(units)):
+            if crash_after is not None and ran >= crash_after:  # a test hook: a rank killed, or failing, mid-run
+                testhooks.crash(group.rank, ran)
+            units[i]()
+            ran += 1
 
     _step(exp, group, shared, work)
-    return len(mine)
+    return ran
 
 
 def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:
@@ -199,37 +269,185 @@ def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], objec
     _step(exp, group, shared, fn if group.rank == 0 else (lambda: None))
 
 
+# --------------------------------------------------------------------------- the LCR units and their plan
+@dataclass(frozen=True)
+class Unit:
+    """A work unit of the LCR stage: its cached stage, what it is (the arguments of
+    :func:`paper1.screen_block` or :func:`paper1.lcr_part`) and its estimated cost in mutant forward
+    passes of one image (:func:`block_cost`, :func:`part_cost`)."""
+
+    stage: str
+    what: tuple
+    cost: float
+
+
+def block_cost(n_val: int) -> float:
+    """A screening block's cost: every candidate's whole pass over the validation split (an upper bound:
+    early abort ends a rejected candidate sooner; the original model's pass runs once per process)."""
+    return float(n_val * paper1.SCREEN_BLOCK)
+
+
+def part_cost(n_mutants: int, start: int, stop: int) -> float:
+    """A label-matrix part's cost: its mutants x its images."""
+    return float(n_mutants * (stop - start))
+
+
+def by_cost(units: list[Unit]) -> list[Unit]:
+    """Largest first (ties keep their order): the queue's order, which keeps the last units of a step short."""
+    return sorted(units, key=lambda u: -u.cost)
+
+
+def expected_accepted(start: int, stop: int, rate: float) -> int:
+    """How many of candidates [start, stop) a screening with acceptance ``rate`` accepts in the plan: the
+    i-th candidate is accepted when ``floor(rate * (i + 1))`` grows, so the first k hold ``floor(rate * k)``."""
+    return math.floor(rate * stop + 1e-9) - math.floor(rate * start + 1e-9)
+
+
+def lcr_plan(cfg: dict, sizes: dict[str, int], acceptance: dict[tuple[str, float], float],
+             chosen: tuple[str, float] | None = None) -> list[list[Unit]]:
+    """The LCR stage's work units, step by step, as :func:`lcr_stage` makes them, without running a model:
+    the screening waves of the grid cells, the waves of the chosen setting (which reuse its cell's blocks),
+    then the label-matrix parts.  ``cfg``: the profile's settings; ``sizes``: images per split (train, val,
+    test); ``acceptance``: each (operator, rate)'s acceptance rate, with which the plan decides its blocks
+    (:func:`expected_accepted`); ``chosen``: the setting the grid chooses (default the profile's
+    ``lcr.operator`` / ``rate``).  Each step's units are in the queue's order (:func:`by_cost`); the
+    label-matrix parts assume the splits held in memory (batches of ``LCR_BATCH``)."""
+    lc = cfg["lcr"]
+    steps: list[list[Unit]] = []
+    done: dict[tuple[str, float], dict[int, int]] = {}
+
+    def waves(settings, n, start=(0, 0)):
+        max_tries = lc["max_tries_factor"] * n
+        while True:
+            wave = [(op, r, s) for op, r in settings
+                    for s in paper1.next_screen_blocks(done.setdefault((op, r), {}), n, max_tries, start)[0]]
+            if not wave:
+                return
+            for op, r, s in wave:
+                done[op, r][s] = expected_accepted(s, s + paper1.SCREEN_BLOCK, acceptance[op, r])
+            steps.append(by_cost([Unit("lcr_screen_block", w, block_cost(sizes["val"])) for w in wave]))
+
+    fixed = (lc["operator"], float(lc["rate"])) if lc["operator"] and lc["rate"] else None
+    setting, start = fixed or chosen, (0, 0)
+    if setting is None:
+        raise ValueError("lcr_plan: the profile leaves the setting to the grid; give chosen=(operator, rate)")
+    if fixed is None:
+        cells = [(op, float(r)) for op in lc["grid_operators"] for r in lc["grid_rates"]]
+        waves(list(dict.fromkeys(cells + [(str(op), float(r)) for op, r in lc["grid_extra"]])), lc["grid_mutants"])
+        n_grid = lc["grid_mutants"]
+        start = paper1.next_screen_blocks(done[setting], n_grid, lc["max_tries_factor"] * n_grid)[1:]
+    waves([setting], lc["n_mutants"], start)
+    n, chunk = lc["n_mutants"], paper1.LCR_CHUNK
+    steps.append(by_cost([Unit("lcr_preds_part", (split, i, a, b), part_cost(min(chunk, n - i), a, b))
+                          for split in ("train", "test") for i in range(0, n, chunk)
+                          for a, b in paper1.lcr_part_ranges(sizes[split], paper1.LCR_BATCH)]))
+    return steps
+
+
+def committed_evidence(profile: str) -> dict:
+    """What :func:`lcr_plan` needs and a profile's committed outputs (``figures/<profile>/``) recorded: the
+    split sizes (``accuracy.csv``), each grid cell's acceptance (``lcr_grid.csv``: accepted / tried) and the
+    chosen setting with its own acceptance (``metrics.json``: ``lcr`` n_mutants / tried)."""
+    import pandas as pd
+
+    folder = FIGURES_DIR / profile
+    sizes = {str(r.split): int(r.n) for r in pd.read_csv(folder / "accuracy.csv").itertuples()}
+    acceptance = {(str(r.operator), float(r.rate)): (r.accepted / r.tried if r.tried else 0.0)
+                  for r in pd.read_csv(folder / "lcr_grid.csv").itertuples()}
+    lcr = json.loads((folder / "metrics.json").read_text())["lcr"]
+    chosen = (str(lcr["operator"]), float(lcr["rate"]))
+    acceptance[chosen] = lcr["n_mutants"] / lcr["tried"]
+    return {"sizes": sizes, "acceptance": acceptance, "chosen": chosen}
+
+
+def unit_plan(profile: str, overrides: dict | None = None) -> list[list[Unit]]:
+    """:func:`lcr_plan` of a profile: its settings (``params/<profile>.yaml``) and its committed outputs
+    (:func:`committed_evidence`); nothing is computed."""
+    cfg = load_profile(profile, overrides)
+    return lcr_plan(cfg, **committed_evidence(cfg["name"]))
+
+
+def simulate(steps: list[list[Unit]], ranks: int) -> dict:
+    """The schedule of ``steps`` on ``ranks`` equal workers through the queue: in each step a rank takes
+    the next unit the moment it is free (greedy list scheduling, in the queue's order); the steps are
+    separated by barriers, and a unit costs its estimated cost, nothing else (no start-up, no exchange of
+    files, no rank 0 joining).  Returns ranks, units, serial (the sum of the costs), makespan, speedup
+    (serial / makespan), efficiency (speedup / ranks) and the fewest units any rank runs."""
+    makespan, counts = 0.0, [0] * ranks
+    for step in steps:
+        free = [(0.0, r) for r in range(ranks)]
+        for unit in step:
+            t, r = heapq.heappop(free)
+            counts[r] += 1
+            heapq.heappush(free, (t + unit.cost, r))
+        makespan += max(t for t, _ in free)
+    serial = sum(u.cost for step in steps for u in step)
+    speedup = serial / makespan if makespan else 1.0
+    return {"ranks": ranks, "units": sum(len(s) for s in steps), "serial": serial, "makespan": makespan,
+            "speedup": round(speedup, 2), "efficiency": round(speedup / ranks, 2), "fewest_units": min(counts)}
+
+
 # --------------------------------------------------------------------------- the stages
-def conductance_stage(exp, group, shared, crash_after=None) -> dict:
+def conductance_stage(exp, group, shared, crash_after=None) -> list[int]:
+    """Each stage function returns [units this rank ran, units of the stage]."""
     on_rank0(exp, group, shared, lambda: exp.predictions)
-    parts = paper1.conductance_parts(exp)
+    parts = group.from_rank0(lambda: paper1.conductance_parts(exp))
     n = run_units(exp, group, [lambda p=p: paper1.conductance_part(exp, *p) for p in parts], shared, crash_after)
     on_rank0(exp, group, shared, lambda: paper1.conductance_table(exp))
-    return {"units": len(parts), "mine": n}
+    return [n, len(parts)]
 
 
-def lcr_stage(exp, group, shared, crash_after=None) -> dict:
+def lcr_stage(exp, group, shared, crash_after=None) -> list[int]:
+    """The screening of the grid cells and of the chosen setting in waves of blocks, then the label matrix
+    in parts (:func:`lcr_plan` makes the same units from the settings alone)."""
     lc = exp.cfg["lcr"]
+    ran = units = 0
     on_rank0(exp, group, shared, lambda: exp.predictions)
-    cells = [] if lc["operator"] and lc["rate"] else paper1.lcr_grid_cells(exp)
-    n = run_units(exp, group, [lambda c=c: paper1.screen(exp, c[0], c[1], lc["grid_mutants"]) for c in cells], shared,
-                  crash_after)
-    on_rank0(exp, group, shared, lambda: paper1.lcr_final_screen(exp))  # serial: it stops at the n-th accepted mutant
-    chunks = paper1.lcr_chunks(exp)
-    n += run_units(exp, group, [lambda c=c: paper1.lcr_chunk(exp, *c) for c in chunks], shared, crash_after)
+    n_val = len(exp.data["val"])
+
+    def waves(settings, n, start=(0, 0)):
+        nonlocal ran, units
+        while True:
+            wave = group.from_rank0(lambda: by_cost([
+                Unit("lcr_screen_block", (op, r, s), block_cost(n_val))
+                for op, r in settings for s in paper1.screen_wave(exp, op, r, n, start)[0]]))
+            if not wave:
+                return
+            ran += run_units(exp, group, [lambda u=u: paper1.screen_block(exp, *u.what) for u in wave], shared,
+                             crash_after)
+            units += len(wave)
+
+    start = (0, 0)
+    if not (lc["operator"] and lc["rate"]):
+        waves(paper1.lcr_grid_cells(exp), lc["grid_mutants"])
+        on_rank0(exp, group, shared, lambda: paper1.lcr_grid(exp))  # the cells, joined from their blocks
+    setting = group.from_rank0(lambda: paper1.lcr_setting(exp))
+    if not (lc["operator"] and lc["rate"]):  # the chosen cell's waves go on where its grid waves ended
+        start = group.from_rank0(lambda: paper1.screen_wave(exp, *setting, lc["grid_mutants"])[1:])
+    waves([setting], lc["n_mutants"], start)
+    on_rank0(exp, group, shared, lambda: paper1.lcr_final_screen(exp))
+    chunk = paper1.LCR_CHUNK
+
+    def parts():
+        n = len(paper1.lcr_final_screen(exp)[2]["seeds"])
+        return by_cost([Unit("lcr_preds_part", p, part_cost(min(chunk, n - p[1]), p[2], p[3]))
+                        for p in paper1.lcr_parts(exp, chunk, todo=True)])
+
+    todo = group.from_rank0(parts)
+    ran += run_units(exp, group, [lambda u=u: paper1.lcr_part(exp, *u.what) for u in todo], shared, crash_after)
     on_rank0(exp, group, shared, lambda: paper1.lcr_matrix(exp))
-    return {"units": len(cells) + 1 + len(chunks), "mine": n}
+    return [ran, units + len(todo)]
 
 
-def cfe_stage(exp, group, shared, crash_after=None) -> dict:
+def cfe_stage(exp, group, shared, crash_after=None) -> list[int]:
     on_rank0(exp, group, shared, lambda: paper2.pooled_table(exp))
-    groups = paper2.generator_groups(exp)
+    groups = group.from_rank0(lambda: paper2.generator_groups(exp))
     n = run_units(exp, group, [lambda g=g: paper2.generator_group(exp, g) for g in groups], shared, crash_after)
     on_rank0(exp, group, shared, lambda: paper2.generators(exp))
-    return {"units": len(groups), "mine": n}
+    return [n, len(groups)]
 
 
-def debugging_stage(exp, group, shared, crash_after=None) -> dict:
+def debugging_stage(exp, group, shared, crash_after=None) -> list[int]:
     on_rank0(exp, group, shared, lambda: (paper2.generators(exp), paper2.debug_masks(exp)))
     cells = paper2.debug_grid(exp)
     n = run_units(exp, group, [lambda c=c: paper2.debug_run(exp, c[0], c[1], exp.seed) for c in cells], shared,
@@ -240,7 +458,7 @@ def debugging_stage(exp, group, shared, crash_after=None) -> dict:
     n += run_units(exp, group, [lambda r=r: paper2.debug_run(exp, *r) for r in runs], shared, crash_after)
     agree = [(*chosen, exp.seed), (0.0, 0.0, exp.seed)]
     n += run_units(exp, group, [lambda a=a: paper2.debugged_agreement(exp, *a) for a in agree], shared, crash_after)
-    return {"units": len(cells) + len(runs) + len(agree), "mine": n}
+    return [n, len(cells) + len(runs) + len(agree)]
 
 
 STAGE_FUNCTIONS = {"conductance": conductance_stage, "lcr": lcr_stage, "cfe": cfe_stage, "debugging": debugging_stage}
@@ -248,24 +466,37 @@ STAGE_FUNCTIONS = {"conductance": conductance_stage, "lcr": lcr_stage, "cfe": cf
 
 def precompute(profile: str, only: list[str] | None = None, overrides: dict | None = None,
                crash_after: int | None = None) -> dict:
-    """Run the stages (all of :data:`STAGES`, or ``only``) on this process's share; returns a summary."""
+    """Run the stages (all of :data:`STAGES`, or ``only``) on this process's share; returns a summary:
+    per stage, its units, how many each rank ran (``by_rank``), how many stages the ranks computed rather
+    than found cached (``computed``: fewer than the units after a restart), and rank 0's seconds."""
     group = Group(cuda=profile_uses_cuda(profile, overrides))
     private = testhooks.private_cache()
     if private:
         os.environ["COMPANION_ARTIFACTS"] = str(Path(private) / f"rank{group.rank}")
     try:
-        # the stage log goes to a scratch folder: the committed figures/<profile>/ is the notebooks' business
-        exp = Experiment(profile, overrides, output_dir=tempfile.mkdtemp(prefix="precompute-"), progress=False)
+        exp = Experiment(profile, overrides, progress=False)
+        exp.cache.log_path = None  # no stage log (the notebooks' business): each unit's cost is in its cost record
+        for folder in (exp.artifacts_dir, exp.cache.cost_folder):  # what a killed writer of this machine left
+            remove_orphan_temporaries(folder)
         shared = shared_cache(exp, group)
         summary = {"profile": exp.name, "world": group.world, "rank": group.rank, "shared_cache": shared,
-                   "device": str(exp.device), "stages": {}}
-        for name in only or STAGES:
-            t0 = time.perf_counter()
-            summary["stages"][name] = {**STAGE_FUNCTIONS[name](exp, group, shared, crash_after),
-                                       "seconds": round(time.perf_counter() - t0, 2)}
+                   "device": str(exp.device), "attempt": restart_attempt(), "stages": {}}
+        for stage in only or STAGES:
+            t0, computed = time.perf_counter(), exp.cache.computed
+            ran, units = STAGE_FUNCTIONS[stage](exp, group, shared, crash_after)
+            counts = group.gather((ran, exp.cache.computed - computed))
+            summary["stages"][stage] = {"units": units, "by_rank": [c[0] for c in counts],
+                                        "computed": sum(c[1] for c in counts),
+                                        "seconds": round(time.perf_counter() - t0, 2)}
         return summary
     finally:
         group.close()
+
+
+def plan_table(profile: str, ranks=(4, 8, 16, 32, 64), overrides: dict | None = None) -> list[dict]:
+    """:func:`simulate` of :func:`unit_plan` on each of ``ranks``."""
+    steps = unit_plan(profile, overrides)
+    return [simulate(steps, r) for r in ranks]
 
 
 def main(argv=None) -> int:
@@ -273,8 +504,17 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", required=True, help="profile name (params/<name>.yaml) or a YAML path")
     ap.add_argument("--only", default=None, help=f"comma-separated stages of {', '.join(STAGES)} (default: all)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the LCR units of the profile (from its settings and committed outputs) and their "
+                         "simulated schedule on 4-64 ranks; computes nothing")
     a = ap.parse_args(argv)
     absolute_folder_variables()  # relative folders mean the user's directory, on every rank
+    if a.plan:
+        steps = unit_plan(a.profile, parse_set(a.set))
+        print(json.dumps({"profile": a.profile, "steps": [len(s) for s in steps],
+                          "units": sum(len(s) for s in steps), "schedule": [simulate(steps, r) for r in
+                                                                             (1, 4, 8, 16, 32, 64)]}, indent=1))
+        return 0
     only = [s.strip() for s in a.only.split(",")] if a.only else None
     bad = [s for s in only or [] if s not in STAGES]
     if bad:

@@ -16,7 +16,11 @@ Two ways a number in README.md or docs/*.md is tied to the references (docs/READ
   body is :data:`GENERATORS` [NAME] of the references (the README's block: :data:`README_BEGIN`);
 - a number in prose followed by ``<!-- m:PROFILE:EXPR -->``, EXPR a dotted key of that profile's
   metrics.json (list items by index), or +, -, *, / of such keys and constants (``*100`` for a
-  percentage): the number must be EXPR rounded to the printed number of decimals.
+  percentage) and the statistics of :data:`FUNCTIONS`: the number must be EXPR rounded to the printed
+  number of decimals;
+- a verdict in prose ("beats", "at chance", "not significant", ...) followed by
+  ``<!-- v:PROFILES:KIND(ARG, ...) -->`` (:data:`VERDICTS`): the comparison must hold on the metrics of
+  each profile, and the words before it must state that KIND (:func:`verdict_problems`).
 """
 from __future__ import annotations
 
@@ -57,6 +61,12 @@ def points(fraction: float) -> str:
     return "0.00" if text in ("+0.00", "-0.00") else text
 
 
+#: how the generated tables name the interval of an AUROC: what it resamples, once, in the column's header
+AUROC_INTERVAL = "[95 % CI over val images]"
+#: ... and of the debugging difference (helpers.paper2.debugging.paired_statistics, ``hier_ci_*``)
+DIFFERENCE_INTERVAL = "[95 % CI over seeds and test images]"
+
+
 #: the order of the detectors in the generated tables; their names come from :mod:`helpers.names`
 DETECTOR_ORDER = ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp",
                   "joint_rf_msp", "joint_lda_msp", "joint_qda_msp", "msp", "doctor_alpha", "energy", "entropy",
@@ -85,9 +95,10 @@ SECTIONS = [
 
 
 def headline_table(metrics: dict) -> str:
-    """Every detector in metrics.json: val AUROC [95% CI], test correct / wrong recall, AUPR, AURC."""
+    """Every detector in metrics.json: val AUROC with its 95 % bootstrap interval over the validation images,
+    test correct / wrong recall, AUPR, AURC."""
     det = metrics.get("detectors", {})
-    lines = ["| detector | val AUROC [95% CI] | test AUROC | test correct recall | test wrong recall | "
+    lines = [f"| detector | val AUROC {AUROC_INTERVAL} | test AUROC | test correct recall | test wrong recall | "
              "test AUPR (errors) | test FPR@95%TPR | test AURC |", "|---|---|---|---|---|---|---|---|"]
     order = [k for k in DETECTOR_ORDER if k in det] + sorted(k for k in det if k not in DETECTOR_ORDER)
     for name in order:
@@ -157,7 +168,8 @@ def build_report(output_dir: str | Path) -> str:
             f"{k.removeprefix('model_')} {v:.3f}" for k, v in own.items()), ""]
     if m.get("detectors"):
         parts += ["## Headline: every error detector on the same predictions", "",
-                  "Thresholds at equal correct/wrong recall on validation, applied to test.", "",
+                  "Thresholds at equal correct/wrong recall on validation, applied to test.  The AUROC intervals "
+                  "resample the validation images of one trained model (one training seed).", "",
                   headline_table(m), ""]
     if "lcr" in m:
         lc = m["lcr"]
@@ -215,7 +227,8 @@ def comparison_table(figures_root: str | Path = REFERENCE_DIR,
     runs (val AUROC; test correct / wrong recall)."""
     runs = committed_runs(figures_root, profiles)
     head = "| setting | " + " | ".join(f"paper {a}: val AUROC | paper: test correct / wrong recall" for a in anchors) \
-        + " | " + " | ".join(f"`{p}`: val AUROC [95% CI] | `{p}`: test correct / wrong recall" for p in profiles) + " |"
+        + " | " + " | ".join(f"`{p}`: val AUROC {AUROC_INTERVAL} | `{p}`: test correct / wrong recall"
+                             for p in profiles) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(anchors) + 2 * len(profiles))]
     for key in ("conductance", "lcr", "joint_nn", "joint_rf", "joint_lda", "joint_qda", "joint_nn_msp", "msp",
                 "doctor_alpha"):
@@ -237,20 +250,49 @@ def comparison_table(figures_root: str | Path = REFERENCE_DIR,
 
 
 #: Paper 2, Table 1 (VGG16 on CUB-200, 1,769 errors of 5,794 test images): errors detected, share, new errors
-PAPER2_TABLE1 = {"avg_recall": ("average recall, skip 0.9, frequency 0.15", 541, 0.31, 256),
-                 "avg_f1": ("average F1, skip 0.9, frequency 0.15", 680, 0.38, 370),
-                 "recall_lt_0.3": ("recall < 0.3, skip 0, frequency 0", 653, 0.37, 369)}
+PAPER2_TABLE1 = {"avg_recall": ("average recall", 541, 0.31, 256),
+                 "avg_f1": ("average F1", 680, 0.38, 370),
+                 "recall_lt_0.3": ("recall < the recall threshold", 653, 0.37, 369)}
+#: the paper's settings of Table 1 (sec. 4.2): the gate (skip), tau, the frequency of G_c, the fixed threshold
+PAPER2_SETTINGS = {"skip": 0.9, "tau": 0.9, "frequency": 0.15, "recall_threshold": 0.3}
+
+
+def cfe_settings(profile: str) -> dict:
+    """A profile's Table 1 settings (``cfe.skip``, ``tau``, ``frequency``, ``recall_threshold``) from
+    ``params/<profile>.yaml``, the settings its committed run was made with (the regression compares a
+    run only when its settings are the committed profile's); the defaults for a profile that has no file."""
+    from helpers.profiles import DEFAULTS, ProfileError, load_profile
+
+    try:
+        cc = load_profile(profile)["cfe"]
+    except (ProfileError, FileNotFoundError, OSError):
+        cc = DEFAULTS["cfe"]
+    return {k: cc[k] for k in PAPER2_SETTINGS}
+
+
+def _settings_phrase(key: str, profiles, settings) -> str:
+    """``skip 0.9`` when every profile uses the paper's value, else ``skip 0.9 (`digits`: 0.5)``."""
+    paper = PAPER2_SETTINGS[key]
+    odd = [f"`{p}`: {settings[p][key]:g}" for p in profiles if settings[p][key] != paper]
+    return f"{key} {paper:g}" + (f" ({', '.join(odd)})" if odd else "")
 
 
 def table1_comparison(figures_root: str | Path = REFERENCE_DIR,
-                      profiles=COMPARED_PROFILES) -> str:
+                      profiles=COMPARED_PROFILES, settings: dict | None = None) -> str:
     """Paper 2 Table 1 beside this companion's committed runs: errors detected (share of all test
-    errors) / new errors, and what MSP catches at the same number of new errors."""
+    errors) / new errors, and what MSP catches at the same number of new errors.  Each run's settings
+    (``settings``: profile -> :func:`cfe_settings`, read from the profiles by default) head its column."""
     runs = committed_runs(figures_root, profiles)
+    settings = settings or {p: cfe_settings(p) for p in profiles}
     head = ("| Table 1 setting | paper (VGG16, CUB-200): errors detected / new errors | "
             + " | ".join(f"`{p}`: errors detected / new errors (MSP at the same new errors)" for p in profiles) + " |")
-    lines = [head, "|" + "---|" * (2 + len(profiles))]
+    lines = [head, "|" + "---|" * (2 + len(profiles)),
+             "| settings: skip (the gate: max probability <= skip) / tau / frequency / recall threshold | "
+             + " | ".join(" / ".join(f"{s[k]:g}" for k in PAPER2_SETTINGS) for s in (PAPER2_SETTINGS, *(
+                 settings[p] for p in profiles))) + " |"]
     for key, (label, det, frac, new) in PAPER2_TABLE1.items():
+        label += (" < its class mean, with the gate and frequency above" if key != "recall_lt_0.3"
+                  else " above, no gate (skip 0), frequency 0")
         row = [label, f"{det} ({frac:.0%}) / {new}"]
         for p in profiles:
             r = runs[p].get("cfe", {}).get("table1", {}).get(key)
@@ -272,27 +314,41 @@ NOT_RUN_BY_DESIGN = {"cifar10": "not run: paper 2's debugging runs on `cifar10-p
                                 "on the same data"}
 
 
+def mde_bounds(d: dict, n_seeds: int) -> tuple[float, float]:
+    """The 95 % interval of a run's MDE: recorded (``mde_ci_low`` / ``mde_ci_high``), or from its MDE and
+    seed count (:func:`helpers.metrics.mde_interval`) for runs made before it was recorded."""
+    if "mde_ci_low" in d and "mde_ci_high" in d:
+        return d["mde_ci_low"], d["mde_ci_high"]
+    from helpers.metrics import mde_interval
+
+    return mde_interval(d["mde"], n_seeds)
+
+
 def debugging_comparison(figures_root: str | Path = REFERENCE_DIR,
                          profiles=COMPARED_PROFILES) -> str:
     """Paper 2, section 4.3 beside the committed runs: test accuracy of the original, the control and
-    the debugged model (mean +- std over seeds), the paired difference with its 95 % interval."""
+    the debugged model (mean +- std over seeds), the paired difference with its 95 % interval over seeds
+    and test images, the paired t-test, and its minimum detectable effect with that MDE's own interval."""
     runs = committed_runs(figures_root, profiles)
     lines = ["| run | original test accuracy | control (CE only) | debugged "
-             "| debugged - control [95% CI], p | chosen (l1, l2) |",
-             "|---|---|---|---|---|---|",
+             f"| debugged - control {DIFFERENCE_INTERVAL}, paired t-test p | MDE [95 % CI from the seeds' SD] "
+             "| chosen (l1, l2) |",
+             "|---|---|---|---|---|---|---|",
              "| paper (VGG16, CUB-200, one run each) | 69.48 % | 70.2 % | 70.64 % "
-             "| +0.44 pt, no interval | (1e-3, 2e-5) |"]
+             "| +0.44 pt, no interval | - | (1e-3, 2e-5) |"]
     for p in profiles:
         d = runs[p].get("debugging")
         if not d or "difference" not in d:
-            lines.append(f"| `{p}` | {NOT_RUN_BY_DESIGN.get(p, 'not run yet')} | | | | |")
+            lines.append(f"| `{p}` | {NOT_RUN_BY_DESIGN.get(p, 'not run yet')} | | | | | |")
             continue
         dif, de, co = d["difference"], d["debugged"], d["control"]
+        lo, hi = mde_bounds(dif, de["n_seeds"])
         lines.append(f"| `{p}` ({de['n_seeds']} seeds) | {100 * d['original']['test_accuracy']:.2f} % | "
                      f"{100 * co['test_accuracy_mean']:.2f} +- {100 * co['test_accuracy_std']:.2f} % | "
                      f"{100 * de['test_accuracy_mean']:.2f} +- {100 * de['test_accuracy_std']:.2f} % | "
-                     f"{points(dif['mean'])} pt [{points(dif['ci_low'])}, {points(dif['ci_high'])}], "
-                     f"p = {dif['p_value']:.2f} | ({d['chosen']['l1']:g}, {d['chosen']['l2']:g}) |")
+                     f"{points(dif['mean'])} pt [{points(dif['hier_ci_low'])}, {points(dif['hier_ci_high'])}], "
+                     f"p = {dif['p_value']:.2f} | {100 * dif['mde']:.2f} pt [{100 * lo:.2f}, {100 * hi:.2f}] | "
+                     f"({d['chosen']['l1']:g}, {d['chosen']['l2']:g}) |")
     return "\n".join(lines)
 
 
@@ -339,12 +395,21 @@ def _auroc_pm(det: dict, key: str) -> str:
     return f"{v['auroc']:.3f} ± {(v['auroc_ci_high'] - v['auroc_ci_low']) / 2:.2f}"
 
 
-def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANCE_PROFILES)) -> str:
+#: the CFE error scores the glance table chooses from on validation, with their short names
+CFE_SCORE_NAMES = {"cfe_recall": "1 - recall", "cfe_f1": "1 - F1", "cfe_precision": "1 - precision",
+                   "cfe_outside": "outside G_c", "cfe_mask_size": "mask size"}
+
+
+def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANCE_PROFILES),
+                  settings: dict | None = None) -> str:
     """Two small tables, one per paper: each committed profile's headline numbers beside the paper's and
-    beside the MSP baseline (the max softmax probability, which neither paper reports)."""
+    beside the MSP baseline (the max softmax probability, which neither paper reports).  Table 1's gate
+    is each profile's own (``settings``: profile -> :func:`cfe_settings`, from the profiles by default)."""
     runs = committed_runs(figures_root, profiles)
-    lines = ["**Paper 1**: validation AUROC of each error detector (± half the 95 % bootstrap interval); "
-             "MSP is the one-pass baseline the paper did not report.", "",
+    settings = settings or {p: cfe_settings(p) for p in profiles}
+    lines = ["**Paper 1**: validation AUROC of each error detector, ± half its 95 % bootstrap interval, which "
+             "resamples the validation images only (one training seed per profile); MSP is the one-pass baseline "
+             "the paper did not report.", "",
              "| profile: model, data | model test accuracy | conductance | LCR | joint NN (both) | MSP (baseline) | "
              "paper: conductance / LCR / joint NN |", "|---|---|---|---|---|---|---|"]
     for p in profiles:
@@ -360,15 +425,16 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
         lines.append(f"| `{p}`: {label} | {acc.get('test', float('nan')):.3f} | " + " | ".join(
             _auroc_pm(det, k) for k in ("conductance", "lcr", "joint_nn", "msp")) + f" | {ref} |")
     t1 = PAPER2_TABLE1["avg_recall"]
-    lines += ["", "**Paper 2**: CFE filters as an error detector (Table 1's first row: average recall, skip 0.9, "
-              "frequency 0.15, on the test split, beside its controls at the same number of flags inside its "
-              "confidence gate: random flags, mean [95 % interval], and the least confident predictions), the best "
-              "CFE score's validation AUROC, and model debugging (test accuracy, debugged minus the CE-only control, "
-              "over paired seeds: the hierarchical 95 % interval over runs and images, and the t-test's minimum "
-              "detectable effect).", "",
+    lines += ["", "**Paper 2**: Table 1's first row (average recall, "
+              f"{_settings_phrase('frequency', profiles, settings)}, {_settings_phrase('skip', profiles, settings)}"
+              ": only predictions with max probability <= skip are flagged) on the test split, beside as many "
+              "flags in that gate at random (mean [95 % interval]) or on the least confident predictions; the CFE "
+              f"score chosen on validation (of {', '.join(CFE_SCORE_NAMES.values())}): its test AUROC (MSP's); "
+              "debugging: debugged minus CE-only control test accuracy over paired seeds, and the t-test's minimum "
+              "detectable effect (MDE).", "",
               "| profile | errors detected (share) / new errors | random flags in the gate "
-              "| least confident in the gate | best CFE score: val AUROC (MSP) "
-              "| debugged - control [95% CI], seeds, MDE |", "|---|---|---|---|---|---|",
+              "| least confident in the gate | CFE score chosen on val: test AUROC (MSP) "
+              f"| debugged - control {DIFFERENCE_INTERVAL}, seeds, MDE [95 % CI] |", "|---|---|---|---|---|---|",
               f"| paper: VGG16, CUB-200 | {t1[1]} ({t1[2]:.0%}) / {t1[3]} | not reported | not reported "
               "| not reported | +0.44 pt (one run each, no interval) |"]
     for p in profiles:
@@ -383,19 +449,20 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
                       f"{r['gate_msp_caught']}"]
         else:
             cells += ["run predates the control"] * 2
-        scores = [k for k in ("cfe_recall", "cfe_f1", "cfe_precision", "cfe_outside") if k in det]
+        scores = [k for k in CFE_SCORE_NAMES if k in det]
         if scores:
             best = max(scores, key=lambda k: det[k]["val"]["auroc"])
-            short = {"cfe_recall": "1 - recall", "cfe_f1": "1 - F1", "cfe_precision": "1 - precision",
-                     "cfe_outside": "outside G_c"}
-            cells.append(f"{short[best]} {det[best]['val']['auroc']:.3f} ({det['msp']['val']['auroc']:.3f})")
+            cells.append(f"{CFE_SCORE_NAMES[best]} {det[best]['test']['auroc']:.3f} "
+                         f"({det['msp']['test']['auroc']:.3f})")
         else:
             cells.append("not run yet")
         if d is None:
             cells.append("not run")
         elif "hier_ci_low" in d:
+            n = m["debugging"]["debugged"]["n_seeds"]
+            lo, hi = mde_bounds(d, n)
             cells.append(f"{points(d['mean'])} pt [{points(d['hier_ci_low'])}, {points(d['hier_ci_high'])}], "
-                         f"{m['debugging']['debugged']['n_seeds']} seeds, MDE {100 * d['mde']:.2f} pt")
+                         f"{n} seeds, MDE {100 * d['mde']:.2f} pt [{100 * lo:.2f}, {100 * hi:.2f}]")
         else:
             cells.append(f"{points(d['mean'])} pt [{points(d['ci_low'])}, {points(d['ci_high'])}] over test "
                          f"images only, {m['debugging']['debugged']['n_seeds']} seeds (before the controls)")
@@ -481,8 +548,69 @@ def refresh_readme(readme: str | Path = REPO_ROOT / "README.md", figures_root=RE
 #: counts only where a word starts ("0.54-0.58" is a range, not -0.58)
 ANNOTATION = re.compile(r"(?P<num>(?:(?<![\w.>)\]])[+\-\u2212])?\d[\d,]*(?:\.\d+)?)?"
                         r"<!-- m:(?P<profile>[\w.-]+):(?P<expr>.*?) -->")
-_TOKEN = re.compile(r"\s*(?:(?P<key>[A-Za-z_][\w.]*)|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/()]))")
+_TOKEN = re.compile(r"\s*(?:(?P<key>[A-Za-z_][\w.]*)|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/(),]))")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _random_p(side: int):
+    def p(caught, n, errors, flagged):
+        from helpers.metrics import random_flags_p
+
+        return random_flags_p(caught, n, errors, flagged)[side]
+    return p
+
+
+def _mde_bound(side: int):
+    def bound(mde, n_seeds):
+        from helpers.metrics import mde_interval
+
+        return mde_interval(mde, n_seeds)[side]
+    return bound
+
+
+def _sign_test_p(wins, losses):
+    from helpers.metrics import sign_test
+
+    return sign_test(wins, losses)
+
+
+#: the statistics an annotation may compute from recorded numbers (helpers.metrics): the comparisons a
+#: verdict needs that a committed run did not record itself
+FUNCTIONS = {
+    "random_p_more": _random_p(0),    # (caught, gate_n, gate_errors, flags): P(random flags catch >= caught)
+    "random_p_fewer": _random_p(1),   # ... P(random flags catch <= caught)
+    "sign_test_p": _sign_test_p,      # (wins, losses): two-sided sign test
+    "mde_low": _mde_bound(0),         # (mde, n_seeds): the MDE's 95 % interval, from the chi-square law of an SD
+    "mde_high": _mde_bound(1),
+    "max": max,                       # of several values: one verdict for several detectors
+    "min": min,
+}
+
+#: verdict annotations ``<!-- v:PROFILE:KIND(ARG, ...) -->`` (:func:`verdict_problems`): KIND -> (the test of
+#: the evaluated ARGs, the claim in words for the messages, the words that state that verdict in prose)
+VERDICTS = {
+    "inside": (lambda x, lo, hi: lo <= x <= hi, "{0:.4g} inside [{1:.4g}, {2:.4g}]",
+               ("inside", "within", "at chance", "includes", "include", "including", "includes 0", "including 0",
+                "about as many", "as many as")),
+    "outside": (lambda x, lo, hi: x < lo or x > hi, "{0:.4g} outside [{1:.4g}, {2:.4g}]",
+                ("excludes", "exclude", "excluding", "outside")),
+    "greater": (lambda a, b: a > b, "{0:.4g} > {1:.4g}",
+                ("beats", "beat", "above", "above chance", "more", "more than", "higher", "exceeds")),
+    "less": (lambda a, b: a < b, "{0:.4g} < {1:.4g}",
+             ("below", "below chance", "fewer", "fewer than", "lower", "less than")),
+    "at_most": (lambda a, b: a <= b, "{0:.4g} <= {1:.4g}",
+                ("do not beat", "does not beat", "no more than", "not more than", "no better than")),
+    "overlap": (lambda lo1, hi1, lo2, hi2: lo1 <= hi2 and lo2 <= hi1, "[{0:.4g}, {1:.4g}] overlaps [{2:.4g}, {3:.4g}]",
+                ("overlap", "overlapping", "overlaps")),
+    "significant": (lambda p: p < 0.05, "p = {0:.4g} < 0.05", ("significant", "significantly")),
+    "not_significant": (lambda p: p >= 0.05, "p = {0:.4g} >= 0.05",
+                        ("not significant", "not significantly", "no significant", "none significant")),
+}
+_PHRASES = sorted(((ph, kind) for kind, (_, _, phs) in VERDICTS.items() for ph in phs), key=lambda x: -len(x[0]))
+_PHRASE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(ph) for ph, _ in _PHRASES) + r")(?![\w-])", re.I)
+_PHRASE_KIND = {ph: kind for ph, kind in _PHRASES}
+VERDICT = re.compile(r"<!-- v:(?P<profile>[\w.,-]+):(?P<claim>.*?) -->")
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
 
 
 def metric_value(metrics, key: str) -> float:
@@ -508,32 +636,72 @@ def metric_value(metrics, key: str) -> float:
     return float(node)
 
 
-def evaluate(expr: str, metrics: dict) -> float:
-    """EXPR of an annotation: metrics keys and constants joined by + - * / and parentheses."""
-    pos, out = 0, []
-    while pos < len(expr.rstrip()):
+def _expression(expr: str, metrics: dict, functions) -> ast.Expression:
+    """EXPR with every metrics key replaced by its value, parsed; names in ``functions`` stay names."""
+    pos, out, expr = 0, [], expr.rstrip()
+    while pos < len(expr):
         mo = _TOKEN.match(expr, pos)
         if not mo:
             raise ValueError(f"cannot read {expr[pos:]!r}")
         pos = mo.end()
-        out.append(repr(metric_value(metrics, mo["key"])) if mo["key"] else (mo["num"] or mo["op"]))
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
-        raise ValueError(f"not allowed in {expr!r}: {ast.dump(node)}")
-
+        if mo["key"] and mo["key"] in functions and expr[pos:].lstrip().startswith("("):
+            out.append(mo["key"])
+        elif mo["key"]:
+            value = metric_value(metrics, mo["key"])
+            if not math.isfinite(value):
+                raise ValueError(f"{mo['key']} is {value}, not a finite number")
+            out.append(repr(value))
+        else:
+            out.append(mo["num"] or mo["op"])
     try:
-        tree = ast.parse(" ".join(out), mode="eval")
+        return ast.parse(" ".join(out), mode="eval")
     except SyntaxError:
-        raise ValueError(f"cannot read {expr!r} as keys and constants joined by + - * /") from None
-    return ev(tree)
+        raise ValueError(f"cannot read {expr!r} as keys and constants joined by + - * / and "
+                         f"{', '.join(functions)}") from None
+
+
+def _value(node, expr: str) -> float:
+    if isinstance(node, ast.Expression):
+        return _value(node.body, expr)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_value(node.left, expr), _value(node.right, expr))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return -_value(node.operand, expr) if isinstance(node.op, ast.USub) else _value(node.operand, expr)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+            and not node.keywords):
+        try:
+            return float(FUNCTIONS[node.func.id](*(_value(a, expr) for a in node.args)))
+        except TypeError as exc:
+            raise ValueError(f"{node.func.id} in {expr!r}: {exc}") from None
+    raise ValueError(f"not allowed in {expr!r}: {ast.dump(node)}")
+
+
+def evaluate(expr: str, metrics: dict) -> float:
+    """EXPR of an annotation: metrics keys and constants joined by + - * / and parentheses, and the
+    statistics of :data:`FUNCTIONS` of them (``random_p_more(...)``, ``sign_test_p(...)``, ...)."""
+    return _value(_expression(expr, metrics, FUNCTIONS), expr)
+
+
+def evaluate_verdict(claim: str, metrics: dict) -> tuple[str, bool, str]:
+    """CLAIM of a verdict annotation, ``KIND(ARG, ...)`` with KIND in :data:`VERDICTS` and each ARG an
+    annotation expression: (KIND, whether it holds, the comparison in numbers)."""
+    head = re.match(r"\s*(\w+)\s*\(", claim)
+    if not head or head.group(1) not in VERDICTS:
+        raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} applied to expressions, not {claim!r}")
+    tree = _expression(claim, metrics, {**FUNCTIONS, **VERDICTS})
+    call = tree.body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in VERDICTS):
+        raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} applied to expressions, not {claim!r}")
+    kind = call.func.id
+    test, words, _ = VERDICTS[kind]
+    args = [_value(a, claim) for a in call.args]
+    try:
+        holds = bool(test(*args))
+    except TypeError:
+        raise ValueError(f"{kind} takes {test.__code__.co_argcount} values, got {len(args)}") from None
+    return kind, holds, words.format(*args)
 
 
 def printed_matches(printed: str, value: float) -> bool:
@@ -543,10 +711,23 @@ def printed_matches(printed: str, value: float) -> bool:
     return math.isfinite(value) and abs(float(text) - value) <= 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
 
 
+class _Metrics(dict):
+    """profile -> its committed metrics (None where there are none), read once."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = Path(root)
+
+    def __missing__(self, profile):
+        f = self.root / profile / "metrics.json"
+        self[profile] = json.loads(f.read_text()) if f.is_file() else None
+        return self[profile]
+
+
 def number_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> list[str]:
     """Every annotated number of ``text`` that is not its metric at the printed precision, every
     annotation with no number right before it, with an unknown profile or key, or that cannot be read."""
-    root, cache, out = Path(figures_root), {}, []
+    root, cache, out = Path(figures_root), _Metrics(figures_root), []
     for mo in ANNOTATION.finditer(text):
         line = text.count("\n", 0, mo.start()) + 1
         loc = f"{where}:{line}: {mo.group(0)}"
@@ -554,9 +735,6 @@ def number_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> l
             out.append(f"{loc}: no number right before the annotation")
             continue
         prof = mo["profile"]
-        if prof not in cache:
-            f = root / prof / "metrics.json"
-            cache[prof] = json.loads(f.read_text()) if f.is_file() else None
         if cache[prof] is None:
             out.append(f"{loc}: no committed metrics for profile {prof!r} ({root / prof / 'metrics.json'})")
             continue
@@ -567,6 +745,54 @@ def number_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> l
             continue
         if not printed_matches(mo["num"], value):
             out.append(f"{loc}: printed {mo['num']}, the committed metrics give {value:.6g}")
+    return out
+
+
+def verdict_words(text: str) -> tuple[str, str] | None:
+    """The verdict words nearest the end of ``text`` (comments left out): (the words, their KIND of
+    :data:`VERDICTS`), the longest where two end together ("not significant", not "significant"); None
+    when there are none."""
+    tail = re.sub(r"\s+", " ", _COMMENT.sub("", text))[-100:]
+    found = [(m.end(), len(m.group(0)), m.group(0).lower()) for m in _PHRASE.finditer(tail)]
+    if not found:
+        return None
+    words = max(found)[2]
+    return words, _PHRASE_KIND[words]
+
+
+def verdict_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> list[str]:
+    """Every verdict annotation ``<!-- v:PROFILES:KIND(ARG, ...) -->`` of ``text`` (PROFILES: one profile,
+    or several joined by commas, for which the verdict must hold alike) whose comparison does not hold on
+    a profile's committed metrics, whose words before it (since the previous verdict annotation; a run of
+    annotations shares its words) state another KIND, or that has no verdict words, an unknown profile or
+    key, or cannot be read."""
+    root, cache, out = Path(figures_root), _Metrics(figures_root), []
+    prev_end, prev_words = 0, None
+    for mo in VERDICT.finditer(text):
+        line = text.count("\n", 0, mo.start()) + 1
+        loc = f"{where}:{line}: {mo.group(0)}"
+        before = text[prev_end:mo.start()]
+        words = verdict_words(before) or (prev_words if prev_words and not before.strip() else None)
+        prev_end, prev_words = mo.end(), words
+        for prof in mo["profile"].split(","):
+            if cache[prof] is None:
+                out.append(f"{loc}: no committed metrics for profile {prof!r} ({root / prof / 'metrics.json'})")
+                continue
+            try:
+                kind, holds, numbers = evaluate_verdict(mo["claim"], cache[prof])
+            except (KeyError, ValueError, ZeroDivisionError) as exc:
+                out.append(f"{loc}: {prof}: {type(exc).__name__}: {exc}")
+                continue
+            if words is None:
+                out.append(f"{loc}: no verdict words right before the annotation "
+                           f"(one of {', '.join(VERDICTS[kind][2])})")
+                break
+            if words[1] != kind:
+                out.append(f"{loc}: the prose says {words[0]!r} ({words[1]}), the annotation checks {kind}")
+                break
+            if not holds:
+                out.append(f"{loc}: the verdict {words[0]!r} does not hold on the committed metrics of {prof}: "
+                           f"{numbers} is false")
     return out
 
 
@@ -591,7 +817,8 @@ def docs_problems(repo_root: str | Path = REPO_ROOT, figures_root=REFERENCE_DIR)
     out = []
     for f in doc_files(repo_root):
         text, rel = f.read_text(), f.relative_to(repo_root)
-        out += generated_problems(text, figures_root, str(rel)) + number_problems(text, figures_root, str(rel))
+        out += (generated_problems(text, figures_root, str(rel)) + number_problems(text, figures_root, str(rel))
+                + verdict_problems(text, figures_root, str(rel)))
     return out
 
 
@@ -601,7 +828,8 @@ def main(argv=None):
     ap.add_argument("--readme", action="store_true",
                     help="refresh the generated blocks of README.md and docs/ from the committed references")
     ap.add_argument("--check-docs", action="store_true",
-                    help="list the numbers of README.md and docs/ that disagree with the committed metrics")
+                    help="list the numbers and verdicts of README.md and docs/ that disagree with the committed "
+                         "metrics")
     a = ap.parse_args(argv)
     for d in a.output_dirs:
         print(write_report(d))
@@ -609,7 +837,8 @@ def main(argv=None):
         print("README / docs updated" if refresh_readme() else "README / docs already up to date")
     if a.check_docs:
         problems = docs_problems()
-        print("\n".join(problems) if problems else "README.md and docs/: every number agrees with the references")
+        print("\n".join(problems) if problems else "README.md and docs/: every number and verdict agrees with the "
+              "references")
         return 1 if problems else 0
     return 0
 

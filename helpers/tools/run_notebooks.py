@@ -35,6 +35,7 @@ from helpers.experiment import default_output_dir
 from helpers.paths import NOTEBOOK_DIR, absolute_folder_variables, output_root
 from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_set
 from helpers.progress import ENV as PROGRESS_ENV
+from helpers.simdevice import NOTEBOOK_ENV
 from helpers.utils import atomic_write_json, cli_main, tqdm_disabled_by_env
 
 
@@ -206,6 +207,21 @@ def progress_on_terminal(prefix: str, enabled: bool):
         Path(name).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def notebook_named(name: str):
+    """While the block runs, kernels started in it know the notebook they execute (``COMPANION_NOTEBOOK``, which
+    they inherit): the simulated accelerator names its per-process report by it (:mod:`helpers.simdevice`)."""
+    before = os.environ.get(NOTEBOOK_ENV)
+    os.environ[NOTEBOOK_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NOTEBOOK_ENV, None)
+        else:
+            os.environ[NOTEBOOK_ENV] = before
+
+
 def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: dict, kernel: str, config,
              manager, terminal_progress: bool = False) -> float:
     """Execute one notebook with papermill; returns its seconds.
@@ -220,7 +236,7 @@ def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: d
     partial.parent.mkdir(exist_ok=True)
     failed = fig_dir / "failed" / nb.name
     try:
-        with progress_on_terminal(f"[{name}] {nb.stem[:2]}", terminal_progress):
+        with progress_on_terminal(f"[{name}] {nb.stem[:2]}", terminal_progress), notebook_named(nb.name):
             pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel,
                                 cwd=str(NOTEBOOK_DIR), progress_bar=False, config=config,
                                 kernel_manager_class=manager)
@@ -237,8 +253,21 @@ def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: d
     os.replace(partial, out_nb_dir / nb.name)
     failed.unlink(missing_ok=True)
     seconds = round(time.perf_counter() - t0, 1)
-    print(f"[{name}] {nb.name} done in {seconds} s", flush=True)
+    skipped = _skip_reason(fig_dir, nb.stem)
+    if skipped:
+        print(f"[{name}] {nb.name} stepped aside after {seconds} s: {skipped}", flush=True)
+    else:
+        print(f"[{name}] {nb.name} done in {seconds} s", flush=True)
     return seconds
+
+
+def _skip_reason(fig_dir: Path, stem: str) -> str | None:
+    """The reason a notebook recorded for stepping aside (``skipped.<stem>`` in metrics.json,
+    :func:`helpers.notebook.step_aside`), or None."""
+    try:
+        return json.loads((fig_dir / "metrics.json").read_text()).get("skipped", {}).get(stem)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager

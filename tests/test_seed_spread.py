@@ -1,0 +1,57 @@
+"""The training seed's share of every AUROC (helpers.tools.seed_spread): another training seed trains
+another model on the same splits, the summary is the seeds' spread, and a rerun resumes."""
+import json
+
+import pytest
+
+from helpers.experiment import Experiment
+from helpers.tools import seed_spread
+
+TINY = {"lcr": {"grid_operators": ["filter_nai"], "grid_rates": [0.05], "grid_mutants": 3, "n_mutants": 5},
+        "conductance": {"detector": {"epochs": 2}}, "joint": {"folds": 2}, "metrics": {"n_bootstrap": 50},
+        "training": {"epochs": 1}}
+
+
+@pytest.fixture
+def art(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    return tmp_path
+
+
+def test_a_training_seed_changes_the_model_and_nothing_else(art):
+    a, b = (Experiment("digits", seed_spread.seed_overrides(s, TINY), output_dir=art / f"o{s}", progress=False)
+            for s in (1, 2))
+    assert a.train_seed == 1 and b.train_seed == 2 and a.seed == b.seed
+    assert a.data_key == b.data_key  # the same splits
+    assert a.model_params != b.model_params
+    wa, wb = (next(iter(e.model.state_dict().values())) for e in (a, b))
+    assert not bool((wa == wb).all())
+    # the default (training.seed null) keeps the profile's model and its cache key
+    plain = Experiment("digits", output_dir=art / "plain", progress=False)
+    assert "seed" not in plain.model_params["training"] and plain.train_seed == plain.seed
+
+
+def test_the_spread_is_summarised_and_a_rerun_resumes(art, monkeypatch):
+    out = art / "out"
+    summary = seed_spread.spread("digits", [0, 1], TINY, str(out), progress=False)
+    assert summary["seeds"] == [0, 1]
+    per_seed = json.loads((out / "seed_spread.json").read_text())["per_seed"]
+    for d in ("conductance", "lcr", "joint_nn", "msp"):
+        a, b = (per_seed[s]["detectors"][d]["test"]["auroc"] for s in ("0", "1"))
+        row = summary["detectors"][d]["test"]
+        assert row["min"] == round(min(a, b), 4) and row["max"] == round(max(a, b), 4)
+        assert row["sd"] == pytest.approx(abs(a - b) / 2 ** 0.5, abs=1e-4)  # sd (ddof 1) of two values
+    assert len({per_seed[s]["accuracy"]["val"] for s in ("0", "1")} | {
+        per_seed[s]["detectors"]["msp"]["val"]["auroc"] for s in ("0", "1")}) > 2  # two different models
+
+    def no_recompute(exp):
+        raise AssertionError(f"training seed {exp.train_seed} was computed again")
+
+    monkeypatch.setattr(seed_spread, "seed_aurocs", no_recompute)
+    assert seed_spread.spread("digits", [1, 0], TINY, str(out), progress=False) == summary
+
+
+def test_bad_seeds_are_refused_before_any_work(art):
+    for seeds in ([3], [1, 1]):
+        with pytest.raises(ValueError, match=r"--seeds: .* valid: at least two different seeds"):
+            seed_spread.spread("digits", seeds, TINY, str(art / "x"))
