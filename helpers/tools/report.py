@@ -82,7 +82,7 @@ SECTIONS = [
     ("Label Change Rate (notebook 02; paper 1, section 4.2)", ["lcr_grid", "detectors_lcr", "lcr_sprt"],
      ["lcr_distributions", "lcr_auroc_by_n_mutants", "roc_lcr"]),
     ("Joint classifier (notebook 03; paper 1, section 4.3)",
-     ["joint_leak", "detectors_joint", "joint_confusion", "operating_points"],
+     ["joint_leak", "detectors_joint", "joint_confusion", "operating_points", "seed_spread"],
      ["roc_joint", "joint_confusion", "relay_curve"]),
     ("Counterfactual filters (notebook 04; paper 2, sections 3, 4.2)",
      ["cfe_generator_history", "cfe_global_filters", "cfe_disable", "cfe_table1", "detectors_cfe", "cfe_gc_sources"],
@@ -180,6 +180,8 @@ def build_report(output_dir: str | Path) -> str:
         parts += ["Expert relay on test (joint NN): " + "; ".join(
             f"{op}: accuracy {r['accuracy']:.3f} with {100 * r['discarded_fraction']:.1f}% discarded"
             for op, r in m["relay"].items()), ""]
+    for nb, why in m.get("skipped", {}).items():  # helpers.notebook.step_aside
+        parts += [f"Notebook `{nb}` stepped aside: {why}", ""]
     if (out / "stages.json").is_file():
         parts += ["## Cost of each stage", "", stage_table(json.loads((out / "stages.json").read_text())), ""]
     for title, tables, figs in SECTIONS:
