@@ -19,6 +19,7 @@ def test_the_layers_of_the_example_model_are_found(tmp_path, monkeypatch):
 
 
 def test_the_example_profile_runs_all_six_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernels: one thread each beside the other test worker
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     monkeypatch.setenv("COMPANION_OUTPUT_DIR", str(tmp_path / "out"))
     seconds = run_notebooks.run("example-own-model")
@@ -43,6 +44,7 @@ def test_a_second_zoo_family_runs_all_six_notebooks(tmp_path, monkeypatch):
                data_dir=str(REPO_ROOT / "examples" / "shapes"))
     profile = tmp_path / "example-shufflenet.yaml"
     profile.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernels: one thread each beside the other test worker
     monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
     monkeypatch.setenv("COMPANION_OUTPUT_DIR", str(tmp_path / "out"))
     assert len(run_notebooks.run(str(profile))) == 6
