@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers.names import MODEL_FORMS, MODEL_NAMES, TORCHVISION_PREFIX, model_kind
+from helpers.names import MODEL_FORMS, MODEL_NAMES, TORCHVISION_PREFIX, model_kind, torchvision_weights
 from helpers.paths import REPO_ROOT
 from helpers.utils import safe_torch_load
 
@@ -824,10 +824,9 @@ def _torchvision_classifier(builder: str, num_classes: int, in_channels: int, we
     enum = torchvision.models.get_model_weights(builder)
     tv_weights, state_file = None, None
     if weights not in (None, "none"):
-        short = "DEFAULT" if weights in ("pretrained", "imagenet") else str(weights).removeprefix(enum.__name__ + ".")
-        if short in enum.__members__:
-            tv_weights = enum[short]
-        else:
+        short = str(weights).removeprefix(enum.__name__ + ".")
+        tv_weights = torchvision_weights(enum, str(weights))
+        if tv_weights is None:
             state_file = _local_file(str(weights), search_dirs)
             if state_file is None:
                 what = ("not a weights name of" if re.fullmatch(r"[A-Z0-9_]+", short)

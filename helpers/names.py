@@ -19,6 +19,16 @@ _BUILDER = re.compile(rf"torchvision\.{_IDENT}")
 _CALLABLE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*")
 
 
+def torchvision_weights(enum, weights):
+    """The member of a torchvision weights enum that ``weights`` names (``DEFAULT``, ``IMAGENET1K_V1``, the
+    full ``<Enum>.<name>``, or ``pretrained`` / ``imagenet`` for DEFAULT), or None when it names none (a
+    file, null)."""
+    if not isinstance(weights, str) or weights == "none":
+        return None
+    short = "DEFAULT" if weights in ("pretrained", "imagenet") else weights.removeprefix(enum.__name__ + ".")
+    return enum[short] if short in enum.__members__ else None
+
+
 def model_kind(name) -> str | None:
     """What ``model:`` names: ``"known"`` (one of :data:`MODEL_NAMES`, its layers declared in
     ``helpers.models.LAYERS``), ``"torchvision"`` (``torchvision.<builder>``), ``"callable"``

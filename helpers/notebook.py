@@ -60,8 +60,8 @@ def step_aside(reason: str | None, exp=None, notebook: str = "") -> bool:
     without error and without output below the reason.  Call it as the last statement of a cell (the
     cell that calls it has already been parsed).  Returns True when the notebook steps aside."""
     if reason is None:
-        if exp is not None and notebook in exp.metrics().get("skipped", {}):  # an earlier run's reason is stale
-            m = exp.metrics()
+        m = exp.metrics() if exp is not None else {}
+        if notebook in m.get("skipped", {}):  # an earlier run's reason is stale
             m["skipped"].pop(notebook)
             exp.update_metrics(m, fresh=True)
         return False

@@ -20,7 +20,15 @@ from typing import Any
 
 import yaml
 
-from helpers.names import DATASET_NAMES, MODEL_FORMS, MODEL_NAMES, MUTATION_OPERATORS, TORCHVISION_PREFIX, model_kind
+from helpers.names import (
+    DATASET_NAMES,
+    MODEL_FORMS,
+    MODEL_NAMES,
+    MUTATION_OPERATORS,
+    TORCHVISION_PREFIX,
+    model_kind,
+    torchvision_weights,
+)
 from helpers.paths import PARAMS_DIR, REPO_ROOT
 
 DEFAULT_PROFILE = "digits"
@@ -559,7 +567,7 @@ def weights_transforms(model, weights) -> dict | None:
     ``pretrained``); None for any other model or weights (a file, null).  Needs no network: the transforms
     are metadata of the weights enum.  The companion resizes each image to the crop size instead of
     torchvision's resize-then-centre-crop (docs/your-model.md)."""
-    if model_kind(model) != "torchvision" or weights in (None, "none") or not isinstance(weights, str):
+    if model_kind(model) != "torchvision" or not isinstance(weights, str):
         return None
     import torchvision
 
@@ -567,10 +575,10 @@ def weights_transforms(model, weights) -> dict | None:
         enum = torchvision.models.get_model_weights(model[len(TORCHVISION_PREFIX):])
     except (KeyError, ValueError):
         return None
-    short = "DEFAULT" if weights in ("pretrained", "imagenet") else weights.removeprefix(enum.__name__ + ".")
-    if short not in enum.__members__:
+    member = torchvision_weights(enum, weights)
+    if member is None:
         return None
-    t = enum[short].transforms()
+    t = member.transforms()
     crop, mean, std = getattr(t, "crop_size", None), getattr(t, "mean", None), getattr(t, "std", None)
     if not crop or mean is None or std is None:
         return None
