@@ -4,6 +4,7 @@ has finished."""
 import os
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
@@ -171,3 +172,49 @@ def test_the_terminal_shows_each_stage_the_kernel_reports(tmp_path, monkeypatch)
     lines = [ln for ln in out.getvalue().replace("\r", "\n").splitlines() if " in " in ln and " min" in ln]
     assert lines[0].startswith("[digits] 02 screen gf@0.01 (accepted mutants): 3/3 in ") and "(tried=5)" in lines[0]
     assert lines[1].startswith("[digits] 02 train (epochs): 2/2 in ")
+
+
+class _Terminal:
+    """A stream that says it is a terminal and keeps what is written to it."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_the_terminal_draws_live_bars_while_the_kernels_run_without_them(tmp_path, monkeypatch):
+    """The runner sets TQDM_DISABLE=1 for its kernels in its own environment (progress_bars_off), and tqdm
+    reads that variable: the watcher's live bars must not go dark with the kernels' (a bar with its count,
+    rate and ETA is drawn while the stage runs, not only the line when it ends)."""
+    from helpers import progress
+
+    log = tmp_path / "progress.jsonl"
+    log.write_text("")
+    monkeypatch.setenv(progress.ENV, str(log))
+    term = _Terminal()
+    watcher = run_notebooks.ProgressWatcher(log, "[cub100] 02", stream=term, min_seconds=0.0)
+    with run_notebooks.progress_bars_off():
+        assert os.environ["TQDM_DISABLE"] == "1"
+        watcher.start()
+        bar = progress.bar(total=4, desc="20 mutants on the samples")
+        bar.every = 0.0  # every update reaches the file
+        bar.update(1)
+        for _ in range(100):  # until the watcher has drawn the running bar
+            if any("1/4" in part for part in term.parts):
+                break
+            time.sleep(0.1)
+        bar.update(3)
+        bar.close()
+        watcher.stopping.set()
+        watcher.join(120)
+    drawn = "".join(term.parts)
+    assert "[cub100] 02 20 mutants on the samples" in drawn and "1/4" in drawn and "<" in drawn  # elapsed<ETA
+    assert "20 mutants on the samples: 4/4 in " in drawn

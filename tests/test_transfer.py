@@ -347,3 +347,51 @@ def test_cub100_without_its_data_or_weights_says_where_it_looked(cub_tree_big_te
                                 "weights": str(tmp_path / "no-such-weights.pth")}, progress=False)
     with pytest.raises(FileNotFoundError, match="(?s)SqueezeNet 1.1 features.*no-such-weights"):
         exp.model
+
+
+@pytest.mark.slow
+def test_generators_on_the_models_own_photos_are_the_variant_beside_the_default(cub_tree_big_test, tmp_path,
+                                                                               monkeypatch, one_thread):
+    """Paper 2 trains the generators on the model's training set; where the analysis splits are held out
+    from it (``split.analysis_from_test``), ``generators(exp, "model_train")`` trains them on those photos,
+    under a cache key of its own (the default's unchanged), and ``generator_data_rows`` compares the two."""
+    from helpers import evaluation
+    from helpers.paper2 import stages as paper2
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    over = {**_vgg_overrides(cub_tree_big_test), "split.analysis_from_test": [0.5, 0.25, 0.25],
+            "cfe.epochs": 2, "metrics.n_bootstrap": 20}
+    exp = Experiment(load_profile("cub200-vgg16", over), progress=False)
+    own, default = paper2.generators(exp, "model_train"), paper2.generators(exp)
+    assert not torch.equal(own[0].weight, default[0].weight)
+    n_own = len(exp.data.extra["model_splits"]["train"].ids)
+    assert n_own != len(exp.data["train"].ids)
+    stages = {k.split("-")[0]: v for k, v in exp.cache.timings.items()}
+    assert "cfe_generators" in stages and "pooled_features_model_train" in stages
+
+    a = paper2.analysis(exp)
+    test = a.split("test")
+    msp = evaluation.baseline_table(exp).set_index("id").loc[test.id, "msp"].to_numpy()
+    t1 = paper2.table1(exp, a, msp)
+    reports = evaluation.evaluate_scores(exp, paper2.error_scores(a), paper2.CFE_SCORES)[0]
+    rows = paper2.generator_data_rows(exp, a, t1, reports, msp)
+    assert set(rows) == {"analysis_train", "model_train"}
+    assert rows["analysis_train"]["training_photos"] == len(exp.data["train"].ids)
+    assert rows["model_train"]["training_photos"] == n_own
+    assert rows["model_train"]["steps"] == 2 * -(-n_own // exp.cfg["cfe"]["batch_size"])
+    assert rows["analysis_train"]["gc_jaccard_with_default"] == 1.0  # the default compared with itself
+    assert 0.0 <= rows["model_train"]["gc_jaccard_with_default"] <= 1.0
+    assert paper2.generator_data_metrics(rows) == {"cfe": {"generator_data": rows}}
+
+
+def test_generators_on_the_models_own_photos_need_held_out_analysis_splits(cub_tree, tmp_path, monkeypatch):
+    from helpers.paper2 import stages as paper2
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    exp = Experiment(load_profile("cub200-vgg16", _vgg_overrides(cub_tree)), progress=False)
+    with pytest.raises(ValueError, match="data='model_train' needs held-out analysis splits.*analysis_from_test"):
+        paper2.generators(exp, "model_train")
+    with pytest.raises(ValueError, match="data='elsewhere' is not valid; valid: analysis_train, model_train"):
+        paper2.generators(exp, "elsewhere")
+    assert paper2.generator_data_rows(exp, None, None, None, None) == {}
+    assert paper2.generator_data_metrics({}) == {}

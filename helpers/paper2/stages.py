@@ -115,8 +115,21 @@ def generator_groups(exp: Experiment) -> list[slice]:
     return cfe.generator_groups(frozen_head(exp).in_features, len(exp.data.classes))
 
 
-def _train_g(exp: Experiment) -> torch.Tensor:
-    """The cached pooled features ``g`` of the training split: what the generators train on."""
+#: what the generators can train on (:func:`generators`): the analysis training split, or, where the
+#: analysis splits are held out from the model's training photos (cub100), those photos
+GENERATOR_DATA = ("analysis_train", "model_train")
+
+
+def _train_g(exp: Experiment, data: str = "analysis_train") -> torch.Tensor:
+    """The cached pooled features ``g`` the generators train on (``data``, :data:`GENERATOR_DATA`)."""
+    if data not in GENERATOR_DATA:
+        raise ValueError(f"generators: data={data!r} is not valid; valid: {', '.join(GENERATOR_DATA)}")
+    if data == "model_train":
+        if not exp.data.extra.get("model_splits"):
+            raise ValueError(f"generators: data='model_train' needs held-out analysis splits "
+                             f"(split.analysis_from_test); profile {exp.name!r} has none: "
+                             "its training split is the model's")
+        return torch.from_numpy(model_train_pooled(exp)["g"])
     z = pooled_table(exp)
     return torch.from_numpy(z["g"][z["split"] == "train"])
 
@@ -140,22 +153,31 @@ def generator_group(exp: Experiment, sl: slice, cache: bool = True, g: torch.Ten
     return exp.cache.stage("cfe_generator_group", params, compute, TENSORS)
 
 
-def generators(exp: Experiment) -> tuple[cfe.CFEGenerators, pd.DataFrame]:
+def generators(exp: Experiment, data: str = "analysis_train") -> tuple[cfe.CFEGenerators, pd.DataFrame]:
     """The C generators, trained on the cached ``g`` of the training split (cached): one batched
     model, seeded, trained group by group (groups that ``helpers.tools.precompute`` cached are read
-    instead, with identical results).  Returns the generators (CPU, eval) and the per-epoch history."""
+    instead, with identical results).  Returns the generators (CPU, eval) and the per-epoch history.
+
+    ``data="model_train"``: trained instead on every one of the model's own training photos, as paper 2
+    trains them (section 3), where the analysis splits are held out from those (cub100); the variant
+    :func:`generator_data_rows` compares (its groups are not cut into precompute units)."""
     gcfg = generator_config(exp)
     params = {"pooled": pooled_params(exp), "cfe": gcfg.__dict__, "seed": exp.seed}
+    if data != "analysis_train":
+        params["data"] = data  # the default's key is unchanged
     n_classes = len(exp.data.classes)
-    g = _train_g(exp)  # upstream outside compute(): each stage's logged cost is its own
+    g = _train_g(exp, data)  # upstream outside compute(): each stage's logged cost is its own
 
     def compute():
         k = frozen_head(exp).in_features
         weight, bias = torch.empty(n_classes, k, k), torch.empty(n_classes, k)  # every row set by its group
         sums = torch.zeros(gcfg.epochs, 5, dtype=torch.float64)
         for sl in generator_groups(exp):
-            part = exp.cache.if_cached(lambda sl=sl: generator_group(exp, sl),
-                                       lambda sl=sl: generator_group(exp, sl, cache=False, g=g))
+            if data != "analysis_train":
+                part = generator_group(exp, sl, cache=False, g=g)
+            else:
+                part = exp.cache.if_cached(lambda sl=sl: generator_group(exp, sl),
+                                           lambda sl=sl: generator_group(exp, sl, cache=False, g=g))
             weight[sl], bias[sl] = part["weight"], part["bias"]
             sums += part["sums"]
         hist = cfe.generator_history(sums, len(g), n_classes, gcfg)
@@ -376,9 +398,13 @@ HEADLINE_THRESHOLDS = ("out-of-fold", "fixed")
 def mask_statistics(exp: Experiment, gens: cfe.CFEGenerators, split: str = "train", chunk: int = 512) -> dict:
     """How the generators behave on ``split``: mean active filters of a mask, and the fraction of
     (image, target class) pairs that the masked model assigns to the target class (the paper:
-    about 26-30 of 512 filters and 99.8 % on training images), averaged over all C generators."""
-    z = pooled_table(exp)
-    g = torch.from_numpy(z["g"][z["split"] == split])
+    about 26-30 of 512 filters and 99.8 % on training images), averaged over all C generators.
+    ``split="model_train"``: the model's own training photos (:func:`model_train_pooled`)."""
+    if split == "model_train":
+        g = torch.from_numpy(model_train_pooled(exp)["g"])
+    else:
+        z = pooled_table(exp)
+        g = torch.from_numpy(z["g"][z["split"] == split])
     head = frozen_head(exp)
     target = torch.as_tensor(gens.classes)
     active, hits, n = 0.0, 0.0, 0
@@ -779,6 +805,51 @@ def gc_source_rows(exp: Experiment, a: CFEAnalysis, gens: cfe.CFEGenerators, t1:
 def gc_source_metrics(a: CFEAnalysis, rows: dict) -> dict:
     """``cfe.gc_source`` and ``cfe.gc_sources`` (:func:`gc_source_rows`)."""
     return {"cfe": {"gc_source": a.source, "gc_sources": rows}}
+
+
+def generator_data_rows(exp: Experiment, a: CFEAnalysis, t1: pd.DataFrame, reports: dict, msp: np.ndarray) -> dict:
+    """Where the generators learn, and whether it matters (paper 2 trains them on the model's training
+    set; the default here is the analysis training split).  Where the analysis splits are held out from
+    the model's training photos (cub100), the generators are trained once more on all of those photos
+    (:func:`generators` ``data="model_train"``), G_c is built from the same source as ``a``, and both
+    rows give: the training photos and optimiser steps, the mask statistics on the model's training
+    photos, how much of each class's G_c the two share (mean Jaccard over classes), the zeroing check's
+    own-class recall drop on validation, Table 1's headline catches and the CFE scores' test AUROC.
+    Elsewhere the two are the same data: ``{}``."""
+    if not exp.data.extra.get("model_splits"):
+        return {}
+    gcfg = generator_config(exp)
+    alt_gens = generators(exp, "model_train")[0]
+    alt = analysis(exp, alt_gens, a.source)
+    alt_reports = evaluate_scores(exp, error_scores(alt), CFE_SCORES)[0]
+    variants = {"analysis_train": (generators(exp)[0], a, t1, reports),
+                "model_train": (alt_gens, alt, table1(exp, alt, msp), alt_reports)}
+    head = frozen_head(exp)
+    rows = {}
+    for data, (gens, an, tab, rep) in variants.items():
+        n = len(_train_g(exp, data))
+        stats = mask_statistics(exp, gens, "model_train")
+        val = an.split("val")
+        disable = cfe.disable_filters_check(head, torch.from_numpy(an.g[val.index]), val.label.to_numpy(),
+                                            an.class_filters, n_random=1, seed=exp.seed)
+        both, either = (an.class_filters & a.class_filters).sum(1), (an.class_filters | a.class_filters).sum(1)
+        jaccard = np.where(either > 0, both / np.maximum(either, 1), 1.0)  # two empty sets are the same set
+        hd = table1_headline(tab)
+        rows[data] = {"training_photos": n, "steps": gcfg.epochs * -(-n // gcfg.batch_size),
+                      "mean_active_filters": round(stats["mean_active_filters"], 4),
+                      "masked_agreement": round(stats["masked_agreement"], 6),
+                      "gc_jaccard_with_default": round(float(np.mean(jaccard)), 4),
+                      "own_class_recall_drop": round(float(disable.own_recall_drop.mean()), 4),
+                      **{f"{s}_errors_detected": int(hd.loc[s, "errors_detected"]) for s in hd.index},
+                      **{f"{s}_new_errors": int(hd.loc[s, "new_errors"]) for s in hd.index},
+                      **{f"{nm}_test_auroc": round(rep[nm]["test"]["auroc"], 6)
+                         for nm in ("cfe_recall", "cfe_precision", "cfe_outside")}}
+    return rows
+
+
+def generator_data_metrics(rows: dict) -> dict:
+    """``cfe.generator_data`` (:func:`generator_data_rows`); nothing where there is no variant."""
+    return {"cfe": {"generator_data": rows}} if rows else {}
 
 
 def debugging_grid_metrics(original: float, chosen: tuple[float, float], grid: pd.DataFrame) -> dict:

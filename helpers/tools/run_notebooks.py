@@ -157,8 +157,10 @@ class ProgressWatcher(threading.Thread):
         if key not in self.started:
             self.started[key] = self.said[key] = now
             if self.live:
+                # disable=False: tqdm reads TQDM_DISABLE, which this process sets for its kernels
+                # (progress_bars_off); whether this terminal shows bars was decided before that
                 self.bars[key] = tqdm(total=ev["total"], desc=f"{self.prefix} {ev['desc']}", file=self.stream,
-                                      leave=False, mininterval=0.5, dynamic_ncols=True)
+                                      leave=False, mininterval=0.5, dynamic_ncols=True, disable=False)
         took = now - self.started[key]
         if key in self.bars:
             b = self.bars[key]
