@@ -350,6 +350,27 @@ def _read_profile_file(path: Path, source: str):
         raise ProfileError(f"{source}{where}: not valid YAML ({problem}); fix the file's syntax") from None
 
 
+def _with_base(raw: dict, source: str, seen: tuple[str, ...] = ()) -> dict:
+    """``base: <profile>``: the named profile's file with this one's keys merged over it (nested sections key
+    by key), so that a variant of a committed profile states only what it changes.  The variant needs a
+    ``name`` of its own (its results and cache go to figures/<name>/ and artifacts/<name>/); bases may chain."""
+    if "base" not in raw:
+        return raw
+    base = raw["base"]
+    known = sorted(x.stem for x in PARAMS_DIR.glob("*.yaml"))
+    if not isinstance(base, str) or not (PARAMS_DIR / f"{base}.yaml").is_file():
+        raise ProfileError(f"{source}: 'base' = {base!r} is not a committed profile; valid: {', '.join(known)}")
+    if base in seen:
+        raise ProfileError(f"{source}: 'base' = {base!r} leads back to itself ({' -> '.join([*seen, base])}); "
+                           "valid: a chain of bases that ends in a profile without 'base'")
+    own = {k: v for k, v in raw.items() if k != "base"}
+    if "name" not in own or own["name"] == base:
+        raise ProfileError(f"{source}: 'name' = {own.get('name')!r} must be set to a name other than its base's "
+                           f"({base!r}), so that the variant's results do not overwrite figures/{base}/")
+    parent = _read_profile_file(PARAMS_DIR / f"{base}.yaml", f"params/{base}.yaml") or {}
+    return _merge(_with_base(parent, f"params/{base}.yaml", (*seen, base)), own)
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -473,6 +494,7 @@ def load_profile(profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides:
         raw = _read_profile_file(path, source) or {}
         if not isinstance(raw, dict):
             raise ProfileError(f"{source}: must be a YAML mapping of keys to values")
+    raw = _with_base(raw, source)
     file_raw = raw
     overrides = parse_overrides(overrides)
     if overrides:

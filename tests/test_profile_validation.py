@@ -188,3 +188,37 @@ def test_malformed_set_values_are_named(items, match):
 def test_malformed_override_strings_are_named(text, match):
     with pytest.raises(ProfileError, match=match):
         parse_overrides(text)
+
+
+def test_a_variant_states_only_what_it_changes_over_its_base(tmp_path):
+    """``base: <profile>``: the committed variant cifar10-lcr-nai is cifar10 with LCR's setting fixed."""
+    variant, base = load_profile("cifar10-lcr-nai"), load_profile("cifar10")
+    assert {k for k in variant if variant[k] != base[k]} == {"name", "description", "lcr"}
+    assert (variant["lcr"]["operator"], variant["lcr"]["rate"]) == ("filter_nai", 0.01)
+    assert {k for k in variant["lcr"] if variant["lcr"][k] != base["lcr"][k]} == {"operator", "rate"}
+    own = tmp_path / "mine.yaml"
+    own.write_text("base: digits\nname: my-digits\ncheckpoint: null\ntraining:\n  epochs: 3\n")
+    cfg = load_profile(own, {"seed": 4})
+    assert (cfg["name"], cfg["training"]["epochs"], cfg["seed"]) == ("my-digits", 3, 4)
+    assert cfg["training"]["batch_size"] == load_profile("digits")["training"]["batch_size"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("base: nosuch\nname: x\n", r"'base' = 'nosuch' is not a committed profile; valid: .*digits"),
+    ("base: digits\n", r"'name' = None must be set to a name other than its base's \('digits'\)"),
+    ("base: digits\nname: digits\n", r"'name' = 'digits' must be set to a name other than its base's"),
+    ("base: [digits]\nname: x\n", r"'base' = \['digits'\] is not a committed profile"),
+])
+def test_a_bad_base_is_named(tmp_path, text, match):
+    path = tmp_path / "variant.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=match):
+        load_profile(path)
+
+
+def test_a_chain_of_bases_that_loops_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("helpers.profiles.PARAMS_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("base: b\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a\nname: b\n")
+    with pytest.raises(ProfileError, match=r"'base' = 'b' leads back to itself \(b -> a -> b\)"):
+        load_profile(tmp_path / "a.yaml")
