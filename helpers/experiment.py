@@ -54,7 +54,7 @@ class Experiment:
     ``Experiment("digits")`` or ``Experiment("params/my.yaml", {"training.epochs": 1})``.
     ``output_dir`` defaults to figures/<name>/ (or $COMPANION_OUTPUT_DIR/<name>/; with overrides,
     <name>-<hash of the overrides>/: :func:`default_output_dir`); ``artifacts_dir`` to artifacts/<name>/
-    (or $COMPANION_ARTIFACTS/<name>/).
+    (or $COMPANION_ARTIFACTS/<name>/); a variant (``base:``) shares its base's.
     """
 
     def __init__(self, profile: str | os.PathLike | dict = DEFAULT_PROFILE, overrides: dict | None = None,
@@ -65,7 +65,7 @@ class Experiment:
         self.device = get_device(self.cfg["device"])
         self.seed = self.cfg["seed"]
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(self.name, overrides)
-        self.artifacts_dir = cache_root() / self.name
+        self.artifacts_dir = cache_root() / (self.cfg["base"] or self.name)  # a variant shares its base's cache
         self.progress = progress_wanted() if progress is None else progress
         #: the profile's cached stages (:mod:`helpers.cache`)
         self.cache = StageCache(self.artifacts_dir, self.output_dir / "stages.json", str(self.device))

@@ -53,6 +53,7 @@ _NAME_VALID = ("letters, digits, '-', '_' and '.', starting with a letter or dig
 SCHEMA: dict[str, Any] = {
     "name": (str, True, NAME_PATTERN),
     "description": (str, False, None),
+    "base": ((str, _OPT), False, None),   # the committed profile this one varies (_with_base); its cache is shared
     "dataset": (str, True, DATASET_NAMES),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
@@ -208,6 +209,7 @@ SCHEMA: dict[str, Any] = {
 #: Defaults filled in for optional keys a profile leaves out.
 DEFAULTS: dict[str, Any] = {
     "description": "",
+    "base": None,
     "data_dir": None,
     "download": False,
     "weights": None,
@@ -353,7 +355,9 @@ def _read_profile_file(path: Path, source: str):
 def _with_base(raw: dict, source: str, seen: tuple[str, ...] = ()) -> dict:
     """``base: <profile>``: the named profile's file with this one's keys merged over it (nested sections key
     by key), so that a variant of a committed profile states only what it changes.  The variant needs a
-    ``name`` of its own (its results and cache go to figures/<name>/ and artifacts/<name>/); bases may chain."""
+    ``name`` of its own (its results go to figures/<name>/); bases may chain.  ``base`` is kept, naming the
+    root of the chain: the variant's stages are cached beside its base's (artifacts/<base>/), where every
+    stage's key says what it computed, so what the two share is computed once."""
     if "base" not in raw:
         return raw
     base = raw["base"]
@@ -367,8 +371,9 @@ def _with_base(raw: dict, source: str, seen: tuple[str, ...] = ()) -> dict:
     if "name" not in own or own["name"] == base:
         raise ProfileError(f"{source}: 'name' = {own.get('name')!r} must be set to a name other than its base's "
                            f"({base!r}), so that the variant's results do not overwrite figures/{base}/")
-    parent = _read_profile_file(PARAMS_DIR / f"{base}.yaml", f"params/{base}.yaml") or {}
-    return _merge(_with_base(parent, f"params/{base}.yaml", (*seen, base)), own)
+    parent = _with_base(_read_profile_file(PARAMS_DIR / f"{base}.yaml", f"params/{base}.yaml") or {},
+                        f"params/{base}.yaml", (*seen, base))
+    return {**_merge(parent, own), "base": parent.get("base") or base}  # the root of the chain
 
 
 def _merge(base: dict, over: dict) -> dict:

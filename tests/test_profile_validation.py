@@ -193,7 +193,8 @@ def test_malformed_override_strings_are_named(text, match):
 def test_a_variant_states_only_what_it_changes_over_its_base(tmp_path):
     """``base: <profile>``: the committed variant cifar10-lcr-nai is cifar10 with LCR's setting fixed."""
     variant, base = load_profile("cifar10-lcr-nai"), load_profile("cifar10")
-    assert {k for k in variant if variant[k] != base[k]} == {"name", "description", "lcr"}
+    assert {k for k in variant if variant[k] != base[k]} == {"name", "description", "base", "lcr"}
+    assert (variant["base"], base["base"]) == ("cifar10", None)  # the root of the chain: whose cache it shares
     assert (variant["lcr"]["operator"], variant["lcr"]["rate"]) == ("filter_nai", 0.01)
     assert {k for k in variant["lcr"] if variant["lcr"][k] != base["lcr"][k]} == {"operator", "rate"}
     own = tmp_path / "mine.yaml"
@@ -222,3 +223,13 @@ def test_a_chain_of_bases_that_loops_is_refused(tmp_path, monkeypatch):
     (tmp_path / "b.yaml").write_text("base: a\nname: b\n")
     with pytest.raises(ProfileError, match=r"'base' = 'b' leads back to itself \(b -> a -> b\)"):
         load_profile(tmp_path / "a.yaml")
+
+
+def test_a_variant_of_a_variant_keeps_the_root_as_its_base(tmp_path, monkeypatch):
+    monkeypatch.setattr("helpers.profiles.PARAMS_DIR", tmp_path)
+    (tmp_path / "digits.yaml").write_text(DIGITS)
+    (tmp_path / "v1.yaml").write_text("base: digits\nname: v1\ncheckpoint: null\nseed: 3\n")
+    (tmp_path / "v2.yaml").write_text("base: v1\nname: v2\ntraining:\n  epochs: 2\n")
+    cfg = load_profile("v2")
+    assert (cfg["name"], cfg["base"], cfg["seed"], cfg["training"]["epochs"], cfg["checkpoint"]) == \
+        ("v2", "digits", 3, 2, None)

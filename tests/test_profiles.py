@@ -152,3 +152,14 @@ def test_without_torchvision_weights_image_size_stays_required_and_the_error_say
     for changes in ({"weights": None}, {"model": "tests.zoo_model:build", "weights": "IMAGENET1K_V1"}):
         with pytest.raises(ProfileError, match=r"missing required key 'image_size'.*torchvision weights"):
             load_profile(_own_model_profile(**changes))
+
+
+def test_a_variant_caches_its_stages_beside_its_base(tmp_path, monkeypatch):
+    """cifar10-lcr-nai computes the same model, predictions, conductance and grid screening as cifar10,
+    under the same stage keys: sharing artifacts/cifar10/ computes them once."""
+    from helpers.experiment import Experiment
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    variant, base = Experiment("cifar10-lcr-nai"), Experiment("cifar10")
+    assert variant.artifacts_dir == base.artifacts_dir == tmp_path / "art" / "cifar10"
+    assert variant.output_dir.name == "cifar10-lcr-nai"
