@@ -186,6 +186,24 @@ class ProgressWatcher(threading.Thread):
 
 
 @contextlib.contextmanager
+def environment(name: str, value: str | None):
+    """While the block runs, ``name`` is ``value`` in this process's environment (unset where ``value`` is
+    None), so the kernels started in it inherit it; restored afterwards, whatever happens."""
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
 def progress_on_terminal(prefix: str, enabled: bool):
     """While the block runs, kernels started in it report their progress to a temporary file that a
     :class:`ProgressWatcher` shows here (the kernels inherit ``COMPANION_PROGRESS_FILE``)."""
@@ -194,34 +212,20 @@ def progress_on_terminal(prefix: str, enabled: bool):
         return
     fd, name = tempfile.mkstemp(prefix="companion-progress-", suffix=".jsonl")
     os.close(fd)
-    before = os.environ.get(PROGRESS_ENV)
-    os.environ[PROGRESS_ENV] = name
     watcher = ProgressWatcher(Path(name), prefix)
     watcher.start()
     try:
-        yield
+        with environment(PROGRESS_ENV, name):
+            yield
     finally:
         watcher.stop()
-        if before is None:
-            os.environ.pop(PROGRESS_ENV, None)
-        else:
-            os.environ[PROGRESS_ENV] = before
         Path(name).unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
 def notebook_named(name: str):
     """While the block runs, kernels started in it know the notebook they execute (``COMPANION_NOTEBOOK``, which
     they inherit): the simulated accelerator names its per-process report by it (:mod:`helpers.simdevice`)."""
-    before = os.environ.get(NOTEBOOK_ENV)
-    os.environ[NOTEBOOK_ENV] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(NOTEBOOK_ENV, None)
-        else:
-            os.environ[NOTEBOOK_ENV] = before
+    return environment(NOTEBOOK_ENV, name)
 
 
 def _execute(pm, nb: Path, out_nb_dir: Path, fig_dir: Path, name: str, params: dict, kernel: str, config,
@@ -281,17 +285,9 @@ def progress_bars_off():
     bars: the kernels then run without the variable, since tqdm reads any non-empty value as "disable".
     The environment is restored afterwards."""
     user = os.environ.get("TQDM_DISABLE")
-    if user is None:
-        os.environ["TQDM_DISABLE"] = "1"
-    elif not tqdm_disabled_by_env():
-        del os.environ["TQDM_DISABLE"]
-    try:
+    value = "1" if user is None else (user if tqdm_disabled_by_env() else None)
+    with environment("TQDM_DISABLE", value):
         yield
-    finally:
-        if user is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = user
 
 
 @contextlib.contextmanager
