@@ -218,3 +218,16 @@ def test_the_terminal_draws_live_bars_while_the_kernels_run_without_them(tmp_pat
     drawn = "".join(term.parts)
     assert "[cub100] 02 20 mutants on the samples" in drawn and "1/4" in drawn and "<" in drawn  # elapsed<ETA
     assert "20 mutants on the samples: 4/4 in " in drawn
+
+
+@pytest.mark.parametrize("user, inside", [(None, "1"), ("1", "1"), ("true", "true"), ("0", None), ("no", None)])
+def test_the_kernels_bars_follow_the_users_tqdm_disable(monkeypatch, user, inside):
+    """Unset: the kernels run with TQDM_DISABLE=1; set to a "disable" value: as set; 0 / no / false: unset
+    (tqdm reads any non-empty value as disable).  Restored afterwards either way."""
+    if user is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", user)
+    with run_notebooks.progress_bars_off():
+        assert os.environ.get("TQDM_DISABLE") == inside
+    assert os.environ.get("TQDM_DISABLE") == user
