@@ -175,6 +175,19 @@ def test_wrong_verdicts_are_caught(root, text, why):
     assert len(problems) == 1 and why in problems[0] and problems[0].startswith("page.md:1:"), problems
 
 
+def test_another_profiles_metrics_by_profile_at_key(root):
+    """``PROFILE@key``: a sentence that compares two runs (a variant and its base) is checked against both."""
+    (root / "q").mkdir()
+    (root / "q" / "metrics.json").write_text(json.dumps({"detectors": {"msp": {"val": {"auroc": 0.9}}}}))
+    ok = ("0.056<!-- m:q:detectors.msp.val.auroc - p@detectors.msp.val.auroc -->; MSP is higher on q"
+          "<!-- v:q:greater(detectors.msp.val.auroc, p@detectors.msp.val.auroc) -->")
+    assert number_problems(ok, root) == [] and verdict_problems(ok, root) == []
+    flipped = ok.replace("higher on q<!-- v:q:greater", "higher on q<!-- v:q:less")
+    assert len(verdict_problems(flipped, root)) == 1
+    assert "no committed metrics for profile 'r'" in number_problems("1<!-- m:q:r@model.n.test -->", root)[0]
+    assert evaluate("p@model.n.test", {}, {"p": M}) == 450
+
+
 #: for each verdict KIND, words that state another one: what a flipped verdict reads like
 FLIPPED = {"inside": "outside", "outside": "inside", "greater": "below", "less": "above", "at_most": "beats",
            "overlap": "outside", "significant": "not significant", "not_significant": "significant"}

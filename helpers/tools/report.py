@@ -551,7 +551,8 @@ def refresh_readme(readme: str | Path = REPO_ROOT / "README.md", figures_root=RE
 #: counts only where a word starts ("0.54-0.58" is a range, not -0.58)
 ANNOTATION = re.compile(r"(?P<num>(?:(?<![\w.>)\]])[+\-\u2212])?\d[\d,]*(?:\.\d+)?)?"
                         r"<!-- m:(?P<profile>[\w.-]+):(?P<expr>.*?) -->")
-_TOKEN = re.compile(r"\s*(?:(?P<key>[A-Za-z_][\w.]*)|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/(),]))")
+#: a token of an annotation's expression: a metrics key (``PROFILE@key``: another profile's), a number, an operator
+_TOKEN = re.compile(r"\s*(?:(?P<key>(?:[A-Za-z0-9][\w.-]*@)?[A-Za-z_][\w.]*)|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/(),]))")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -639,7 +640,19 @@ def metric_value(metrics, key: str) -> float:
     return float(node)
 
 
-def _expression(expr: str, metrics: dict, functions) -> ast.Expression:
+def _key_value(key: str, metrics: dict, others) -> float:
+    """A key of ``metrics``, or ``PROFILE@key``: a key of another profile's committed metrics (``others``:
+    profile -> metrics or None), so that a sentence comparing two runs is checked against both."""
+    profile, at, rest = key.partition("@")
+    if not at:
+        return metric_value(metrics, key)
+    found = others[profile] if others is not None else None
+    if found is None:
+        raise KeyError(f"{key}: no committed metrics for profile {profile!r}")
+    return metric_value(found, rest)
+
+
+def _expression(expr: str, metrics: dict, functions, others=None) -> ast.Expression:
     """EXPR with every metrics key replaced by its value, parsed; names in ``functions`` stay names."""
     pos, out, expr = 0, [], expr.rstrip()
     while pos < len(expr):
@@ -650,7 +663,7 @@ def _expression(expr: str, metrics: dict, functions) -> ast.Expression:
         if mo["key"] and mo["key"] in functions and expr[pos:].lstrip().startswith("("):
             out.append(mo["key"])
         elif mo["key"]:
-            value = metric_value(metrics, mo["key"])
+            value = _key_value(mo["key"], metrics, others)
             if not math.isfinite(value):
                 raise ValueError(f"{mo['key']} is {value}, not a finite number")
             out.append(repr(value))
@@ -681,19 +694,20 @@ def _value(node, expr: str) -> float:
     raise ValueError(f"not allowed in {expr!r}: {ast.dump(node)}")
 
 
-def evaluate(expr: str, metrics: dict) -> float:
+def evaluate(expr: str, metrics: dict, others=None) -> float:
     """EXPR of an annotation: metrics keys and constants joined by + - * / and parentheses, and the
-    statistics of :data:`FUNCTIONS` of them (``random_p_more(...)``, ``sign_test_p(...)``, ...)."""
-    return _value(_expression(expr, metrics, FUNCTIONS), expr)
+    statistics of :data:`FUNCTIONS` of them (``random_p_more(...)``, ``sign_test_p(...)``, ...).
+    ``PROFILE@key`` reads another profile's metrics from ``others`` (profile -> metrics)."""
+    return _value(_expression(expr, metrics, FUNCTIONS, others), expr)
 
 
-def evaluate_verdict(claim: str, metrics: dict) -> tuple[str, bool, str]:
+def evaluate_verdict(claim: str, metrics: dict, others=None) -> tuple[str, bool, str]:
     """CLAIM of a verdict annotation, ``KIND(ARG, ...)`` with KIND in :data:`VERDICTS` and each ARG an
     annotation expression: (KIND, whether it holds, the comparison in numbers)."""
     head = re.match(r"\s*(\w+)\s*\(", claim)
     if not head or head.group(1) not in VERDICTS:
         raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} applied to expressions, not {claim!r}")
-    tree = _expression(claim, metrics, {**FUNCTIONS, **VERDICTS})
+    tree = _expression(claim, metrics, {**FUNCTIONS, **VERDICTS}, others)
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in VERDICTS):
         raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} applied to expressions, not {claim!r}")
@@ -742,7 +756,7 @@ def number_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> l
             out.append(f"{loc}: no committed metrics for profile {prof!r} ({root / prof / 'metrics.json'})")
             continue
         try:
-            value = evaluate(mo["expr"], cache[prof])
+            value = evaluate(mo["expr"], cache[prof], cache)
         except (KeyError, ValueError, ZeroDivisionError) as exc:
             out.append(f"{loc}: {type(exc).__name__}: {exc}")
             continue
@@ -782,7 +796,7 @@ def verdict_problems(text: str, figures_root=REFERENCE_DIR, where: str = "") -> 
                 out.append(f"{loc}: no committed metrics for profile {prof!r} ({root / prof / 'metrics.json'})")
                 continue
             try:
-                kind, holds, numbers = evaluate_verdict(mo["claim"], cache[prof])
+                kind, holds, numbers = evaluate_verdict(mo["claim"], cache[prof], cache)
             except (KeyError, ValueError, ZeroDivisionError) as exc:
                 out.append(f"{loc}: {prof}: {type(exc).__name__}: {exc}")
                 continue
