@@ -358,7 +358,7 @@ def _with_base(raw: dict, source: str, seen: tuple[str, ...] = ()) -> dict:
     ``name`` of its own (its results go to figures/<name>/); bases may chain.  ``base`` is kept, naming the
     root of the chain: the variant's stages are cached beside its base's (artifacts/<base>/), where every
     stage's key says what it computed, so what the two share is computed once."""
-    if "base" not in raw:
+    if raw.get("base") is None:  # no base; or an already-loaded profile (base: null) passed as a dict
         return raw
     base = raw["base"]
     known = sorted(x.stem for x in PARAMS_DIR.glob("*.yaml"))
