@@ -163,3 +163,11 @@ def test_a_variant_caches_its_stages_beside_its_base(tmp_path, monkeypatch):
     variant, base = Experiment("cifar10-lcr-nai", check=False), Experiment("cifar10", check=False)
     assert variant.artifacts_dir == base.artifacts_dir == tmp_path / "art" / "cifar10"
     assert variant.output_dir.name == "cifar10-lcr-nai"
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10-lcr-nai"])
+def test_a_loaded_profile_loads_again_as_itself(name):
+    """Experiment(load_profile(...)) passes the loaded dict back in: a variant's ``base`` and a plain
+    profile's ``base: null`` leave it unchanged."""
+    cfg = load_profile(name)
+    assert load_profile(cfg) == cfg
