@@ -125,10 +125,7 @@ def _train_g(exp: Experiment, data: str = "analysis_train") -> torch.Tensor:
     if data not in GENERATOR_DATA:
         raise ValueError(f"generators: data={data!r} is not valid; valid: {', '.join(GENERATOR_DATA)}")
     if data == "model_train":
-        if not exp.data.extra.get("model_splits"):
-            raise ValueError(f"generators: data='model_train' needs held-out analysis splits "
-                             f"(split.analysis_from_test); profile {exp.name!r} has none: "
-                             "its training split is the model's")
+        _require_model_splits(exp, "generators: data='model_train'")
         return torch.from_numpy(model_train_pooled(exp)["g"])
     z = pooled_table(exp)
     return torch.from_numpy(z["g"][z["split"] == "train"])
@@ -232,10 +229,16 @@ def gc_source(exp: Experiment, source: str | None = None) -> str:
         return "model_train" if exp.data.extra.get("model_splits") else "analysis_train"
     if source not in GC_SOURCES:
         raise ValueError(f"gc_source: {source!r} is not valid; valid: {', '.join(GC_SOURCES)}")
-    if source == "model_train" and not exp.data.extra.get("model_splits"):
-        raise ValueError(f"gc_source: 'model_train' needs held-out analysis splits (split.analysis_from_test); "
-                         f"profile {exp.name!r} has none: its training split is the model's")
+    if source == "model_train":
+        _require_model_splits(exp, "gc_source: 'model_train'")
     return source
+
+
+def _require_model_splits(exp: Experiment, what: str) -> None:
+    """``what`` needs the model's own training photos apart from the analysis splits."""
+    if not exp.data.extra.get("model_splits"):
+        raise ValueError(f"{what} needs held-out analysis splits (split.analysis_from_test); "
+                         f"profile {exp.name!r} has none: its training split is the model's")
 
 
 def model_train_pooled(exp: Experiment) -> dict:
@@ -824,10 +827,12 @@ def generator_data_rows(exp: Experiment, a: CFEAnalysis, t1: pd.DataFrame, repor
     alt_reports = evaluate_scores(exp, error_scores(alt), CFE_SCORES)[0]
     variants = {"analysis_train": (generators(exp)[0], a, t1, reports),
                 "model_train": (alt_gens, alt, table1(exp, alt, msp), alt_reports)}
+    photos = {"analysis_train": len(exp.data["train"].ids),
+              "model_train": len(exp.data.extra["model_splits"]["train"].ids)}
     head = frozen_head(exp)
     rows = {}
     for data, (gens, an, tab, rep) in variants.items():
-        n = len(_train_g(exp, data))
+        n = photos[data]
         stats = mask_statistics(exp, gens, "model_train")
         val = an.split("val")
         disable = cfe.disable_filters_check(head, torch.from_numpy(an.g[val.index]), val.label.to_numpy(),
