@@ -404,7 +404,7 @@ def mask_statistics(exp: Experiment, gens: cfe.CFEGenerators, split: str = "trai
     about 26-30 of 512 filters and 99.8 % on training images), averaged over all C generators.
     ``split="model_train"``: the model's own training photos (:func:`model_train_pooled`)."""
     if split == "model_train":
-        g = torch.from_numpy(model_train_pooled(exp)["g"])
+        g = _train_g(exp, "model_train")
     else:
         z = pooled_table(exp)
         g = torch.from_numpy(z["g"][z["split"] == split])
