@@ -55,3 +55,37 @@ def test_bad_seeds_are_refused_before_any_work(art):
     for seeds in ([3], [1, 1]):
         with pytest.raises(ValueError, match=r"--seeds: .* valid: at least two different seeds"):
             seed_spread.spread("digits", seeds, TINY, str(art / "x"))
+
+
+@pytest.mark.slow
+def test_seeds_run_as_parallel_jobs_give_the_numbers_of_one_process(art, monkeypatch):
+    """``--jobs 2``: two seeds at once, each in its own process and from an empty cache, give exactly what
+    this process gives for the same seed (the same thread count: one), and the record names the overrides
+    the seeds share (here a fixed LCR setting: no grid)."""
+    one = {**TINY, "threads": 1, "lcr": {**TINY["lcr"], "operator": "filter_nai", "rate": 0.05}}
+    here = seed_spread.one_seed("digits", 1, one, progress=False)
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(art / "art-parallel"))  # nothing cached: the jobs compute
+    summary = seed_spread.spread("digits", [0, 1], one, str(art / "parallel"), progress=False, jobs=2)
+    assert len(list((art / "art-parallel").rglob("model-*.pt"))) == 2  # each job trained its own model
+    record = json.loads((art / "parallel" / "seed_spread.json").read_text())
+    assert record["per_seed"]["1"] == here and record["overrides"] == one and record["summary"] == summary
+    assert record["per_seed"]["0"]["detectors"] != here["detectors"]  # another seed, another model
+    assert {r["threads"] for r in record["per_seed"].values()} == {1}
+
+
+def test_the_jobs_share_the_cores_unless_the_threads_are_set():
+    assert seed_spread.job_overrides({}, 2, cores=16)["threads"] == 8
+    assert seed_spread.job_overrides({}, 4, cores=2)["threads"] == 1
+    assert seed_spread.job_overrides({"threads": 3}, 2, cores=16)["threads"] == 3
+    assert "threads" not in seed_spread.job_overrides({}, 1, cores=16)
+
+
+def test_bad_jobs_and_other_overrides_are_refused_before_any_work(art):
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"--jobs: .* valid: a whole number of processes, 1 or more"):
+            seed_spread.spread("digits", [0, 1], TINY, str(art / "x"), jobs=jobs)
+    (art / "y").mkdir()
+    (art / "y" / "seed_spread.json").write_text(json.dumps(
+        {"profile": "digits", "overrides": {"lcr": {"n_mutants": 7}}, "per_seed": {"0": {}}}))
+    with pytest.raises(ValueError, match=r"--set: .* differs from the overrides of the seeds in"):
+        seed_spread.spread("digits", [0, 1], TINY, str(art / "y"))

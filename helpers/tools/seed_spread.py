@@ -13,6 +13,14 @@ split, the mean, the standard deviation over seeds (ddof = 1), the range, and be
 one-seed bootstrap half-width, so the two kinds of uncertainty can be compared.
 
     python -m helpers.tools.seed_spread --profile digits --seeds 0 1 2 3 4
+    python -m helpers.tools.seed_spread --profile cub100 --seeds 0 1 2 --jobs 2 --set lcr.operator=gf lcr.rate=0.003
+
+``--jobs N`` trains and evaluates N seeds at once, each in its own process with its share of the cores
+(``threads`` = cores / N unless the overrides set it): seeds are independent, so on a CPU N one-thread
+runs finish sooner than one after another on all threads, and on a machine with N GPUs each process
+takes its own (``CUDA_VISIBLE_DEVICES`` is set per job).  ``--set`` fixes what the seeds share, for
+example the LCR setting the profile's own run chose, so that each seed skips the grid (its cost is then
+one setting's mutants; the spread is then the spread at that setting, not of the selection rule).
 
 Writes ``<outputs>/<profile>/seed_spread.json`` (each seed's AUROCs as soon as that seed is done, so a
 rerun resumes: a finished seed is not computed again) and adds the summary to ``metrics.json``
@@ -22,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -83,28 +93,82 @@ def summarise(per_seed: dict) -> dict:
     return out
 
 
+def one_seed(profile: str, seed: int, overrides: dict | None = None, progress: bool = True,
+             gpu: int | None = None) -> dict:
+    """The AUROCs of the model trained with training seed ``seed`` (:func:`seed_aurocs`); its own outputs go
+    to a temporary folder, its stages to the profile's cache.  ``gpu``: the CUDA device this process may see
+    (a job of ``--jobs`` on a machine with several GPUs)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:  # the seed's own outputs: not kept
+        exp = Experiment(profile, seed_overrides(seed, overrides), output_dir=tmp, progress=progress)
+        out = seed_aurocs(exp)
+    import torch
+
+    out["threads"] = torch.get_num_threads()  # float sums, and so the last digits, follow the thread count
+    return out
+
+
+def job_overrides(overrides: dict | None, jobs: int, cores: int | None = None) -> dict:
+    """The overrides of each of ``jobs`` concurrent seeds: the user's, with ``threads`` = the cores shared
+    out (at least 1) unless the user set it."""
+    overrides = dict(overrides or {})
+    if jobs > 1 and not overrides.get("threads"):
+        overrides["threads"] = max(1, (cores or os.cpu_count() or 1) // jobs)
+    return overrides
+
+
+def _gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # no usable CUDA: CPU jobs
+        return 0
+
+
 def spread(profile: str, seeds: list[int], overrides: dict | None = None, output_dir: str | None = None,
-           progress: bool = True) -> dict:
-    """Run every seed not yet in ``seed_spread.json`` and return the summary (also written to
-    ``metrics.json``'s ``seed_spread``)."""
+           progress: bool = True, jobs: int = 1) -> dict:
+    """Run every seed not yet in ``seed_spread.json`` (``jobs`` of them at once) and return the summary
+    (also written to ``metrics.json``'s ``seed_spread``)."""
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: {seeds} is not valid; valid: at least two different seeds, e.g. 0 1 2 3 4")
-    cfg = load_profile(profile, seed_overrides(seeds[0], overrides))  # checked before any long work
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs: {jobs!r} is not valid; valid: a whole number of processes, 1 or more")
+    run_overrides = job_overrides(overrides, jobs)
+    cfg = load_profile(profile, seed_overrides(seeds[0], run_overrides))  # checked before any long work
     folder = Path(output_dir) if output_dir else output_root() / cfg["name"]
     path = folder / "seed_spread.json"
-    done = json.loads(path.read_text()).get("per_seed", {}) if path.is_file() else {}
-    for s in seeds:
-        if str(s) in done:
-            continue
-        with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:  # the seed's own outputs: not kept
-            exp = Experiment(profile, seed_overrides(s, overrides), output_dir=tmp, progress=progress)
-            done[str(s)] = seed_aurocs(exp)
-        atomic_write_json(path, {"profile": cfg["name"], "per_seed": done})
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    done = record.get("per_seed", {})
+    if done and record.get("overrides", overrides or {}) != (overrides or {}):
+        raise ValueError(f"--set: {overrides or {}} differs from the overrides of the seeds in {path} "
+                         f"({record.get('overrides')}); valid: the same overrides, or another --output-dir")
+    head = {"profile": cfg["name"], "overrides": overrides or {}}
+
+    def finished(s: int, result: dict) -> None:
+        done[str(s)] = result
+        atomic_write_json(path, {**head, "per_seed": done})  # each seed as soon as it is done: a rerun resumes
         print(f"[{cfg['name']}] training seed {s}: " + ", ".join(
-            f"{d} {done[str(s)]['detectors'][d]['test']['auroc']:.3f}" for d in ("conductance", "lcr", "joint_nn",
-                                                                              "msp")) + " (test AUROC)", flush=True)
+            f"{d} {result['detectors'][d]['test']['auroc']:.3f}" for d in ("conductance", "lcr", "joint_nn",
+                                                                       "msp")) + " (test AUROC)", flush=True)
+
+    todo = [s for s in seeds if str(s) not in done]
+    if jobs == 1 or len(todo) <= 1:
+        for s in todo:
+            finished(s, one_seed(profile, s, run_overrides, progress))
+    else:
+        import multiprocessing
+
+        gpus = _gpus()
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(one_seed, profile, s, run_overrides, False,
+                                   (i % gpus) if gpus else None): s for i, s in enumerate(todo)}
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
     summary = summarise({str(s): done[str(s)] for s in seeds})
-    atomic_write_json(path, {"profile": cfg["name"], "per_seed": done, "summary": summary})
+    atomic_write_json(path, {**head, "per_seed": done, "summary": summary})
     metrics = folder / "metrics.json"
     if metrics.is_file():
         m = json.loads(metrics.read_text())
@@ -141,8 +205,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="training seeds (default 0-4)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides, dotted keys")
     ap.add_argument("--output-dir", default=None, help="default: figures/<profile>/")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds computed at once, each in its own process (default 1)")
     a = ap.parse_args(argv)
-    print(json.dumps(spread(a.profile, a.seeds, parse_set(a.set), a.output_dir), indent=1))
+    print(json.dumps(spread(a.profile, a.seeds, parse_set(a.set), a.output_dir, jobs=a.jobs), indent=1))
 
 
 if __name__ == "__main__":
