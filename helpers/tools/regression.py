@@ -85,7 +85,9 @@ RULES: list[Rule] = [                                                # largest m
     Rule("relay.*.accuracy", "relay", 0.01),                         # 0
     Rule("cfe.generators.mean_active_filters", "none", 0.1),         # 0
     Rule("cfe.generators.masked_agreement", "none", 0.01),           # 0
-    Rule("cfe.table1.*.errors_detected_fraction", "share_of_test_errors", 0.04),  # 0 (two of 51 errors)
+    # cub100 moved by 6 of 145 errors (0.041) between 1 and 2 threads: the generators' training amplifies
+    # float sums into another G_c, as training does for a model
+    Rule("cfe.table1.*.errors_detected_fraction", "share_of_test_errors", 0.05),  # 0 (digits); 0.041 (cub100)
     Rule("cfe.disable.*", "none", 0.03),                             # 0
     Rule("debugging.*.test_accuracy", "test_accuracy", 0.005),       # 0
     Rule("debugging.*.test_accuracy_mean", "test_accuracy", 0.005),  # 0
