@@ -179,6 +179,7 @@ class StageCache:
         self.computed = 0
         self._cache_only = False
         self._notes: list[dict] = []  # one dict per stage being computed now (stages nest: upstream inside)
+        self._upstream: list[float] = []  # per stage being computed now: seconds of the stages computed inside it
 
     def path(self, stage: str, params: Any, fmt: Format) -> Path:
         """Where ``stage`` for ``params`` is (or would be) cached."""
@@ -245,11 +246,20 @@ class StageCache:
         then its cost record (what computing it cost here)."""
         t0 = time.perf_counter()
         self._notes.append({})
+        self._upstream.append(0.0)
         try:
             result = compute()
         finally:
             notes = self._notes.pop()
-        self.timings[stage] = time.perf_counter() - t0
+            upstream = self._upstream.pop()
+        elapsed = time.perf_counter() - t0
+        if self._upstream:  # this stage ran inside another's compute: not that stage's own cost
+            self._upstream[-1] += elapsed
+        # a stage's cost is its own: an upstream stage computed inside it (the model trained for the
+        # predictions) has its own record and is not counted twice
+        self.timings[stage] = elapsed - upstream
+        if upstream:
+            notes["upstream_seconds"] = upstream
         self.computed += 1
         with atomic_path(path) as tmp:
             save(result, tmp)

@@ -48,6 +48,17 @@ def default_output_dir(name: str, overrides: dict | None = None) -> Path:
     return output_root() / (f"{name}-{params_hash(overrides, length=8)}" if overrides else name)
 
 
+def training_seconds(record: dict, history: list) -> float | None:
+    """What training a checkpoint took: the sum of its epochs' wall times when the history has every one
+    (a training stopped and resumed in several processes: the record's ``train_seconds`` is the last
+    process's share only), else the record's ``train_seconds``."""
+    secs = [e.get("seconds") for e in history if isinstance(e, dict)]
+    total = record.get("train_seconds")
+    if secs and len(secs) == len(history) and all(isinstance(x, (int, float)) for x in secs):
+        total = max(float(sum(secs)), float(total or 0))
+    return total
+
+
 class Experiment:
     """Settings, cached stages and outputs of one profile.
 
@@ -226,7 +237,7 @@ class Experiment:
         self.loaded_checkpoint = {"path": str(ck), "sha256": file_sha256(path), "record": info is not None}
         info = provenance
         self.cache.log_entry(f"model-{file_sha256(path, 10)}", {
-            "stage": "model (committed checkpoint)", "seconds": info.get("train_seconds"),
+            "stage": "model (committed checkpoint)", "seconds": training_seconds(info, obj.get("history", [])),
             "peak_rss_mb": None, "threads": info.get("train_threads"), "device": info.get("train_device"),
             "finished": None})
         return model, obj.get("history", [])

@@ -1,5 +1,5 @@
-"""The committed checkpoints (checkpoints/*.pt: digits, CIFAR-10, cub100) are what their JSON records say:
-its file hash, the profile and training settings it was made with, the hash of the data it was trained on,
+"""The committed checkpoints (checkpoints/*.pt: digits, the CIFAR-10 ResNet20s, cub100) are what their JSON
+records say: its file hash, the profile and training settings it was made with, the hash of the data it was trained on,
 and its accuracy on that data."""
 import json
 
@@ -15,7 +15,8 @@ from helpers.utils import file_sha256
 
 from .conftest import SHARED_DATA
 
-CHECKPOINTS = {"digits": "digits-small_cnn.pt", "cifar10": "cifar10-resnet20.pt", "cub100": "cub100-squeezenet1_1.pt"}
+CHECKPOINTS = {"digits": "digits-small_cnn.pt", "cifar10": "cifar10-resnet20.pt",
+               "cifar10-paper": "cifar10-paper-resnet20.pt", "cub100": "cub100-squeezenet1_1.pt"}
 
 
 def record(profile: str) -> dict:
@@ -52,6 +53,7 @@ def _cub100_own_val(exp):
 REPRODUCE = {  # profile: (data it needs, its inputs and labels, recorded accuracy key, tolerance)
     # at most 2 float-rounding ties of 5,000 test images; of 300 validation photos
     "cifar10": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
+    "cifar10-paper": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
     "cub100": (SHARED_DATA / "cub100" / "images.txt", _cub100_own_val, "model_val", 2 / 300 + 1e-9),
 }
 

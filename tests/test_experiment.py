@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.cache import Format
+from helpers.cache import Format, StageCache
 from helpers.experiment import Experiment
 from helpers.utils import atomic_path, atomic_write_json
 
@@ -107,3 +107,38 @@ def test_stage_log_records_cost(tmp_path, monkeypatch):
     log = json.loads((tmp_path / "out" / "stages.json").read_text())["stages"]
     (entry,) = [v for v in log.values() if v["stage"] == "feature"]
     assert entry["seconds"] >= 0 and entry["peak_rss_mb"] > 10 and entry["threads"] >= 1
+
+
+def test_a_stage_computed_inside_another_is_not_counted_twice(tmp_path):
+    """The predictions that train the model they need: the model's time is the model's cost record, and
+    the predictions' record holds only their own time (with the upstream time noted beside it)."""
+    import time
+
+    sc = StageCache(tmp_path / "p", tmp_path / "stages.json", "cpu")
+    fmt = Format("npz", lambda o, p: np.savez(open(p, "wb"), v=o), lambda p: int(np.load(p)["v"]))
+
+    def model():
+        time.sleep(0.4)
+        return 1
+
+    def predictions():
+        up = sc.stage("model", {"m": 1}, model, fmt)
+        time.sleep(0.1)
+        return up + 1
+
+    assert sc.stage("predictions", {"p": 1}, predictions, fmt) == 2
+    m, p = sc.cost("model", {"m": 1}, fmt), sc.cost("predictions", {"p": 1}, fmt)
+    assert m["seconds"] >= 0.4 and 0.1 <= p["seconds"] < 0.3
+    assert p["upstream_seconds"] == pytest.approx(m["seconds"], abs=0.05) and "upstream_seconds" not in m
+    assert sc.timings["predictions"] == p["seconds"]
+
+
+def test_a_resumed_training_costs_all_its_epochs():
+    """A checkpoint trained in two processes records the last one's seconds; its cost is every epoch's."""
+    from helpers.experiment import training_seconds
+
+    history = [{"epoch": i, "seconds": 10.0} for i in range(1, 7)]
+    assert training_seconds({"train_seconds": 20.5}, history) == 60.0  # resumed for the last 2 epochs
+    assert training_seconds({"train_seconds": 61.0}, history) == 61.0  # one process: its own measure
+    assert training_seconds({"train_seconds": 7.0}, history[:2] + [{"epoch": 3}]) == 7.0  # not every epoch timed
+    assert training_seconds({}, []) is None
