@@ -16,7 +16,8 @@ from helpers.utils import file_sha256
 from .conftest import SHARED_DATA
 
 CHECKPOINTS = {"digits": "digits-small_cnn.pt", "cifar10": "cifar10-resnet20.pt",
-               "cifar10-paper": "cifar10-paper-resnet20.pt", "cub100": "cub100-squeezenet1_1.pt"}
+               "cifar10-keras": "cifar10-keras-resnet20.pt", "cifar10-paper": "cifar10-paper-resnet20.pt",
+               "cub100": "cub100-squeezenet1_1.pt"}
 
 
 def record(profile: str) -> dict:
@@ -53,6 +54,7 @@ def _cub100_own_val(exp):
 REPRODUCE = {  # profile: (data it needs, its inputs and labels, recorded accuracy key, tolerance)
     # at most 2 float-rounding ties of 5,000 test images; of 300 validation photos
     "cifar10": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
+    "cifar10-keras": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
     "cifar10-paper": (SHARED_DATA / "cifar10-jpeg.tar.gz", _cifar10_test, "test", 4e-4),
     "cub100": (SHARED_DATA / "cub100" / "images.txt", _cub100_own_val, "model_val", 2 / 300 + 1e-9),
 }
