@@ -262,10 +262,11 @@ class Experiment:
                 "split": self.cfg["split"], "normalize": self.cfg["normalize"], "accuracy": acc,
                 "train_seconds": None, "train_threads": None, "train_device": None, "versions": versions()}
         trained = self.cache.cost("model", self.model_params, TENSORS)  # what training cost, where it ran
-        if trained:
-            info.update(train_seconds=trained.get("seconds"), train_threads=trained.get("threads"),
-                        train_device=trained.get("device"))
-        return write_checkpoint(path, self.model.state_dict(), self._model_and_history[1], info)
+        history = self._model_and_history[1]
+        if trained:  # a training resumed in several processes: all its epochs, not the last process's share
+            info.update(train_seconds=training_seconds({"train_seconds": trained.get("seconds")}, history),
+                        train_threads=trained.get("threads"), train_device=trained.get("device"))
+        return write_checkpoint(path, self.model.state_dict(), history, info)
 
     @cached_property
     def _model_and_history(self):

@@ -88,6 +88,7 @@ def test_exported_checkpoint_is_reused_with_provenance(tmp_path, monkeypatch):
     assert info["data_key"] == e1.data_key and info["training"]["epochs"] == 2
     assert info["accuracy"]["test"] == pytest.approx(p1[p1.split == "test"].correct.mean())
     assert len(info["sha256"]) == 64 and info["train_seconds"] > 0
+    assert info["train_seconds"] >= sum(e["seconds"] for e in e1._model_and_history[1])  # every epoch counted
     # present: loaded, not trained; same predictions, and the file's hash is in the cache key
     e2 = Experiment("digits", {**TINY, "checkpoint": str(ck), "if_no_checkpoint": "train"})
     p2 = e2.predictions
