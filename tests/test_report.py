@@ -164,3 +164,18 @@ def test_the_cfe_score_is_chosen_on_validation_and_reported_on_test():
     assert "| mask size 0.701 (0.863) |" in rows["`cifar10-pretrained`"]
     assert "| mask size 0.694 (0.870) |" in rows["`cifar10`"]
     assert "| 1 - precision 0.586 (0.883) |" in rows["`cub100`"]
+
+
+def test_a_paper1_only_profile_has_no_row_in_paper2s_glance_table(tmp_path):
+    """A profile that ran notebooks 00-03 only is in paper 1's glance table and not in paper 2's; a profile
+    with nothing run is in both, marked "not run yet"."""
+    from helpers.tools.report import glance_tables
+
+    m = json.loads((REFERENCE_DIR / "digits" / "metrics.json").read_text())
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "p1" / "metrics.json").write_text(json.dumps({k: m[k] for k in ("profile", "model", "detectors")}))
+    text = glance_tables(tmp_path, ("p1", "never"), settings={p: {"skip": 0.9, "frequency": 0.15}
+                                                              for p in ("p1", "never")})
+    paper1, paper2 = text.split("**Paper 2**")
+    assert "| `p1`: p1 | 0.887 |" in paper1 and "| `never`: never | not run yet |" in paper1
+    assert "`p1`" not in paper2 and "| `never` | not run yet |" in paper2

@@ -442,6 +442,8 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
               "| not reported | +0.44 pt (one run each, no interval) |"]
     for p in profiles:
         m = runs[p]
+        if m.get("detectors") and not (m.get("cfe") or m.get("debugging")):
+            continue  # a paper-1 profile (notebooks 00-03 only): no row in paper 2's table
         r = m.get("cfe", {}).get("table1", {}).get("avg_recall")
         det = m.get("detectors", {})
         d = m.get("debugging", {}).get("difference")
