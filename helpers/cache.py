@@ -159,6 +159,10 @@ def versions() -> dict:
 COSTS_FOLDER = ".stage-costs"
 #: what a cost record holds besides what a computation noted (:meth:`StageCache.note`)
 COST_KEYS = ("seconds", "peak_rss_mb", "threads", "device", "finished")
+#: the work units of ``helpers.tools.precompute`` (:mod:`helpers.paper1.stages`, :mod:`helpers.paper2.stages`):
+#: read or computed inside the stage they are joined into, they count in that stage's cost record
+#: (``units``, ``units_seconds``: their own cost records' seconds) and are not logged on their own
+UNIT_STAGES = ("lcr_screen_block", "lcr_preds_part", "conductance_part", "cfe_generator_group")
 
 
 class StageCache:
@@ -180,6 +184,7 @@ class StageCache:
         self._cache_only = False
         self._notes: list[dict] = []  # one dict per stage being computed now (stages nest: upstream inside)
         self._upstream: list[float] = []  # per stage being computed now: seconds of the stages computed inside it
+        self._units: list[dict] = []  # per stage being computed now: {unit file: its seconds} (UNIT_STAGES)
 
     def path(self, stage: str, params: Any, fmt: Format) -> Path:
         """Where ``stage`` for ``params`` is (or would be) cached."""
@@ -237,7 +242,10 @@ class StageCache:
         if result is _MISSING:
             self._compute_and_save(stage, params, compute, fmt.save, path, sidecar)
             result = fmt.load(path)  # the same object whether computed now or cached earlier
-        self._log_stage(stage, key, sidecar)
+        if stage in UNIT_STAGES and self._units:  # a unit joined into the stage being computed: its cost
+            self._units[-1][path.name] = self._cost_of(path, sidecar).get("seconds") or 0.0
+        else:
+            self._log_stage(stage, key, sidecar)
         return result
 
     def _compute_and_save(self, stage: str, params: Any, compute: Callable[[], Any],
@@ -247,11 +255,13 @@ class StageCache:
         t0 = time.perf_counter()
         self._notes.append({})
         self._upstream.append(0.0)
+        self._units.append({})
         try:
             result = compute()
         finally:
             notes = self._notes.pop()
             upstream = self._upstream.pop()
+            units = self._units.pop()
         elapsed = time.perf_counter() - t0
         if self._upstream:  # this stage ran inside another's compute: not that stage's own cost
             self._upstream[-1] += elapsed
@@ -260,6 +270,8 @@ class StageCache:
         self.timings[stage] = elapsed - upstream
         if upstream:
             notes["upstream_seconds"] = upstream
+        if units:  # each unit once, however often the join read it
+            notes.update(units=len(units), units_seconds=float(sum(units.values())))
         self.computed += 1
         with atomic_path(path) as tmp:
             save(result, tmp)
@@ -305,7 +317,11 @@ class StageCache:
     def _log_stage(self, stage: str, key: str, sidecar: Path) -> None:
         """Record in the stage log what the stage cost when it was computed (from its cost record)."""
         info = self._cost_of(sidecar.with_suffix(""), sidecar)
-        self.log_entry(f"{stage}-{key}", {"stage": stage, **{k: info.get(k) for k in COST_KEYS}})
+        entry = {"stage": stage, **{k: info.get(k) for k in COST_KEYS}}
+        units = info.get("units_seconds", info.get("blocks_seconds"))  # blocks: LCR screenings noted before
+        if units is not None:  # joined from work units (helpers.tools.precompute, maybe other processes)
+            entry["units_seconds"] = float(units)
+        self.log_entry(f"{stage}-{key}", entry)
 
     def log_entry(self, key: str, entry: dict) -> None:
         """Add ``entry`` under ``stages[key]`` of the stage log (``{"stages": {...}, "notebooks": {...}}``);

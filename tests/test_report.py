@@ -85,6 +85,20 @@ def test_stage_table_sums_chunks_and_marks_unlogged_memory():
     assert "| total | 3 | 3.5 min | | |" in text and "00_data_and_model.ipynb 12 s" in text
 
 
+def test_stage_table_adds_the_units_a_stage_was_joined_from():
+    """A stage joined from precompute's units (units_seconds in the stage log) shows their compute with the
+    join's, marked and explained under the table."""
+    from helpers.tools.report import stage_table
+
+    log = {"stages": {
+        "lcr_screen-a": {"stage": "lcr_screen", "seconds": 0.1, "units_seconds": 119.9, "threads": 1, "device": "cpu"},
+        "predictions-b": {"stage": "predictions", "seconds": 60.0, "threads": 2, "device": "cpu"}}}
+    text = stage_table(log)
+    assert "| lcr_screen | 1 | 2.0 min * |" in text and "| predictions | 1 | 1.0 min |" in text
+    assert "| total | 2 | 3.0 min | | |" in text and "summed compute time" in text
+    assert "summed compute time" not in stage_table({"stages": {"predictions-b": log["stages"]["predictions-b"]}})
+
+
 def test_generated_tables_name_every_detector_as_the_figures_do():
     """One mapping (helpers.names) for figures and tables: no metrics key shows up raw in a row label."""
     import re

@@ -2,6 +2,7 @@
 the LCR unit plan of cifar10 and its simulated schedule, the screening waves, the formats' bytes (the same
 from any writer, timings in cost records), cache keys that do not change where a GPU is visible, the
 process group's backend, and the LCR units joined into exactly the serial stages."""
+import json
 import time
 
 import numpy as np
@@ -170,6 +171,12 @@ def test_lcr_units_join_into_the_serial_stages_byte_for_byte(tmp_path, monkeypat
     joined = {n for n in a if n.startswith(("lcr_screen-", "lcr_preds-"))}
     assert len(joined) == 4 and all(a[n] == b[n] for n in joined)  # the screening and the chunk, with sidecars
     assert any(n.startswith("lcr_screen_block-") for n in b) and not any(n.startswith("lcr_screen_block-") for n in a)
+    # the stage log counts the units' compute with the join's: the report's stage costs are not the joins' alone
+    log = json.loads(units.cache.log_path.read_text())["stages"]
+    joined_log = {e["stage"]: e for e in log.values() if e["stage"] in ("lcr_screen", "lcr_preds")}
+    assert set(joined_log) == {"lcr_screen", "lcr_preds"} and all(e["units_seconds"] > 0 for e in joined_log.values())
+    assert "units_seconds" not in {k for e in json.loads(serial.cache.log_path.read_text())["stages"].values()
+                                   for k in e}
 
 
 def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):

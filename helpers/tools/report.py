@@ -130,7 +130,8 @@ def stage_table(stages: dict) -> str:
     for e in stages.get("stages", {}).values():
         r = rows.setdefault(e["stage"], {"n": 0, "seconds": 0.0, "rss": None, "threads": set(), "device": set()})
         r["n"] += 1
-        r["seconds"] += e.get("seconds") or 0.0
+        r["seconds"] += (e.get("seconds") or 0.0) + (e.get("units_seconds") or 0.0)
+        r["units"] = r.get("units", False) or e.get("units_seconds") is not None
         if e.get("peak_rss_mb") is not None:
             r["rss"] = max(r["rss"] or 0.0, e["peak_rss_mb"])
         for k in ("threads", "device"):
@@ -143,9 +144,14 @@ def stage_table(stages: dict) -> str:
         r = rows[name]
         rss = f"{r['rss'] / 1024:.2f} GB" if r["rss"] is not None else "n/a"
         dev = ", ".join(sorted(r["device"])) + " / " + (", ".join(sorted(r["threads"])) or "?")
-        lines.append(f"| {name} | {r['n']} | {_duration(r['seconds'])} | {rss} | {dev} |")
+        mark = " *" if r.get("units") else ""
+        lines.append(f"| {name} | {r['n']} | {_duration(r['seconds'])}{mark} | {rss} | {dev} |")
     total = sum(r["seconds"] for r in rows.values())
     lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {_duration(total)} | | |")
+    if any(r.get("units") for r in rows.values()):
+        lines += ["", "\\* joined from work units that `helpers.tools.precompute` computed (screening blocks, "
+                  "label-matrix parts), possibly on several processes at once: the units' summed compute time "
+                  "plus the join's, not elapsed time."]
     nbs = stages.get("notebooks", {})
     if nbs:
         lines += ["", "Notebook wall times of the last `make figures` run (cached stages are loaded, not "
