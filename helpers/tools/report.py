@@ -219,7 +219,7 @@ def write_report(output_dir: str | Path) -> Path:
 
 #: the committed runs the README compares with the papers: paper 1's CIFAR-10 table, paper 1's ImageNet
 #: tables (the real-photo, pretrained-model setting closest to cub100), paper 2's CUB tables
-PAPER1_CIFAR_PROFILES = ("cifar10", "cifar10-pretrained", "digits")
+PAPER1_CIFAR_PROFILES = ("cifar10", "cifar10-paper", "cifar10-pretrained", "digits")
 PAPER1_IMAGENET_PROFILES = ("cub100",)
 COMPARED_PROFILES = ("cub100", "cifar10", "cifar10-pretrained", "digits")
 
@@ -391,6 +391,7 @@ def paper_comparison(figures_root: str | Path = REFERENCE_DIR, default_profile: 
 GLANCE_PROFILES = {
     "digits": ("small CNN, scikit-learn's 8x8 digits", "CIFAR-10 / ResNet20 (Table 4)"),
     "cifar10": ("ResNet20 trained from scratch, CIFAR-10", "CIFAR-10 / ResNet20 (Table 4)"),
+    "cifar10-paper": ("the authors' ResNet20 and recipe, CIFAR-10", "CIFAR-10 / ResNet20 (Table 4)"),
     "cifar10-pretrained": ("pretrained ResNet20 (akamaster), CIFAR-10", "CIFAR-10 / ResNet20 (Table 4)"),
     "cub100": ("ImageNet SqueezeNet 1.1 fine-tuned, 100 CUB bird species", "ImageNet-100 / InceptionV3 (Table 6)"),
 }
@@ -434,6 +435,9 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
         lines.append(f"| `{p}`: {label} | {acc.get('test', float('nan')):.3f} | " + " | ".join(
             _auroc_pm(det, k) for k in ("conductance", "lcr", "joint_nn", "msp")) + f" | {ref} |")
     t1 = PAPER2_TABLE1["avg_recall"]
+    # a paper-1 profile (notebooks 00-03 only) has no row in paper 2's table
+    profiles = [p for p in profiles if not (runs[p].get("detectors") and not (runs[p].get("cfe")
+                                                                                or runs[p].get("debugging")))]
     lines += ["", "**Paper 2**: Table 1's first row (average recall, "
               f"{_settings_phrase('frequency', profiles, settings)}, {_settings_phrase('skip', profiles, settings)}"
               ": only predictions with max probability <= skip are flagged) on the test split, beside as many "
@@ -448,8 +452,6 @@ def glance_tables(figures_root: str | Path = REFERENCE_DIR, profiles=tuple(GLANC
               "| not reported | +0.44 pt (one run each, no interval) |"]
     for p in profiles:
         m = runs[p]
-        if m.get("detectors") and not (m.get("cfe") or m.get("debugging")):
-            continue  # a paper-1 profile (notebooks 00-03 only): no row in paper 2's table
         r = m.get("cfe", {}).get("table1", {}).get("avg_recall")
         det = m.get("detectors", {})
         d = m.get("debugging", {}).get("difference")
