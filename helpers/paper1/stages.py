@@ -274,9 +274,7 @@ def screen(exp: Experiment, operator: str, rate: float, n_mutants: int) -> dict:
                 blocks = []
                 while not screen_decided(blocks, n_mutants, max_tries):
                     blocks.append(_as_block(screen_block(exp, operator, rate, len(blocks) * SCREEN_BLOCK)))
-                exp.cache.note(blocks=len(blocks), blocks_seconds=sum(
-                    exp.cache.cost("lcr_screen_block", screen_block_params(exp, operator, rate, k * SCREEN_BLOCK),
-                                   NPZ).get("seconds") or 0.0 for k in range(len(blocks))))
+                # the blocks' cost goes into this stage's record as units_seconds (helpers.cache.UNIT_STAGES)
                 res = assemble_screen(blocks, operator, rate, n_mutants, max_tries=max_tries, seed=exp.seed,
                                       threshold=lc["accept_threshold"])
             else:
@@ -296,7 +294,7 @@ def screen_seconds(exp: Experiment, operator: str, rate: float, n_mutants: int) 
     """What screening (operator, rate) for ``n_mutants`` cost where it was computed (its cost record, with its
     blocks'), NaN when unknown (computed on a machine that shares no cache root with this one)."""
     cost = exp.cache.cost("lcr_screen", screen_params(exp, operator, rate, n_mutants), NPZ)
-    seconds = cost.get("blocks_seconds", cost.get("seconds"))
+    seconds = cost.get("units_seconds", cost.get("blocks_seconds", cost.get("seconds")))  # blocks_: older records
     return float("nan") if seconds is None else float(seconds)
 
 
