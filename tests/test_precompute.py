@@ -119,6 +119,13 @@ def test_two_processes_without_a_shared_cache_exchange_their_files(single, tmp_p
     ref = _results(single[0], monkeypatch, tmp_path)
     for rank in ("rank0", "rank1"):  # every machine's cache ends complete
         _assert_same(ref, _results(private / rank, monkeypatch, tmp_path))
+    # and so do its cost records: a unit computed on the other machine counts its seconds on this one too
+    costs = [_hashes(private / rank / ".stage-costs" / "digits") for rank in ("rank0", "rank1")]
+    units = [k for k in costs[0] if k.startswith("lcr_preds_part-")]
+    assert units and costs[0] == costs[1], sorted(set(costs[0].items()) ^ set(costs[1].items()))[:6]
+    parts = {f"{n}.json" for n in _hashes(private / "rank0" / "digits")
+             if n.startswith(("lcr_preds_part-", "lcr_screen_block-", "conductance_part-")) and not n.endswith(".json")}
+    assert parts and set(costs[0]) >= parts, sorted(parts - set(costs[0]))[:6]
 
 
 def test_a_rank_killed_mid_run_is_restarted_and_ends_with_the_uninterrupted_files(single, tmp_path):

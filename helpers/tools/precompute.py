@@ -208,26 +208,43 @@ def _cache_files(exp: Experiment) -> list[str]:
                   and ".corrupt" not in p.name) if d.is_dir() else []
 
 
-def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
-    """Make every rank's cache complete.  On a shared cache it already is.  Otherwise the ranks
-    exchange the lists of their cache files, and each file some rank lacks is broadcast, one at a
-    time, by the first rank that has it (computed now or cached earlier: a resumed run too); data
-    files travel before their sidecars and are written atomically."""
+def _cost_records(exp: Experiment) -> list[str]:
+    """The cost records of the profile's cache files (:class:`helpers.cache.StageCache`'s cost folder)."""
+    d = exp.cache.cost_folder
+    return sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix == ".json"
+                  and not p.name.startswith(".")) if d.is_dir() else []
+
+
+def _exchange(group: Group, folder: Path, names: list[str]) -> None:
+    """Every file of ``folder`` that some rank has (``names``: this rank's) and another lacks is broadcast,
+    one at a time, by the first rank that has it, and written atomically where it is missing; data files
+    travel before their sidecars."""
     from helpers.utils import atomic_path
 
-    if shared or not group.distributed:
-        group.barrier()
-        return
-    have = [set(x) for x in group.gather(_cache_files(exp))]
+    have = [set(x) for x in group.gather(names)]
     for name in sorted(set().union(*have), key=lambda n: (n.endswith(".json"), n)):
         holders = [r for r in range(group.world) if name in have[r]]
         if len(holders) == group.world:
             continue
-        box = [(exp.artifacts_dir / name).read_bytes() if group.rank == holders[0] else None]
+        box = [(folder / name).read_bytes() if group.rank == holders[0] else None]
         dist.broadcast_object_list(box, src=holders[0])
         if group.rank not in holders:
-            with atomic_path(exp.artifacts_dir / name) as tmp:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / name) as tmp:
                 Path(tmp).write_bytes(box[0])
+
+
+def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
+    """Make every rank's cache complete.  On a shared cache it already is.  Otherwise the ranks
+    exchange the lists of their cache files, and each file some rank lacks is broadcast by the first
+    rank that has it (computed now or cached earlier: a resumed run too); then the same for the cost
+    records, so that a stage joined from units computed on another machine counts their seconds
+    (``units_seconds``) there too."""
+    if shared or not group.distributed:
+        group.barrier()
+        return
+    _exchange(group, exp.artifacts_dir, _cache_files(exp))
+    _exchange(group, exp.cache.cost_folder, _cost_records(exp))
     group.barrier()
 
 
