@@ -146,3 +146,32 @@ def test_cross_fitted_detector_feeds_the_learning_curve_and_the_joint_classifier
     off = paper1.joint_features(exp)
     held = off.split != "train"
     np.testing.assert_array_equal(off.loc[held, "conductance_oof"], off.loc[held, "conductance"])
+
+
+def test_a_fixed_lcr_setting_is_compared_with_its_bases_lcr_on_the_same_predictions(tmp_path, monkeypatch):
+    """A variant that fixes LCR's setting (``base: digits``) against the base's rule-chosen LCR: a paired
+    difference of the two AUROCs on the same predictions, read from the shared cache, never computed."""
+    from helpers import metrics
+
+    monkeypatch.setenv("COMPANION_ARTIFACTS", str(tmp_path / "art"))
+    own = tmp_path / "fixed.yaml"
+    own.write_text("base: digits\nname: digits-lcr-fixed\nlcr:\n  operator: filter_nai\n  rate: 0.05\n"
+                   "  n_mutants: 10\n")
+    var = Experiment(str(own), output_dir=tmp_path / "v", progress=False)
+    ours = paper1.lcr_table(var)
+    before = sorted(p.name for p in var.artifacts_dir.iterdir())
+    assert paper1.lcr_against_base(var, ours) == {}  # the base's LCR is not cached: nothing is computed for it
+    assert sorted(p.name for p in var.artifacts_dir.iterdir()) == before
+    base = Experiment("digits", output_dir=tmp_path / "b", progress=False)
+    theirs = paper1.lcr_table(base)
+    assert paper1.lcr_against_base(base, theirs) == {}  # not a variant
+    a = paper1.lcr_against_base(var, ours)["lcr"]["against_base"]
+    assert (a["profile"], (a["operator"], a["rate"]), a["n_mutants"]) == ("digits", paper1.lcr_setting(base), 50)
+    for split in ("val", "test"):
+        d = evaluation.with_predictions(var, ours.merge(theirs[["id", "lcr"]], on="id", suffixes=("", "_base")))
+        d = d[d.split == split]
+        y = evaluation.wrong(d)
+        ab = (metrics.auroc(y, d["lcr"].to_numpy()), metrics.auroc(y, d["lcr_base"].to_numpy()))
+        assert (a[split]["auroc"], a[split]["base_auroc"]) == pytest.approx(ab, abs=1e-6)
+        assert a[split]["difference"] == pytest.approx(ab[0] - ab[1], abs=1e-6)
+        assert a[split]["ci_low"] <= a[split]["difference"] <= a[split]["ci_high"] and 0 < a[split]["p_value"] <= 1

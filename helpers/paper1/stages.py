@@ -567,6 +567,46 @@ def lcr_table(exp: Experiment, matrix: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame({"id": m["ids"], "split": m["split"], "lcr": label_change_rate(m["preds"], original)})
 
 
+def lcr_against_base(exp: Experiment, table: pd.DataFrame) -> dict:
+    """What fixing LCR's setting changes: for a variant (``base: P``) whose ``lcr`` section differs from P's
+    (e.g. an operator and rate fixed where P applies the paper's selection rule, Table 3), this LCR's AUROC
+    minus P's LCR AUROC on the same predictions, per split, with a paired bootstrap
+    (:func:`helpers.metrics.paired_auroc_difference`): two intervals that overlap do not say which is better.
+
+    ``table``: this profile's LCR (id, split, lcr).  P's label matrix is read from the cache the two share,
+    never computed here: {} for a profile that is not such a variant, or where P's LCR is not cached yet
+    (run P's notebook 02 or ``helpers.tools.precompute --profile P --only lcr`` first).  Returns
+    ``{"lcr": {"against_base": {"profile", "operator", "rate", "n_mutants", "val": {...}, "test": {...}}}}``."""
+    import copy
+
+    from helpers.cache import Memo
+    from helpers.profiles import load_profile
+
+    base = exp.cfg.get("base")
+    if not base:
+        return {}
+    base_lcr = load_profile(base)["lcr"]
+    if base_lcr == exp.cfg["lcr"]:
+        return {}
+    view = copy.copy(exp)  # the same data, model, predictions and cache; the base's LCR settings
+    view.cfg, view.memo = {**exp.cfg, "lcr": base_lcr}, Memo()  # its own memo: the final screen is per setting
+    m = exp.cache.if_cached(lambda: lcr_matrix(view))
+    if m is None:
+        return {}
+    theirs = lcr_table(view, m).rename(columns={"lcr": "base_lcr"})
+    df = with_predictions(exp, table[["id", "split", "lcr"]].merge(theirs[["id", "base_lcr"]], on="id",
+                                                                   validate="one_to_one"))
+    out = {"profile": base, "operator": m["operator"], "rate": m["rate"], "n_mutants": int(m["preds"].shape[0])}
+    for split in ("val", "test"):
+        d = df[df.split == split]
+        r = metrics.paired_auroc_difference(wrong(d), d["lcr"].to_numpy(), d["base_lcr"].to_numpy(),
+                                            n_bootstrap=exp.cfg["metrics"]["n_bootstrap"], seed=exp.seed)
+        out[split] = {"auroc": round(metrics.auroc(wrong(d), d["lcr"].to_numpy()), 6),
+                      "base_auroc": round(metrics.auroc(wrong(d), d["base_lcr"].to_numpy()), 6),
+                      **{k: round(v, 6) for k, v in r.items()}}
+    return {"lcr": {"against_base": out}}
+
+
 def sprt_evaluation(exp: Experiment, matrix: dict, lcr_threshold: float, fixed_auroc: float) -> dict:
     """LCR with early stopping (paper 1, sec. 4.2: the SPRT of Wang et al.) on the test split.
 
