@@ -92,6 +92,17 @@ class Experiment:
         if check:
             self.check_settings()
 
+    def with_section(self, section: str, value: dict) -> "Experiment":
+        """This experiment with the profile's ``section`` replaced by ``value``: the same data, model,
+        predictions and stage cache (so a stage of the other setting is read from the cache, or computed
+        there), with a memo of its own (what is kept in memory depends on the settings).  For comparing
+        two settings of a downstream stage on one model, e.g. a variant's LCR against its base's."""
+        import copy
+
+        view = copy.copy(self)
+        view.cfg, view.memo = {**self.cfg, section: value}, Memo()
+        return view
+
     def check_settings(self) -> None:
         """The settings that need the data or the model's structure, checked before any work (the profile's
         own values are checked when it loads): ``conductance.classes`` are classes of the data,

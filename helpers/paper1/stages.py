@@ -577,9 +577,6 @@ def lcr_against_base(exp: Experiment, table: pd.DataFrame) -> dict:
     never computed here: {} for a profile that is not such a variant, or where P's LCR is not cached yet
     (run P's notebook 02 or ``helpers.tools.precompute --profile P --only lcr`` first).  Returns
     ``{"lcr": {"against_base": {"profile", "operator", "rate", "n_mutants", "val": {...}, "test": {...}}}}``."""
-    import copy
-
-    from helpers.cache import Memo
     from helpers.profiles import load_profile
 
     base = exp.cfg.get("base")
@@ -588,8 +585,7 @@ def lcr_against_base(exp: Experiment, table: pd.DataFrame) -> dict:
     base_lcr = load_profile(base)["lcr"]
     if base_lcr == exp.cfg["lcr"]:
         return {}
-    view = copy.copy(exp)  # the same data, model, predictions and cache; the base's LCR settings
-    view.cfg, view.memo = {**exp.cfg, "lcr": base_lcr}, Memo()  # its own memo: the final screen is per setting
+    view = exp.with_section("lcr", base_lcr)  # the same model and cache, the base's LCR settings
     m = exp.cache.if_cached(lambda: lcr_matrix(view))
     if m is None:
         return {}
