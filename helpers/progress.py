@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from itertools import count
 
-from tqdm.auto import tqdm
+from tqdm.std import TqdmWarning
+
+with warnings.catch_warnings():
+    # in a kernel without ipywidgets tqdm.auto falls back to the text bar, and says so with a warning that
+    # names this machine's site-packages: executed notebooks would carry it
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 from helpers.utils import tqdm_disabled_by_env
 

@@ -2,6 +2,7 @@
 regression reference: each notebook is executed into a temporary file and moved into place when it
 has finished."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -231,3 +232,50 @@ def test_the_kernels_bars_follow_the_users_tqdm_disable(monkeypatch, user, insid
     with run_notebooks.progress_bars_off():
         assert os.environ.get("TQDM_DISABLE") == inside
     assert os.environ.get("TQDM_DISABLE") == user
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def _printed(nb) -> list[str]:
+    """Every text a notebook's cells printed or displayed."""
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                texts.append(out.text)
+            elif out.output_type == "error":
+                texts += out.traceback
+            else:
+                texts += [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+    return texts
+
+
+def test_executed_notebooks_keep_no_path_of_the_machine_that_ran_them(tmp_path):
+    """A warning naming a library's file, or a traceback through the repository, is kept without the
+    folders of the machine that ran it, and a print the kernel flushed in two parts is one output: the
+    committed notebooks are the same bytes on every checkout."""
+    venv_file = f"{sys.prefix}/lib/python3.11/site-packages/tqdm/auto.py"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=f"{venv_file}:21: TqdmWarning: IProgress\n"),
+        nbformat.v4.new_output("error", ename="E", evalue="v",
+                               traceback=[f"File {run_notebooks.REPO_ROOT}/helpers/experiment.py:3"]),
+        nbformat.v4.new_output("stream", name="stdout", text="see https://example.org/a/b"),
+        nbformat.v4.new_output("stream", name="stdout", text=" and ../docs/x.md\n")])])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert any(ABSOLUTE_PATH.search(t) for t in _printed(nb))  # the check below can fail
+    run_notebooks._strip_run_metadata(path)
+    printed = _printed(nbformat.read(path, as_version=4))
+    assert printed == ["site-packages/tqdm/auto.py:21: TqdmWarning: IProgress\n", "File helpers/experiment.py:3",
+                       "see https://example.org/a/b and ../docs/x.md\n"]
+
+
+COMMITTED = sorted(run_notebooks.NOTEBOOK_DIR.glob("*.ipynb")) + sorted(
+    run_notebooks.REPO_ROOT.glob("figures/*/notebooks/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(run_notebooks.REPO_ROOT)))
+def test_committed_notebooks_print_no_absolute_path(path):
+    found = [m for t in _printed(nbformat.read(path, as_version=4)) for m in ABSOLUTE_PATH.findall(t)]
+    assert not found, f"{path.name} prints this machine's paths: {found[:3]}"

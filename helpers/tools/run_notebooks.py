@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from helpers.experiment import default_output_dir
-from helpers.paths import NOTEBOOK_DIR, absolute_folder_variables, output_root
+from helpers.paths import NOTEBOOK_DIR, REPO_ROOT, absolute_folder_variables, output_root
 from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_set
 from helpers.progress import ENV as PROGRESS_ENV
 from helpers.simdevice import NOTEBOOK_ENV
@@ -84,6 +85,16 @@ def kernel_manager_class():
     return BatchKernelManager
 
 
+_SITE_PACKAGES = re.compile(r"(?<![\w.])/[^\s\"':]*/site-packages/")
+
+
+def machine_paths_removed(text: str) -> str:
+    """``text`` (a cell's printed output) without this machine's paths: the repository's folder becomes
+    relative, and a library's file is named from its ``site-packages/`` on (a warning's origin)."""
+    text = _SITE_PACKAGES.sub("site-packages/", text)
+    return text.replace(f"{REPO_ROOT}/", "")
+
+
 def _strip_run_metadata(path: Path, final_name: str | None = None) -> None:
     """Executed notebooks carry outputs, not this machine's paths or timings (clean diffs); the output
     path recorded is ``final_name`` (the notebook's name once moved into place)."""
@@ -102,6 +113,19 @@ def _strip_run_metadata(path: Path, final_name: str | None = None) -> None:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = machine_paths_removed(out["text"])
+                last = outputs[-1] if outputs else {}
+                if last.get("output_type") == "stream" and last.get("name") == out["name"]:
+                    last["text"] += out["text"]  # one print, however the kernel's flushes split it
+                    continue
+            elif out.get("output_type") == "error":
+                out["traceback"] = [machine_paths_removed(line) for line in out["traceback"]]
+            outputs.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
     nbformat.write(nb, path)
 
 
