@@ -590,16 +590,15 @@ def lcr_against_base(exp: Experiment, table: pd.DataFrame) -> dict:
     if m is None:
         return {}
     theirs = lcr_table(view, m).rename(columns={"lcr": "base_lcr"})
-    df = with_predictions(exp, table[["id", "split", "lcr"]].merge(theirs[["id", "base_lcr"]], on="id",
-                                                                   validate="one_to_one"))
+    both = table[["id", "split", "lcr"]].merge(theirs[["id", "base_lcr"]], on="id", validate="one_to_one")
+    paired = msp_comparison_metrics(exp, both, ["lcr"], baseline="base_lcr")["detectors"]["lcr"]
+    df = with_predictions(exp, both)
     out = {"profile": base, "operator": m["operator"], "rate": m["rate"], "n_mutants": int(m["preds"].shape[0])}
     for split in ("val", "test"):
         d = df[df.split == split]
-        r = metrics.paired_auroc_difference(wrong(d), d["lcr"].to_numpy(), d["base_lcr"].to_numpy(),
-                                            n_bootstrap=exp.cfg["metrics"]["n_bootstrap"], seed=exp.seed)
         out[split] = {"auroc": round(metrics.auroc(wrong(d), d["lcr"].to_numpy()), 6),
                       "base_auroc": round(metrics.auroc(wrong(d), d["base_lcr"].to_numpy()), 6),
-                      **{k: round(v, 6) for k, v in r.items()}}
+                      **{k.replace("base_lcr_", "").replace("difference_", ""): v for k, v in paired[split].items()}}
     return {"lcr": {"against_base": out}}
 
 

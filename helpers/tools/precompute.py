@@ -201,18 +201,11 @@ def shared_cache(exp: Experiment, group: Group) -> bool:
 
 
 # --------------------------------------------------------------------------- running units
-def _cache_files(exp: Experiment) -> list[str]:
-    """The cache files of the profile (not temporary, hidden or set-aside ones)."""
-    d = exp.artifacts_dir
-    return sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and ".corrupt" not in p.name) if d.is_dir() else []
-
-
-def _cost_records(exp: Experiment) -> list[str]:
-    """The cost records of the profile's cache files (:class:`helpers.cache.StageCache`'s cost folder)."""
-    d = exp.cache.cost_folder
-    return sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix == ".json"
-                  and not p.name.startswith(".")) if d.is_dir() else []
+def _listing(folder: Path, suffix: str = "") -> list[str]:
+    """The names of ``folder``'s files that end in ``suffix``, leaving out hidden ones (an atomic write's
+    temporary file) and set-aside ``.corrupt`` ones."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(suffix)
+                  and not p.name.startswith(".") and ".corrupt" not in p.name) if folder.is_dir() else []
 
 
 def _exchange(group: Group, folder: Path, names: list[str]) -> None:
@@ -243,8 +236,8 @@ def sync_cache(exp: Experiment, group: Group, shared: bool) -> None:
     if shared or not group.distributed:
         group.barrier()
         return
-    _exchange(group, exp.artifacts_dir, _cache_files(exp))
-    _exchange(group, exp.cache.cost_folder, _cost_records(exp))
+    _exchange(group, exp.artifacts_dir, _listing(exp.artifacts_dir))  # the cache files
+    _exchange(group, exp.cache.cost_folder, _listing(exp.cache.cost_folder, ".json"))  # their cost records
     group.barrier()
 
 
