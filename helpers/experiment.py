@@ -59,6 +59,15 @@ def training_seconds(record: dict, history: list) -> float | None:
     return total
 
 
+def write_table(folder: Path, df: pd.DataFrame, name: str, floatfmt: str = ".3f", index: bool = False) -> Path:
+    """Save ``df`` as <folder>/<name>.csv and .md (atomically): the tables of a run's output folder."""
+    folder = Path(folder)
+    with atomic_path(folder / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=index)
+    atomic_write_text(folder / f"{name}.md", df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
+    return folder / f"{name}.md"
+
+
 class Experiment:
     """Settings, cached stages and outputs of one profile.
 
@@ -401,10 +410,7 @@ class Experiment:
 
     def save_table(self, df: pd.DataFrame, name: str, floatfmt: str = ".3f", index: bool = False) -> Path:
         """Save ``df`` as <output_dir>/<name>.csv and .md (atomically)."""
-        with atomic_path(self.output_dir / f"{name}.csv") as tmp:
-            df.to_csv(tmp, index=index)
-        atomic_write_text(self.output_dir / f"{name}.md", df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
-        return self.output_dir / f"{name}.md"
+        return write_table(self.output_dir, df, name, floatfmt, index)
 
     @property
     def metrics_path(self) -> Path:

@@ -51,6 +51,29 @@ def test_the_spread_is_summarised_and_a_rerun_resumes(art, monkeypatch):
     assert seed_spread.spread("digits", [1, 0], TINY, str(out), progress=False) == summary
 
 
+def test_the_profiles_run_gets_the_summary_and_the_table_beside_its_intervals(art, monkeypatch):
+    """Where the profile's run is in the output folder, its metrics.json gains ``seed_spread`` and the folder
+    the table notebook 03 draws; elsewhere only seed_spread.json is written."""
+    def fake_seed(profile, seed, overrides=None, progress=True, gpu=None):
+        r = {"auroc": 0.8 + seed / 100, "auroc_ci_low": 0.75, "auroc_ci_high": 0.85}
+        return {"detectors": {d: {s: dict(r) for s in seed_spread.SPLITS} for d in seed_spread.DETECTORS},
+                "accuracy": {s: 0.9 for s in ("train", *seed_spread.SPLITS)}}
+
+    monkeypatch.setattr(seed_spread, "one_seed", fake_seed)
+    run = art / "run"
+    run.mkdir()
+    one = {"auroc": 0.81, "auroc_ci_low": 0.76, "auroc_ci_high": 0.86}
+    (run / "metrics.json").write_text(json.dumps({"profile": "digits", "detectors": {"lcr": {"val": one,
+                                                                                               "test": one}}}))
+    summary = seed_spread.spread("digits", [0, 2], TINY, str(run), progress=False)
+    assert json.loads((run / "metrics.json").read_text())["seed_spread"] == summary
+    table = (run / "seed_spread.md").read_text()
+    assert "[0.760, 0.860]" in table and "0.810 ± 0.014" in table  # this run's interval beside the seeds' spread
+    bare = art / "bare"
+    seed_spread.spread("digits", [0, 2], TINY, str(bare), progress=False)
+    assert sorted(p.name for p in bare.iterdir()) == ["seed_spread.json"]
+
+
 def test_bad_seeds_are_refused_before_any_work(art):
     for seeds in ([3], [1, 1]):
         with pytest.raises(ValueError, match=r"--seeds: .* valid: at least two different seeds"):

@@ -23,8 +23,9 @@ example the LCR setting the profile's own run chose, so that each seed skips the
 one setting's mutants; the spread is then the spread at that setting, not of the selection rule).
 
 Writes ``<outputs>/<profile>/seed_spread.json`` (each seed's AUROCs as soon as that seed is done, so a
-rerun resumes: a finished seed is not computed again) and adds the summary to ``metrics.json``
-(``seed_spread``).  Each seed's stages are cached like any run's (``artifacts/<profile>/``).
+rerun resumes: a finished seed is not computed again) and, where the profile's run is there, adds the
+summary to its ``metrics.json`` (``seed_spread``) and the table beside its intervals (``seed_spread.md``,
+as notebook 03 draws it).  Each seed's stages are cached like any run's (``artifacts/<profile>/``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.evaluation import baseline_table, evaluate_scores
-from helpers.experiment import Experiment
+from helpers.experiment import Experiment, write_table
 from helpers.paper1.stages import joint_features, joint_scores
 from helpers.paths import output_root
 from helpers.profiles import load_profile, parse_set
@@ -170,10 +171,12 @@ def spread(profile: str, seeds: list[int], overrides: dict | None = None, output
     summary = summarise({str(s): done[str(s)] for s in seeds})
     atomic_write_json(path, {**head, "per_seed": done, "summary": summary})
     metrics = folder / "metrics.json"
-    if metrics.is_file():
+    if metrics.is_file():  # the profile's run: its metrics and its table (notebook 03's, until that reruns)
         m = json.loads(metrics.read_text())
         m["seed_spread"] = summary
         atomic_write_json(metrics, m)
+        if "detectors" in m:
+            write_table(folder, spread_table(summary, m["detectors"]), "seed_spread")
     return summary
 
 
