@@ -29,7 +29,7 @@ from helpers.names import (
     model_kind,
     torchvision_weights,
 )
-from helpers.paths import PARAMS_DIR, REPO_ROOT
+from helpers.paths import NOTEBOOK_DIR, PARAMS_DIR, REPO_ROOT
 
 DEFAULT_PROFILE = "digits"
 
@@ -54,6 +54,8 @@ SCHEMA: dict[str, Any] = {
     "name": (str, True, NAME_PATTERN),
     "description": (str, False, None),
     "base": ((str, _OPT), False, None),   # the committed profile this one varies (_with_base); its cache is shared
+    # the notebooks `make figures` runs for this profile, by their two-digit prefixes (null: all of them)
+    "notebooks": ((list, _OPT), False, None),
     "dataset": (str, True, DATASET_NAMES),
     "data_dir": ((str, _OPT), False, None),
     "download": (bool, False, None),
@@ -210,6 +212,7 @@ SCHEMA: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "description": "",
     "base": None,
+    "notebooks": None,
     "data_dir": None,
     "download": False,
     "weights": None,
@@ -525,6 +528,11 @@ def _is_number(v) -> bool:
     return isinstance(v, int) or math.isfinite(v)
 
 
+def notebook_prefixes() -> list[str]:
+    """The two-digit prefixes of the notebook sequence (``00`` for 00_data_and_model.ipynb, ...)."""
+    return sorted(p.name[:2] for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
 def _check_lists(cfg: dict, source: str) -> None:
     """The list-valued keys, whose items the schema cannot type: each item checked (numbers finite)."""
 
@@ -532,6 +540,12 @@ def _check_lists(cfg: dict, source: str) -> None:
         where = f" at {at!r}" if at is not None else ""
         return ProfileError(f"{source}: {key!r} = {val!r} is not valid{where}; valid: {valid}")
 
+    if cfg["notebooks"] is not None:
+        prefixes = notebook_prefixes()
+        wrong = next((n for n in cfg["notebooks"] if n not in prefixes), None)
+        if not cfg["notebooks"] or wrong is not None:
+            raise bad("notebooks", cfg["notebooks"], "null (every notebook) or a non-empty list of notebook "
+                      f"prefixes among {', '.join(prefixes)} (quoted: \"00\"), e.g. [\"00\", \"01\"]", wrong)
     norm = cfg["normalize"]
     for key in ("mean", "std"):
         vals = norm[key]

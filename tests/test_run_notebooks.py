@@ -279,3 +279,23 @@ COMMITTED = sorted(run_notebooks.NOTEBOOK_DIR.glob("*.ipynb")) + sorted(
 def test_committed_notebooks_print_no_absolute_path(path):
     found = [m for t in _printed(nbformat.read(path, as_version=4)) for m in ABSOLUTE_PATH.findall(t)]
     assert not found, f"{path.name} prints this machine's paths: {found[:3]}"
+
+
+def test_a_profile_runs_the_notebooks_it_lists_and_refuses_others_before_any_work(tmp_path, fake_papermill):
+    """cifar10 lists 00-04 (no debugging section): `make figures PROFILE=cifar10` does not start notebook 05,
+    and `--only 05` is refused at once, naming the key, the value and what is valid."""
+    from helpers.profiles import ProfileError
+
+    (tmp_path / "p.yaml").write_text('base: digits\nname: listed\nnotebooks: ["00", "02"]\n')
+    run_notebooks.run(str(tmp_path / "p.yaml"), output_dir=str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out" / "notebooks").glob("*.ipynb")) == [
+        "00_data_and_model.ipynb", "02_lcr.ipynb"]
+    with pytest.raises(ValueError, match=r"--only: 05 is not among the notebooks of profile 'cifar10' "
+                                         r"\(its `notebooks`: 00 01 02 03 04\); valid: any of those"):
+        run_notebooks.run("cifar10", only=["05"], output_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
+    assert [p.name[:2] for p in run_notebooks.notebooks(["01", "05"])] == ["01", "05"]  # no list: all may run
+    for bad in ('["07"]', "[]", "[0, 1]"):
+        (tmp_path / "b.yaml").write_text(f"base: digits\nname: bad\nnotebooks: {bad}\n")
+        with pytest.raises(ProfileError, match=r"'notebooks' = .* is not valid.*valid: null \(every notebook\)"):
+            run_notebooks.run(str(tmp_path / "b.yaml"), output_dir=str(tmp_path / "b"))

@@ -40,12 +40,21 @@ from helpers.simdevice import NOTEBOOK_ENV
 from helpers.utils import atomic_write_json, cli_main, tqdm_disabled_by_env
 
 
-def notebooks(only: list[str] | None = None) -> list[Path]:
+def notebooks(only: list[str] | None = None, planned: list[str] | None = None, profile: str = "") -> list[Path]:
+    """The notebooks to run, in order: those ``only`` names (prefixes), else all of ``planned`` (a
+    profile's ``notebooks``; None: every one).  Naming a notebook the profile does not run is an error
+    (a profile without a ``debugging`` section has no debugging run to do in notebook 05)."""
     nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if only:
         nbs = [nb for nb in nbs if any(nb.name.startswith(o) for o in only)]
         if not nbs:
             raise SystemExit(f"--only: {only} matches no notebook in {NOTEBOOK_DIR}")
+    if planned is not None:
+        outside = [nb.name[:2] for nb in nbs if nb.name[:2] not in planned]
+        if only and outside:
+            raise ValueError(f"--only: {' '.join(outside)} is not among the notebooks of profile {profile!r} "
+                             f"(its `notebooks`: {' '.join(planned)}); valid: any of those")
+        nbs = [nb for nb in nbs if nb.name[:2] in planned]
     return nbs
 
 
@@ -372,12 +381,15 @@ def run(profile: str, overrides: dict | None = None, only: list[str] | None = No
         output_dir = str(Path(output_dir).resolve())  # the notebooks run with notebooks/ as working directory
     fig_dir = Path(output_dir) if output_dir else output_root() / name  # where the notebooks put figures
     out_nb_dir = NOTEBOOK_DIR if default_run else fig_dir / "notebooks"
+    selected = notebooks(only, cfg["notebooks"], name)  # checked before any long work
     with claimed(fig_dir):
         _check_writable(out_nb_dir)
-        return _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, default_run, kernel)
+        return _run(pm, profile, name, overrides, only, selected, output_dir, fig_dir, out_nb_dir, default_run,
+                    kernel)
 
 
-def _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, default_run, kernel) -> dict:
+def _run(pm, profile, name, overrides, only, selected, output_dir, fig_dir, out_nb_dir, default_run,
+         kernel) -> dict:
     params = {} if default_run else {"profile": str(profile), "overrides": overrides or {},
                                      "output_dir": output_dir}
     stages = fig_dir / "stages.json"  # the stage log (helpers.experiment): a full run starts a new one
@@ -389,7 +401,7 @@ def _run(pm, profile, name, overrides, only, output_dir, fig_dir, out_nb_dir, de
     _remove_stale_partials(out_nb_dir)
     try:
         with progress_bars_off():
-            for nb in notebooks(only):
+            for nb in selected:
                 timings[nb.name] = _execute(pm, nb, out_nb_dir, fig_dir, name, params, kernel, config, manager,
                                             terminal)
     finally:
