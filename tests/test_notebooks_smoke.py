@@ -14,7 +14,8 @@ TINY_CIFAR = {"training.epochs": 1, "training.batch_size": 64, "split.limit_trai
               "lcr.n_mutants": 4, "metrics.n_bootstrap": 50,
               # train the tiny model; no compilation for 4 mutants
               "checkpoint": None, "lcr.compile": False, "cfe.epochs": 2,
-              "debugging.epochs": 1, "debugging.seeds": 2, "debugging.grid": [[0, 0], [1e-3, 2e-5]]}
+              "debugging.epochs": 1, "debugging.seeds": 2, "debugging.grid": [[0, 0], [1e-3, 2e-5]],
+              "notebooks": ["00", "01", "02", "03", "04", "05"]}  # cifar10 lists 00-04: 05 added, with its settings
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data absent")

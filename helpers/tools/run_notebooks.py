@@ -53,7 +53,8 @@ def notebooks(only: list[str] | None = None, planned: list[str] | None = None, p
         outside = [nb.name[:2] for nb in nbs if nb.name[:2] not in planned]
         if only and outside:
             raise ValueError(f"--only: {' '.join(outside)} is not among the notebooks of profile {profile!r} "
-                             f"(its `notebooks`: {' '.join(planned)}); valid: any of those")
+                             f"(its `notebooks`: {' '.join(planned)}); valid: any of those, or list it in `notebooks` "
+                             "(the profile or --set)")
         nbs = [nb for nb in nbs if nb.name[:2] in planned]
     return nbs
 
