@@ -14,6 +14,12 @@ DOCS_DIR = REPO_ROOT / "docs"
 REFERENCE_DIR = REPO_ROOT / "tests" / "reference"
 
 
+def notebook_files() -> list[Path]:
+    """The notebook sequence in order: ``notebooks/NN_*.ipynb`` (NN, its two-digit prefix, is how profiles and
+    ``--only`` name a notebook)."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
 def cache_root() -> Path:
     """Where cached stages go: $COMPANION_ARTIFACTS (when set and not empty), else artifacts/."""
     return Path(os.environ.get("COMPANION_ARTIFACTS") or REPO_ROOT / "artifacts")

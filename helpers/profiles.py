@@ -29,7 +29,7 @@ from helpers.names import (
     model_kind,
     torchvision_weights,
 )
-from helpers.paths import NOTEBOOK_DIR, PARAMS_DIR, REPO_ROOT
+from helpers.paths import PARAMS_DIR, REPO_ROOT, notebook_files
 
 DEFAULT_PROFILE = "digits"
 
@@ -530,7 +530,7 @@ def _is_number(v) -> bool:
 
 def notebook_prefixes() -> list[str]:
     """The two-digit prefixes of the notebook sequence (``00`` for 00_data_and_model.ipynb, ...)."""
-    return sorted(p.name[:2] for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    return [p.name[:2] for p in notebook_files()]
 
 
 def _check_lists(cfg: dict, source: str) -> None:

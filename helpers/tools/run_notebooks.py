@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from helpers.experiment import default_output_dir
-from helpers.paths import NOTEBOOK_DIR, REPO_ROOT, absolute_folder_variables, output_root
+from helpers.paths import NOTEBOOK_DIR, REPO_ROOT, absolute_folder_variables, notebook_files, output_root
 from helpers.profiles import DEFAULT_PROFILE, load_profile, parse_set
 from helpers.progress import ENV as PROGRESS_ENV
 from helpers.simdevice import NOTEBOOK_ENV
@@ -44,7 +44,7 @@ def notebooks(only: list[str] | None = None, planned: list[str] | None = None, p
     """The notebooks to run, in order: those ``only`` names (prefixes), else all of ``planned`` (a
     profile's ``notebooks``; None: every one).  Naming a notebook the profile does not run is an error
     (a profile without a ``debugging`` section has no debugging run to do in notebook 05)."""
-    nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    nbs = notebook_files()
     if only:
         nbs = [nb for nb in nbs if any(nb.name.startswith(o) for o in only)]
         if not nbs:
