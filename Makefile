@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
-#   make test      set up, then lint (ruff) and run every test: the unit tests (two processes), then the nbval
+#   make test      set up, then lint (ruff) and run every test: the unit tests (two processes; the slowest named at
+#                  the end), then the nbval
 #                  regression of the notebooks
 #   make lab       set up, then open JupyterLab on the repository (notebooks/ first, so links to docs/ open) with the
 #                  project's kernel and autosave off (LAB_ARGS="--no-browser --port 8890")
 #   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
 # For developers:
-#   make test-fast       the edit loop: lint and the tests not marked slow (no subprocesses, no notebooks; about a minute)
+#   make test-fast       the edit loop: lint and the tests not marked slow (no subprocesses, no notebooks; about 1.5 min)
 #   make lint            ruff over helpers/, tests/, benchmarks/ and the notebooks (settings in pyproject.toml)
 #   make reference       the run in figures/$(PROFILE)/ becomes the committed regression reference
 #                        (tests/reference/$(PROFILE)/), when a change is meant to move the numbers
@@ -45,7 +46,8 @@ figures: $(STAMP)
 	$(PY) -m helpers.tools.run_notebooks --profile $(PROFILE)
 
 test: lint
-	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -p no:cacheprovider $(PYTEST_WORKERS)
+	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q tests -p no:cacheprovider $(PYTEST_WORKERS) \
+		--durations=8
 	TQDM_DISABLE=1 COMPANION_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q notebooks --nbval-lax \
 		--nbval-kernel-name python3 -p no:cacheprovider
 
