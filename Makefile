@@ -1,8 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make figures   set up, then run every notebook on the default profile (PROFILE=name|path.yaml for another)
 #   make test      set up, then lint (ruff) and run every test: the unit tests (two processes; the slowest named at
-#                  the end), then the nbval
-#                  regression of the notebooks
+#                  the end), then the nbval regression of the notebooks
 #   make lab       set up, then open JupyterLab on the repository (notebooks/ first, so links to docs/ open) with the
 #                  project's kernel and autosave off (LAB_ARGS="--no-browser --port 8890")
 #   make html      set up, then render every profile's executed notebooks and report.md into build/html/ (nothing executed)
