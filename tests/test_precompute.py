@@ -89,19 +89,33 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    """Two ranks on a shared cache: the artifacts folder and rank 0's summary."""
+    """Two ranks on a shared cache: the artifacts folder, rank 0's summary and the ranks' stderr."""
     art = tmp_path_factory.mktemp("two")
-    return art, _summary(_precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)}))
+    proc = _precompute(TORCHRUN, {"COMPANION_ARTIFACTS": str(art)})
+    return art, _summary(proc), proc.stderr
 
 
 def test_two_processes_on_a_shared_cache_give_the_single_process_results(single, two, tmp_path, monkeypatch):
-    art, summary = two
+    art, summary, _ = two
     assert summary["world"] == 2 and summary["shared_cache"] is True
     for name, s in summary["stages"].items():  # the queue: every unit run once, by one rank or the other
         assert sum(s["by_rank"]) == s["units"], (name, s)
     for name in ("lcr", "debugging"):  # many units: both ranks took some
         assert min(summary["stages"][name]["by_rank"]) > 0, summary
     _assert_same(_results(single[0], monkeypatch, tmp_path), _results(art, monkeypatch, tmp_path))
+
+
+def test_each_rank_logs_its_units_as_they_end(two):
+    """A long job is not silent: a line per unit and rank (step, unit i/n, its time, the step's ETA), and a
+    line per stage from rank 0; the last unit of a step has nothing left."""
+    log = two[2]
+    for stage in ("conductance", "lcr", "cfe", "debugging"):
+        assert f"precompute: digits, stage {stage} on 2 process(es)" in log
+    for rank in (0, 1):
+        assert f"precompute rank {rank}/2: LCR label-matrix parts " in log
+    lines = [ln for ln in log.splitlines() if ln.startswith("precompute rank ")]
+    assert len(lines) == sum(s["units"] for s in two[1]["stages"].values())
+    assert any(": debugging fine-tunes " in ln and "about 0 s left" in ln for ln in lines)
 
 
 def test_one_and_two_ranks_fill_byte_identical_cache_folders(single, two):

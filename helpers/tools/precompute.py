@@ -31,6 +31,10 @@ rank 0 while the others wait at a barrier, and each stage ends with rank 0 joini
 stage the notebooks read.  :func:`lcr_plan` and :func:`simulate` give the LCR units of a profile and
 their schedule on N ranks without running a model.
 
+**Progress.**  Each rank prints a line to stderr as each of its units ends: the step, the unit's number of
+the step's, what it took, and the step's time so far with an estimate of what is left (weighted by the units'
+estimated costs; :func:`progress_line`).  The summary (JSON, rank 0) goes to stdout at the end.
+
 Every unit is written atomically (temporary file + rename) with its sha256, so a killed rank or job
 resumes from the finished units: ``torchrun --max-restarts N`` starts the ranks again and they go on
 from the cache (the store's keys are kept apart per attempt; see docs/scaling-out.md for
@@ -50,6 +54,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import heapq
+import itertools
 import json
 import math
 import os
@@ -257,21 +262,57 @@ def _step(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object])
 
 
 def run_units(exp: Experiment, group: Group, units: list[Callable[[], object]], shared: bool,
-              crash_after: int | None = None) -> int:
+              crash_after: int | None = None, label: str = "units", costs: list[float] | None = None) -> int:
     """Run ``units`` (each computes or loads one cached stage) on the ranks through the queue
-    (:meth:`Group.take`), then share the cache (:func:`sync_cache`).  Returns how many this rank ran."""
-    ran = 0
+    (:meth:`Group.take`), then share the cache (:func:`sync_cache`).  Returns how many this rank ran.
+    Each rank prints a line to stderr as each of its units ends (:func:`progress_line`; ``costs``, the units'
+    estimated costs, weight the ETA where they differ)."""
+    ran, t0 = 0, time.perf_counter()
+    weights = list(costs) if costs is not None else [1.0] * len(units)
+    reached = list(itertools.accumulate(weights))
 
     def work():
         nonlocal ran
         for i in group.take(len(units)):
             if crash_after is not None and ran >= crash_after:  # a test hook: a rank killed, or failing, mid-run
                 testhooks.crash(group.rank, ran)
+            t = time.perf_counter()
             units[i]()
             ran += 1
+            now = time.perf_counter()
+            fraction = reached[i] / reached[-1] if reached[-1] > 0 else (i + 1) / len(units)
+            _log(progress_line(label, i, len(units), fraction, now - t0, now - t, group.rank, group.world))
 
     _step(exp, group, shared, work)
     return ran
+
+
+def progress_line(label: str, i: int, n: int, fraction: float, elapsed: float, unit_seconds: float, rank: int,
+                  world: int) -> str:
+    """One line of a long job's log: which unit of which step ended on which rank, what it took, and the
+    step's time so far with an estimate of what is left.  The queue hands out units in order, so unit ``i``
+    ending means about ``fraction`` of the step's estimated cost was taken (the units before it run or ran on
+    some rank); the estimate scales the step's elapsed time by the rest, and is rough while few units ended
+    (a unit found in the cache takes no time)."""
+    left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+    return (f"precompute rank {rank}/{world}: {label} {i + 1}/{n} done in {_duration(unit_seconds)}; "
+            f"step {_duration(elapsed)} so far, about {_duration(left)} left")
+
+
+def _log(line: str) -> None:
+    """``line`` to stderr in one write: the ranks share the terminal or log file, and one write of a short line
+    is never interleaved with another process's (print writes the text and its newline apart)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12.5 min``, ``3.1 h``; ``?`` when unknown."""
+    if seconds != seconds:  # NaN
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:
@@ -402,7 +443,8 @@ def conductance_stage(exp, group, shared, crash_after=None) -> list[int]:
     """Each stage function returns [units this rank ran, units of the stage]."""
     on_rank0(exp, group, shared, lambda: exp.predictions)
     parts = group.from_rank0(lambda: paper1.conductance_parts(exp))
-    n = run_units(exp, group, [lambda p=p: paper1.conductance_part(exp, *p) for p in parts], shared, crash_after)
+    n = run_units(exp, group, [lambda p=p: paper1.conductance_part(exp, *p) for p in parts], shared, crash_after,
+                  "conductance parts")
     on_rank0(exp, group, shared, lambda: paper1.conductance_table(exp))
     return [n, len(parts)]
 
@@ -424,7 +466,7 @@ def lcr_stage(exp, group, shared, crash_after=None) -> list[int]:
             if not wave:
                 return
             ran += run_units(exp, group, [lambda u=u: paper1.screen_block(exp, *u.what) for u in wave], shared,
-                             crash_after)
+                             crash_after, "LCR screening blocks", [u.cost for u in wave])
             units += len(wave)
 
     start = (0, 0)
@@ -444,7 +486,8 @@ def lcr_stage(exp, group, shared, crash_after=None) -> list[int]:
                         for p in paper1.lcr_parts(exp, chunk, todo=True)])
 
     todo = group.from_rank0(parts)
-    ran += run_units(exp, group, [lambda u=u: paper1.lcr_part(exp, *u.what) for u in todo], shared, crash_after)
+    ran += run_units(exp, group, [lambda u=u: paper1.lcr_part(exp, *u.what) for u in todo], shared, crash_after,
+                     "LCR label-matrix parts", [u.cost for u in todo])
     on_rank0(exp, group, shared, lambda: paper1.lcr_matrix(exp))
     return [ran, units + len(todo)]
 
@@ -452,7 +495,8 @@ def lcr_stage(exp, group, shared, crash_after=None) -> list[int]:
 def cfe_stage(exp, group, shared, crash_after=None) -> list[int]:
     on_rank0(exp, group, shared, lambda: paper2.pooled_table(exp))
     groups = group.from_rank0(lambda: paper2.generator_groups(exp))
-    n = run_units(exp, group, [lambda g=g: paper2.generator_group(exp, g) for g in groups], shared, crash_after)
+    n = run_units(exp, group, [lambda g=g: paper2.generator_group(exp, g) for g in groups], shared, crash_after,
+                  "CFE generator groups")
     on_rank0(exp, group, shared, lambda: paper2.generators(exp))
     return [n, len(groups)]
 
@@ -461,13 +505,15 @@ def debugging_stage(exp, group, shared, crash_after=None) -> list[int]:
     on_rank0(exp, group, shared, lambda: (paper2.generators(exp), paper2.debug_masks(exp)))
     cells = paper2.debug_grid(exp)
     n = run_units(exp, group, [lambda c=c: paper2.debug_run(exp, c[0], c[1], exp.seed) for c in cells], shared,
-                  crash_after)
+                  crash_after, "debugging grid cells")
     _, chosen = paper2.debugging_grid(exp)  # every rank: all cells are cached now
     seeds = [exp.seed + i for i in range(exp.cfg["debugging"]["seeds"])]
     runs = [(l1, l2, s) for l1, l2 in (chosen, (0.0, 0.0)) for s in seeds]
-    n += run_units(exp, group, [lambda r=r: paper2.debug_run(exp, *r) for r in runs], shared, crash_after)
+    n += run_units(exp, group, [lambda r=r: paper2.debug_run(exp, *r) for r in runs], shared, crash_after,
+                   "debugging fine-tunes")
     agree = [(*chosen, exp.seed), (0.0, 0.0, exp.seed)]
-    n += run_units(exp, group, [lambda a=a: paper2.debugged_agreement(exp, *a) for a in agree], shared, crash_after)
+    n += run_units(exp, group, [lambda a=a: paper2.debugged_agreement(exp, *a) for a in agree], shared, crash_after,
+                   "debugging filter agreements")
     return [n, len(cells) + len(runs) + len(agree)]
 
 
@@ -493,6 +539,8 @@ def precompute(profile: str, only: list[str] | None = None, overrides: dict | No
                    "device": str(exp.device), "attempt": restart_attempt(), "stages": {}}
         for stage in only or STAGES:
             t0, computed = time.perf_counter(), exp.cache.computed
+            if group.rank == 0:
+                _log(f"precompute: {exp.name}, stage {stage} on {group.world} process(es)")
             ran, units = STAGE_FUNCTIONS[stage](exp, group, shared, crash_after)
             counts = group.gather((ran, exp.cache.computed - computed))
             summary["stages"][stage] = {"units": units, "by_rank": [c[0] for c in counts],
