@@ -69,6 +69,11 @@ def test_the_profiles_run_gets_the_summary_and_the_table_beside_its_intervals(ar
     assert json.loads((run / "metrics.json").read_text())["seed_spread"] == summary
     table = (run / "seed_spread.md").read_text()
     assert "[0.760, 0.860]" in table and "0.810 ± 0.014" in table  # this run's interval beside the seeds' spread
+    # the same table, row for row, as notebook 03 draws from the summary read back from seed_spread.json
+    again = seed_spread.spread_table(seed_spread.recorded(run), json.loads((run / "metrics.json").read_text())
+                                     ["detectors"])
+    assert again.equals(seed_spread.spread_table(summary, {"lcr": {"val": one, "test": one}}))
+    assert list(again["split"][:2]) == sorted(seed_spread.SPLITS) and again["detector"].is_monotonic_increasing
     bare = art / "bare"
     seed_spread.spread("digits", [0, 2], TINY, str(bare), progress=False)
     assert sorted(p.name for p in bare.iterdir()) == ["seed_spread.json"]

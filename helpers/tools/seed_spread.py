@@ -188,10 +188,11 @@ def recorded(output_dir) -> dict | None:
 
 def spread_table(summary: dict, detectors: dict) -> pd.DataFrame:
     """One row per detector and split: this run's AUROC with its interval over evaluation images (``detectors``:
-    metrics.json's section) beside the spread of the same AUROC over training seeds (``summary``)."""
+    metrics.json's section) beside the spread of the same AUROC over training seeds (``summary``).  Rows in
+    sorted order of detector and split, whatever order ``summary`` has (read back from JSON or just made)."""
     rows = []
-    for d, per_split in summary["detectors"].items():
-        for split, r in per_split.items():
+    for d, per_split in sorted(summary["detectors"].items()):
+        for split, r in sorted(per_split.items()):
             one = detectors.get(d, {}).get(split, {})
             rows.append({"detector": d, "split": split, "this run's AUROC": one.get("auroc"),
                          "95% CI over images": (f"[{one['auroc_ci_low']:.3f}, {one['auroc_ci_high']:.3f}]"
