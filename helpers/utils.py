@@ -132,6 +132,11 @@ def json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: ``42.0 s`` under a minute, else ``12.5 min``."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def tqdm_disabled_by_env() -> bool:
     """Whether ``TQDM_DISABLE`` asks for no progress bars: set, and not empty, 0, false or no."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")

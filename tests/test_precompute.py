@@ -115,7 +115,7 @@ def test_each_rank_logs_its_units_as_they_end(two):
         assert f"precompute rank {rank}/2: LCR label-matrix parts " in log
     lines = [ln for ln in log.splitlines() if ln.startswith("precompute rank ")]
     assert len(lines) == sum(s["units"] for s in two[1]["stages"].values())
-    assert any(": debugging fine-tunes " in ln and "about 0 s left" in ln for ln in lines)
+    assert any(": debugging fine-tunes " in ln and "about 0.0 s left" in ln for ln in lines)
 
 
 def test_one_and_two_ranks_fill_byte_identical_cache_folders(single, two):

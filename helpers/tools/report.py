@@ -35,7 +35,7 @@ from pathlib import Path
 
 from helpers.names import display_name
 from helpers.paths import REFERENCE_DIR, REPO_ROOT
-from helpers.utils import atomic_write_text, cli_main
+from helpers.utils import atomic_write_text, cli_main, duration_text
 
 #: the committed references (helpers.tools.regression.REFERENCE_DIR; same layout as figures/: <profile>/metrics.json)
 
@@ -118,10 +118,6 @@ STAGE_ORDER = ["model", "model (committed checkpoint)", "predictions", "conducta
                "debug_agreement"]
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
-
-
 def stage_table(stages: dict) -> str:
     """What each cached stage cost when it was computed (stages.json, written by helpers.experiment):
     stages of the same kind (e.g. the label-matrix chunks) are summed; peak memory is the largest
@@ -145,9 +141,9 @@ def stage_table(stages: dict) -> str:
         rss = f"{r['rss'] / 1024:.2f} GB" if r["rss"] is not None else "n/a"
         dev = ", ".join(sorted(r["device"])) + " / " + (", ".join(sorted(r["threads"])) or "?")
         mark = " *" if r.get("units") else ""
-        lines.append(f"| {name} | {r['n']} | {_duration(r['seconds'])}{mark} | {rss} | {dev} |")
+        lines.append(f"| {name} | {r['n']} | {duration_text(r['seconds'])}{mark} | {rss} | {dev} |")
     total = sum(r["seconds"] for r in rows.values())
-    lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {_duration(total)} | | |")
+    lines.append(f"| total | {sum(r['n'] for r in rows.values())} | {duration_text(total)} | | |")
     if any(r.get("units") for r in rows.values()):
         lines += ["", "\\* joined from work units that `helpers.tools.precompute` computed (screening blocks, "
                   "label-matrix parts), possibly on several processes at once: the units' summed compute time "
