@@ -290,7 +290,6 @@ def test_gate_control_by_hand():
     assert out12["caught"] == out12["msp_caught"] == 10   # MSP ranks rows 0-11 first: all 10 errors
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # scipy: E = 0 hypergeometric
 def test_gate_control_without_errors_in_the_gate():
     """No error inside the gate: random catches 0 (a point interval) and the in-gate AUROCs are NaN."""
     correct = np.array([True, True, True, False])
@@ -300,6 +299,22 @@ def test_gate_control_without_errors_in_the_gate():
     assert (out["gate_n"], out["gate_errors"], out["caught"], out["msp_caught"]) == (3, 0, 0, 0)
     assert out["random_expected"] == out["random_low"] == out["random_high"] == 0.0
     assert math.isnan(out["rule_auroc_in_gate"]) and math.isnan(out["msp_auroc_in_gate"])
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_gate_control_when_the_catch_is_fixed():
+    """A gate of errors only (E = N) or a rule that flags the whole gate (k = N): random flags catch
+    exactly min(k, E), a point interval, with no warning (scipy's hypergeometric .mean() divides by zero
+    there; the closed form k E / N does not)."""
+    correct = np.array([False, False, False, True])
+    considered = np.array([True, True, True, False])
+    out = gate_control(np.array([True, False, True, False]), correct, considered, np.array([0.2, 0.1, 0.3, 0.9]))
+    assert (out["gate_n"], out["gate_errors"], out["flagged"], out["caught"]) == (3, 3, 2, 2)
+    assert out["random_expected"] == out["random_low"] == out["random_high"] == 2.0
+    assert out["random_p_more"] == out["random_p_fewer"] == 1.0
+    every = gate_control(np.array([True] * 3 + [False]), np.array([True, False, True, True]), considered,
+                         np.array([0.2, 0.1, 0.3, 0.9]))
+    assert every["random_expected"] == every["random_low"] == every["random_high"] == every["caught"] == 1.0
 
 
 # --------------------------------------------------------------------------- 4. the grid's choice

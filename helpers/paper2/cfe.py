@@ -378,7 +378,7 @@ def gate_control(flagged: np.ndarray, correct: np.ndarray, considered: np.ndarra
     caught = int((flagged & wrong).sum())
     p_more, p_fewer = random_flags_p(caught, n, e, k)
     out = {"gate_n": n, "gate_errors": e, "flagged": k, "caught": caught,
-           "random_expected": float(dist.mean()) if dist else 0.0,
+           "random_expected": k * e / n if dist else 0.0,  # the law's mean; scipy's .mean() warns when e or k = n
            "random_low": float(dist.ppf(0.025)) if dist else 0.0,
            "random_high": float(dist.ppf(0.975)) if dist else 0.0,
            "random_p_more": p_more, "random_p_fewer": p_fewer,
