@@ -17,6 +17,7 @@ from helpers.tools.html_site import (
     github_slug,
     markdown_parser,
     notebook_title,
+    strip_markdown_nav,
     tex_to_mathml,
 )
 
@@ -150,6 +151,8 @@ def test_site_anchors_and_cross_links(full_site):
         text = page.read_text(encoding="utf-8")
         up = "../" if page.parent.name == "docs" else ""
         assert f'href="{up}index.html"' in text and f'href="{up}docs/README.html"' in text, page
+        assert f'href="{up}docs/glossary.html"' in text, page
+        assert text.count("<nav>") == 1 and ">Documentation index<" not in text, page  # one bar, the site's
     index = (full_site / "index.html").read_text(encoding="utf-8")
     assert 'href="README.html"' in index and 'href="docs/README.html"' in index
 
@@ -183,6 +186,17 @@ def test_markdown_cells_math_outputs_untouched(tmp_path):
     assert "$HOME" in page and "costs $5 and $6" in page and "$y$" in page and "$x$" in page
     assert "$G_c$" not in page
     assert not any(check_site(index.parent).values())
+
+
+def test_markdown_nav_line_gives_way_to_the_sites():
+    """A docs page's own link line (for GitHub) before its first section is dropped on the site, whose bar
+    replaces it; a line of links further down, or prose with links, stays."""
+    page = ("# Title\n\n[Documentation index](README.md) · [README](../README.md) · [Glossary](glossary.md)\n\n"
+            "Text with [a](a.md) · [b](b.md) links.\n\n## Section\n\n[x](x.md) · [y](y.md)\n")
+    out = strip_markdown_nav(page)
+    assert out == ("# Title\n\nText with [a](a.md) · [b](b.md) links.\n\n## Section\n\n[x](x.md) · [y](y.md)\n")
+    assert strip_markdown_nav(out) == out
+    assert strip_markdown_nav("# T\n\n[one link](a.md)\n") == "# T\n\n[one link](a.md)\n"
 
 
 def test_github_slugs():

@@ -258,10 +258,26 @@ def _nav(profile: str, prev: tuple[str, str] | None, nxt: tuple[str, str] | None
     return "<nav>" + " · ".join(parts) + "</nav>"
 
 
-def _docs_nav(page: str) -> str:
+def _docs_nav(page: str, glossary: bool = False) -> str:
     up = _up(page)
+    extra = f' · <a href="{up}docs/glossary.html">glossary</a>' if glossary else ""
     return (f'<nav><a href="{up}index.html">site index</a> · <a href="{up}README.html">README</a> · '
-            f'<a href="{up}docs/README.html">documentation</a></nav>')
+            f'<a href="{up}docs/README.html">documentation</a>{extra}</nav>')
+
+
+#: a Markdown page's own navigation line before its first section (links joined by " · ", e.g.
+#: ``[Documentation index](README.md) · [README](../README.md)``): for readers on GitHub
+MARKDOWN_NAV = re.compile(r"^\[[^\]\n]+\]\([^)\s]+\)(?: · \[[^\]\n]+\]\([^)\s]+\))+[ \t]*\n", re.M)
+
+
+def strip_markdown_nav(text: str) -> str:
+    """``text`` without its navigation line (:data:`MARKDOWN_NAV`) if one comes before its first section
+    heading: on the site the page's own bar replaces it, so a page shows one."""
+    mo = MARKDOWN_NAV.search(text)
+    first_section = re.search(r"^#{2,6}\s", text, flags=re.M)
+    if mo is None or (first_section is not None and first_section.start() < mo.start()):
+        return text
+    return text[:mo.start()] + text[mo.end():].lstrip("\n")
 
 
 def _is_under(path: Path, folder: Path) -> bool:
@@ -379,7 +395,8 @@ class Site:
             report = self.figures_root / profile / "report.md"
             nav = _nav(profile, None, None, report.is_file() and self.target(report.resolve()) is not None)
         if nav is None:
-            nav = _docs_nav(page)
+            nav = _docs_nav(page, glossary=(self.root / "docs" / "glossary.md").is_file())
+            text = strip_markdown_nav(text)
         body = markdown_parser()(text)
         if not re.search(r"^#{1,6}\s", text, flags=re.M):  # a generated table: say what file it is
             shown = src.relative_to(self.root).as_posix() if _is_under(src, self.root) else src.name
@@ -399,7 +416,8 @@ class Site:
                 items.append(f"<li><code>{html.escape(f.name)}/</code></li>")
         rel = (src.relative_to(self.root).as_posix() + "/") if _is_under(src, self.root) else src.name + "/"
         body = f"<h1><code>{html.escape(rel)}</code></h1>\n<ul>\n" + "\n".join(items) + "\n</ul>\n"
-        self.write(page, _page(rel, self.rewrite(body, src, page), _docs_nav(page)))
+        self.write(page, _page(rel, self.rewrite(body, src, page),
+                               _docs_nav(page, glossary=(self.root / "docs" / "glossary.md").is_file())))
 
     def flush(self) -> None:
         """Render every Markdown file and folder linked so far (and what they link, in turn)."""
