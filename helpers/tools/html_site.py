@@ -375,6 +375,10 @@ class Site:
 
     # ----------------------------------------------------------------------------------------------------------
 
+    def docs_nav(self, page: str) -> str:
+        """The bar of a page outside the profiles' folders (the glossary linked when there is one)."""
+        return _docs_nav(page, glossary=(self.root / "docs" / "glossary.md").is_file())
+
     def render_notebook(self, src: Path, page: str, title: str, nav: str) -> None:
         """One executed notebook; its links were written for notebooks/ (where every profile's copy started)."""
         body, _ = _exporter().from_filename(str(src), resources={"metadata": {"name": title}})
@@ -395,7 +399,7 @@ class Site:
             report = self.figures_root / profile / "report.md"
             nav = _nav(profile, None, None, report.is_file() and self.target(report.resolve()) is not None)
         if nav is None:
-            nav = _docs_nav(page, glossary=(self.root / "docs" / "glossary.md").is_file())
+            nav = self.docs_nav(page)
             text = strip_markdown_nav(text)
         body = markdown_parser()(text)
         if not re.search(r"^#{1,6}\s", text, flags=re.M):  # a generated table: say what file it is
@@ -416,8 +420,7 @@ class Site:
                 items.append(f"<li><code>{html.escape(f.name)}/</code></li>")
         rel = (src.relative_to(self.root).as_posix() + "/") if _is_under(src, self.root) else src.name + "/"
         body = f"<h1><code>{html.escape(rel)}</code></h1>\n<ul>\n" + "\n".join(items) + "\n</ul>\n"
-        self.write(page, _page(rel, self.rewrite(body, src, page),
-                               _docs_nav(page, glossary=(self.root / "docs" / "glossary.md").is_file())))
+        self.write(page, _page(rel, self.rewrite(body, src, page), self.docs_nav(page)))
 
     def flush(self) -> None:
         """Render every Markdown file and folder linked so far (and what they link, in turn)."""
